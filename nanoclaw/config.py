@@ -1,0 +1,538 @@
+"""The configuration file, parsed and validated once at start into frozen records.
+
+The file is TOML, or JSON when its name ends in `.json` (the NixOS module generates JSON).
+Everything is checked before the host does anything: unknown keys (typos), types, ranges,
+Matrix identifiers and the rules between groups. A ConfigError names the dotted key and
+says what is wrong and what is allowed. Secrets are never in the file: a SecretRef names a
+file or a systemd credential, and the value is read only when asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+FOLDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# DATA/global holds the memory shared by all groups, so no group may live there.
+RESERVED_FOLDERS = frozenset({"global"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# A server name per the spec grammar: a DNS name or IPv4 address, or an [IPv6] literal,
+# with an optional port.
+_SERVER = r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?"
+# Localparts may use the spec's historical set (printable ASCII except ':'), not only
+# today's [a-z0-9._=/+-]: servers still have such users (e.g. @Alice:example.org), and an
+# owner or sender we refused here could never be served.
+_USER_ID = re.compile(rf"@[!-9;-~]+:{_SERVER}")
+# Room IDs are !opaque:server, or from room version 12 on a bare ! and the create event's
+# hash (43 characters of unpadded URL-safe base64) with no server.
+_ROOM_ID = re.compile(rf"!(?:[!-9;-~]+:{_SERVER}|[A-Za-z0-9_-]{{43}})")
+_MAX_ID_LENGTH = 255  # the spec's limit for user and room IDs
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# C0 and C1 controls (newlines among them) and the Unicode line separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+_TOP_KEYS = (
+    "data_dir",
+    "timezone",
+    "assistant_name",
+    "max_concurrent_runs",
+    "idle_timeout_seconds",
+    "max_prompt_messages",
+    "log_level",
+    "matrix",
+    "model",
+    "groups",
+)
+_MATRIX_KEYS = (
+    "homeserver",
+    "user_id",
+    "access_token_file",
+    "access_token_credential",
+    "owners",
+    "encryption",
+)
+_MODEL_KEYS = (
+    "name",
+    "base_url",
+    "api_key_file",
+    "api_key_credential",
+    "max_attempts",
+    "retry_base_seconds",
+)
+_GROUP_KEYS = ("room_id", "main", "trigger", "requires_trigger", "allowed_senders", "model")
+
+_USER_WHAT = "a Matrix user ID like @someone:example.org"
+_ROOM_WHAT = "a Matrix room ID like !abcdef:example.org"
+_URL_WHAT = "an http:// or https:// URL with a host, like https://matrix.example.org"
+_PATH_WHAT = "an absolute path"
+_CREDENTIAL_WHAT = (
+    "a systemd credential name: 1 to 64 letters, digits, '_', '.' or '-', not '.' or '..'"
+)
+_MODEL_WHAT = "a model id like claude-sonnet-4-5, without spaces"
+
+
+class ConfigError(Exception):
+    """A bad configuration: `key` is the dotted key (or the file's path), `reason` says why."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(key, reason)
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: a file, or a systemd credential. The value is never kept."""
+
+    key: str  # the config key it came from, for error messages
+    file: Path | None
+    credential: str | None
+
+    def path(self, env: Mapping[str, str] = os.environ) -> Path:
+        if self.file is not None:
+            return self.file
+        assert self.credential is not None  # the parser sets exactly one of the two
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                self.key,
+                f"systemd credential {self.credential!r} is read from $CREDENTIALS_DIRECTORY, "
+                "which is not set (give the unit LoadCredential=, or name a file instead)",
+            )
+        return Path(directory) / self.credential
+
+    def read(self, env: Mapping[str, str] = os.environ) -> str:
+        path = self.path(env)
+        # `from None` everywhere: a decode error's context would carry the secret's bytes.
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                self.key, f"cannot read secret {path}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(self.key, f"secret {path} is not UTF-8 text") from None
+        if not value:
+            raise ConfigError(self.key, f"secret {path} is empty")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.key}={str(self.file or self.credential)!r})"
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    homeserver: str
+    user_id: str
+    access_token: SecretRef
+    owners: tuple[str, ...]
+    encryption: bool
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str | None  # None: the CLI's default model
+    base_url: str | None
+    api_key: SecretRef | None
+    max_attempts: int
+    retry_base_seconds: float
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    folder: str
+    room_id: str
+    main: bool
+    trigger: str
+    requires_trigger: bool
+    allowed_senders: tuple[str, ...]
+    model: str | None
+
+    def sender_allowed(self, sender: str, owners: tuple[str, ...]) -> bool:
+        if self.allowed_senders:
+            return sender in self.allowed_senders
+        # An empty list opens an ordinary room to all its members, but the main room is
+        # trusted (it may manage other groups), so there it means the owners only.
+        return sender in owners if self.main else True
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    timezone: ZoneInfo
+    assistant_name: str
+    max_concurrent_runs: int
+    idle_timeout_seconds: float
+    max_prompt_messages: int
+    log_level: str
+    matrix: MatrixConfig
+    model: ModelConfig
+    groups: tuple[GroupConfig, ...]
+
+    @property
+    def main_group(self) -> GroupConfig | None:
+        return next((g for g in self.groups if g.main), None)
+
+    def group_for_room(self, room_id: str) -> GroupConfig | None:
+        return next((g for g in self.groups if g.room_id == room_id), None)
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate the file at `path`: JSON if it ends in .json, else TOML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            str(path), f"cannot read the file: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (bad byte at offset {exc.start})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text, object_pairs_hook=_json_object)
+        except ValueError as exc:  # JSONDecodeError carries the line and column
+            raise ConfigError(str(path), f"invalid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(str(path), f"must hold a JSON object, not {_describe(data)}")
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:  # its message ends in "(at line N, column M)"
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate an already parsed file."""
+    top = _Table(data, "", _TOP_KEYS)
+    assistant_name = (
+        top.string(
+            "assistant_name",
+            "1 to 64 characters, without control characters, '<', '>' or '\"' "
+            "and without leading or trailing spaces",
+            _is_assistant_name,
+        )
+        or "Andy"
+    )
+    return Config(
+        data_dir=Path(top.string("data_dir", _PATH_WHAT, _is_absolute) or "/var/lib/nanoclaw"),
+        timezone=_timezone(top),
+        assistant_name=assistant_name,
+        max_concurrent_runs=top.integer("max_concurrent_runs", 5, 1, 64),
+        idle_timeout_seconds=top.number("idle_timeout_seconds", 1800),
+        max_prompt_messages=top.integer("max_prompt_messages", 50, 1, 500),
+        log_level=top.string(
+            "log_level", "one of " + ", ".join(LOG_LEVELS), LOG_LEVELS.__contains__
+        )
+        or "info",
+        matrix=_matrix(top.table("matrix", _MATRIX_KEYS, required=True)),
+        model=_model(top.table("model", _MODEL_KEYS, required=False)),
+        groups=_groups(top, assistant_name),
+    )
+
+
+def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) -> GroupConfig:
+    """One group, from the file or from the agent's register_group tool.
+
+    Keys in errors start with groups.<folder>. Rules between groups (one main group, one
+    group per room) are the caller's.
+    """
+    key = "groups." + _key_part(folder)
+    if not re.fullmatch(FOLDER_PATTERN, folder):
+        raise ConfigError(
+            key, f"folder name must match {FOLDER_PATTERN} (lowercase letters, digits, '_' or '-')"
+        )
+    if folder in RESERVED_FOLDERS:
+        raise ConfigError(key, f"folder name {folder!r} is reserved (the memory all groups share)")
+    table = _Table(data, key, _GROUP_KEYS)
+    main = table.flag("main", False)
+    return GroupConfig(
+        folder=folder,
+        room_id=table.require("room_id", _ROOM_WHAT, _is_room_id),
+        main=main,
+        trigger=table.string("trigger", 'a non-empty text on one line, like "@Andy"', _is_line)
+        or "@" + assistant_name,
+        requires_trigger=table.flag("requires_trigger", not main),
+        allowed_senders=table.user_ids("allowed_senders"),
+        model=table.string("model", _MODEL_WHAT, _is_model_id),
+    )
+
+
+def check_secrets(config: Config, env: Mapping[str, str] = os.environ) -> None:
+    """Read every configured secret once, so a missing one stops us before anything starts."""
+    for secret in (config.matrix.access_token, config.model.api_key):
+        if secret is not None:
+            secret.read(env)
+
+
+def _timezone(top: _Table) -> ZoneInfo:
+    name = top.string("timezone", "an IANA time zone name like Europe/Berlin", bool) or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory like "Europe"
+        raise ConfigError(
+            top.at("timezone"),
+            f"unknown time zone {name!r}; use an IANA name like Europe/Berlin or UTC",
+        ) from None
+
+
+def _matrix(table: _Table) -> MatrixConfig:
+    user_id = table.require("user_id", _USER_WHAT, _is_user_id)
+    owners = table.user_ids("owners")
+    if not owners:
+        raise ConfigError(
+            table.at("owners"), "must list at least one Matrix user ID: the people the bot serves"
+        )
+    if user_id in owners:
+        raise ConfigError(
+            f"{table.at('owners')}[{owners.index(user_id)}]",
+            "must not be the bot's own user_id; owners are the people it serves",
+        )
+    access_token = _secret(table, "access_token", required=True)
+    assert access_token is not None  # required=True raises instead
+    return MatrixConfig(
+        homeserver=table.require("homeserver", _URL_WHAT, _is_url).rstrip("/"),
+        user_id=user_id,
+        access_token=access_token,
+        owners=owners,
+        encryption=table.flag("encryption", True),
+    )
+
+
+def _model(table: _Table) -> ModelConfig:
+    base_url = table.string("base_url", _URL_WHAT, _is_url)
+    return ModelConfig(
+        name=table.string("name", _MODEL_WHAT, _is_model_id),
+        # A trailing slash would give the SDK's requests a double slash.
+        base_url=base_url.rstrip("/") if base_url else None,
+        api_key=_secret(table, "api_key", required=False),
+        max_attempts=table.integer("max_attempts", 5, 1, 20),
+        retry_base_seconds=table.number("retry_base_seconds", 5.0),
+    )
+
+
+def _groups(top: _Table, assistant_name: str) -> tuple[GroupConfig, ...]:
+    tables = top.data.get("groups", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError(
+            "groups", f"must be a table of groups by folder name, not {_describe(tables)}"
+        )
+    groups: list[GroupConfig] = []
+    for folder, data in tables.items():
+        group = validate_group(folder, data, assistant_name)
+        key = "groups." + _key_part(folder)
+        owner = next((g.folder for g in groups if g.room_id == group.room_id), None)
+        if owner is not None:
+            raise ConfigError(
+                key + ".room_id",
+                f"room {group.room_id} already belongs to group {owner}; "
+                "a room can be only one group",
+            )
+        main = next((g.folder for g in groups if g.main), None)
+        if group.main and main is not None:
+            raise ConfigError(key + ".main", f"only one group may be main, and {main} already is")
+        groups.append(group)
+    if groups and not any(g.main for g in groups):
+        raise ConfigError(
+            "groups",
+            "one group must have main = true: the owners' room, which manages the others",
+        )
+    return tuple(groups)
+
+
+def _secret(table: _Table, stem: str, *, required: bool) -> SecretRef | None:
+    file_key, credential_key = f"{stem}_file", f"{stem}_credential"
+    file = table.string(file_key, _PATH_WHAT, _is_absolute)
+    credential = table.string(credential_key, _CREDENTIAL_WHAT, _is_credential)
+    if file is None and credential is None:
+        if required:
+            raise ConfigError(
+                table.at(file_key),
+                f"set exactly one of {file_key} or {credential_key} (neither is set)",
+            )
+        return None
+    if file is not None and credential is not None:
+        count = "exactly" if required else "at most"
+        raise ConfigError(
+            table.at(file_key), f"set {count} one of {file_key} or {credential_key} (both are set)"
+        )
+    return SecretRef(
+        key=table.at(file_key if file is not None else credential_key),
+        file=Path(file) if file is not None else None,
+        credential=credential,
+    )
+
+
+class _Table:
+    """One table of the file: its dotted key, typed getters, and no keys but the known ones."""
+
+    def __init__(self, value: object, key: str, allowed: tuple[str, ...]) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"must be a table, not {_describe(value)}")
+        self.key = key
+        self.data: Mapping[str, Any] = value
+        for name, item in value.items():
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ConfigError(
+                    self.at(name), f"unknown key; {hint}allowed here: {', '.join(allowed)}"
+                )
+            # TOML has no null; a JSON null is more likely a slip than a wish for the default.
+            if item is None:
+                raise ConfigError(self.at(name), "must not be null; leave the key out instead")
+
+    def at(self, name: str) -> str:
+        return f"{self.key}.{_key_part(name)}" if self.key else _key_part(name)
+
+    def table(self, name: str, allowed: tuple[str, ...], *, required: bool) -> _Table:
+        if name not in self.data and required:
+            raise ConfigError(self.at(name), f"is required: add a [{self.at(name)}] table")
+        return _Table(self.data.get(name, {}), self.at(name), allowed)
+
+    def string(self, name: str, what: str, valid: Callable[[str], bool]) -> str | None:
+        """The string at `name`, or None when it is absent."""
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, str) or not valid(value):
+            raise ConfigError(self.at(name), f"must be {what}, not {_describe(value)}")
+        return value
+
+    def require(self, name: str, what: str, valid: Callable[[str], bool]) -> str:
+        value = self.string(name, what, valid)
+        if value is None:
+            raise ConfigError(self.at(name), f"is required: {what}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(name, default)
+        # bool is an int to Python, but `true` is no number in TOML or JSON.
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                self.at(name), f"must be an integer from {low} to {high}, not {_describe(value)}"
+            )
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        value = self.data.get(name, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(
+                self.at(name), f"must be a number greater than 0, not {_describe(value)}"
+            )
+        return float(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.at(name), f"must be true or false, not {_describe(value)}")
+        return value
+
+    def user_ids(self, name: str) -> tuple[str, ...]:
+        """A list of distinct Matrix user IDs; empty when absent."""
+        values = self.data.get(name, [])
+        if not isinstance(values, list):
+            raise ConfigError(
+                self.at(name), f"must be a list of Matrix user IDs, not {_describe(values)}"
+            )
+        for index, value in enumerate(values):
+            key = f"{self.at(name)}[{index}]"
+            if not isinstance(value, str) or not _is_user_id(value):
+                raise ConfigError(key, f"must be {_USER_WHAT}, not {_describe(value)}")
+            if value in values[:index]:
+                raise ConfigError(key, f"{value} is listed twice (also at [{values.index(value)}])")
+        return tuple(values)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON silently keeps the last of repeated keys; TOML refuses them, and so do we.
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"duplicate key {name!r}")
+        result[name] = value
+    return result
+
+
+def _key_part(name: str) -> str:
+    # Quoted as TOML would need it, so an odd key still reads as one part of the path.
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"{'integer' if isinstance(value, int) else 'float'} {value}"
+    if isinstance(value, str):
+        return "string " + json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return "null" if value is None else type(value).__name__
+
+
+def _is_user_id(value: str) -> bool:
+    return len(value) <= _MAX_ID_LENGTH and _USER_ID.fullmatch(value) is not None
+
+
+def _is_room_id(value: str) -> bool:
+    return len(value) <= _MAX_ID_LENGTH and _ROOM_ID.fullmatch(value) is not None
+
+
+def _is_url(value: str) -> bool:
+    if re.search(r"\s", value) or _CONTROL.search(value):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_absolute(value: str) -> bool:
+    return not _CONTROL.search(value) and Path(value).is_absolute()
+
+
+def _is_credential(value: str) -> bool:
+    return value not in (".", "..") and _CREDENTIAL.fullmatch(value) is not None
+
+
+def _is_model_id(value: str) -> bool:
+    return re.fullmatch(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}", value) is not None
+
+
+def _is_line(value: str) -> bool:
+    return bool(value.strip()) and not _CONTROL.search(value)
+
+
+def _is_assistant_name(value: str) -> bool:
+    # It is written into the prompt's XML and into the default trigger.
+    return (
+        1 <= len(value) <= 64
+        and value == value.strip()
+        and not _CONTROL.search(value)
+        and not re.search(r'[<>"]', value)
+    )
