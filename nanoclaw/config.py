@@ -70,6 +70,7 @@ _MODEL_KEYS = (
     "api_key_credential",
     "max_attempts",
     "retry_base_seconds",
+    "run_timeout_seconds",
 )
 _GROUP_KEYS = ("room_id", "main", "trigger", "requires_trigger", "allowed_senders", "model")
 
@@ -151,6 +152,7 @@ class ModelConfig:
     api_key: SecretRef | None
     max_attempts: int
     retry_base_seconds: float
+    run_timeout_seconds: float  # one agent turn; a CLI that hangs is killed after this
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,7 @@ def _model(table: _Table) -> ModelConfig:
         api_key=_secret(table, "api_key", required=False),
         max_attempts=table.integer("max_attempts", 5, 1, 20),
         retry_base_seconds=table.number("retry_base_seconds", 5.0),
+        run_timeout_seconds=table.number("run_timeout_seconds", 900.0),
     )
 
 

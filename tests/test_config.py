@@ -181,7 +181,12 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
             encryption=True,
         ),
         model=ModelConfig(
-            name=None, base_url=None, api_key=None, max_attempts=5, retry_base_seconds=5.0
+            name=None,
+            base_url=None,
+            api_key=None,
+            max_attempts=5,
+            retry_base_seconds=5.0,
+            run_timeout_seconds=900.0,
         ),
         groups=(),
     )
@@ -215,6 +220,7 @@ def test_full_file_in_toml_and_json_gives_the_same_config(tmp_path: Path) -> Non
             api_key=SecretRef("model.api_key_file", Path("/run/keys/anthropic"), None),
             max_attempts=3,
             retry_base_seconds=0.5,
+            run_timeout_seconds=900.0,
         ),
         groups=(
             GroupConfig(
@@ -472,6 +478,7 @@ BAD: list[tuple[Any, ...]] = [
     ("model.retry_base_seconds", 0, "must be a number greater than 0, not integer 0"),
     ("model.retry_base_seconds", "5", 'must be a number greater than 0, not string "5"'),
     ("model.retry_base_seconds", False, "must be a number greater than 0, not boolean false"),
+    ("model.run_timeout_seconds", -1, "must be a number greater than 0, not integer -1"),
     # [groups]
     ("groups", "main", 'must be a table of groups by folder name, not string "main"'),
     ("groups.family", "!family:example.org", 'must be a table, not string "!family:example.org"'),
