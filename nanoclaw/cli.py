@@ -1,0 +1,97 @@
+"""The `nanoclaw` command: run the host, check a config file, bring up the quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from nanoclaw.config import Config, ConfigError, check_secrets, load_config
+
+DEFAULT_CONFIG = Path("/etc/nanoclaw/config.toml")
+EXIT_CONFIG = 2
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ.get("NANOCLAW_CONFIG", DEFAULT_CONFIG))
+
+
+def _load_checked(args: argparse.Namespace) -> Config:
+    config = load_config(_config_path(args))
+    check_secrets(config)
+    return config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # nio logs every undecryptable event and key request at warning; keep ours readable.
+    logging.getLogger("nio").setLevel(logging.ERROR)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load_checked(args)
+    groups = ", ".join(g.folder + (" (main)" if g.main else "") for g in config.groups)
+    print(f"{_config_path(args)}: ok; groups: {groups or 'none'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nanoclaw.host import run_host  # the SDK and nio load only when needed
+
+    config = _load_checked(args)
+    _setup_logging(config.log_level)
+    asyncio.run(run_host(config))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from nanoclaw.quickstart import quickstart
+
+    _setup_logging("info")
+    asyncio.run(quickstart(Path(args.data_dir), args.port))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="nanoclaw", description="A personal AI agent in Matrix rooms."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("run", cmd_run, "run the agent host"),
+        ("check-config", cmd_check_config, "validate the config file and its secrets, then exit"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument(
+            "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
+        )
+        p.set_defaults(func=func)
+    up = sub.add_parser("up", help="start a local homeserver, accounts, a main room and the host")
+    up.add_argument("--data-dir", default=str(Path.home() / ".local/share/nanoclaw"))
+    up.add_argument("--port", type=int, default=8008, help="homeserver port on 127.0.0.1")
+    up.set_defaults(func=cmd_up)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"nanoclaw: invalid configuration: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The agent host process: wires config, store, Matrix, router and agents, and stops cleanly.
+
+Start-up order matters for "nothing lost, nothing twice": the first sync (full state,
+from the stored token) runs before any group worker, then every group is kicked once so
+messages that were pending at the last stop are answered, and the outbox is drained
+after each sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from nanoclaw.agent import SYSTEM_PROMPT, AgentPool, AgentSettings
+from nanoclaw.config import Config
+from nanoclaw.groups import GroupRegistry
+from nanoclaw.host_tools import TOOL_NAMES, build_host_tools
+from nanoclaw.matrix_channel import MatrixChannel
+from nanoclaw.router import Router
+from nanoclaw.store import Store
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 60.0
+REAPER_INTERVAL = 30.0
+
+MAIN_PROMPT = """\
+This is the main group: its owner trusts you fully here. You may send messages to other
+groups' rooms (send_message with target_group) and register new rooms as groups
+(register_group).
+"""
+
+MEMORY_TEMPLATE = "# Memory of the group {folder}\n\nNotes worth keeping across sessions go here.\n"
+
+
+class DataLayout:
+    """Where everything lives under the data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.database = root / "nanoclaw.db"
+        self.crypto = root / "crypto"
+        self.global_memory = root / "global" / "CLAUDE.md"
+
+    def workdir(self, folder: str) -> Path:
+        return self.root / "groups" / folder
+
+    def session_state(self, folder: str) -> Path:
+        return self.root / "sessions" / folder
+
+    def prepare(self) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.global_memory.parent.mkdir(exist_ok=True)
+        if not self.global_memory.exists():
+            self.global_memory.write_text("# Global memory\n\nShared by every group.\n")
+
+
+class Host:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.layout = DataLayout(config.data_dir)
+        self._stopping = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        config = self.config
+        self.layout.prepare()
+        access_token = config.matrix.access_token.read()
+        self._api_key = config.model.api_key.read() if config.model.api_key else None
+        store = Store(self.layout.database)
+        groups = GroupRegistry(config, store)
+        groups.load()
+        channel = MatrixChannel(
+            config.matrix.homeserver,
+            config.matrix.user_id,
+            access_token,
+            config.matrix.owners,
+            store,
+            self.layout.crypto if config.matrix.encryption else None,
+        )
+        pool = AgentPool(lambda folder: self._settings(folder), config.idle_timeout_seconds)
+        self._groups = groups
+        self.router = router = Router(config, store, groups, channel, pool)
+        try:
+            await channel.connect(config.assistant_name)
+            sync = asyncio.create_task(channel.sync_forever(router.notify_rooms), name="sync")
+            first_sync = asyncio.create_task(channel.synced.wait())
+            done, _ = await asyncio.wait({sync, first_sync}, return_when=asyncio.FIRST_COMPLETED)
+            if sync in done:
+                first_sync.cancel()
+                sync.result()  # re-raise what stopped the sync loop
+            log.info("synced; serving %d groups", len(groups.all()))
+            router.kick_all()
+            reaper = asyncio.create_task(self._reap(pool, router), name="reaper")
+            stop = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({sync, stop}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("stopping: draining runs in progress")
+            sync.cancel()
+            reaper.cancel()
+            try:
+                await asyncio.wait_for(router.drain(), DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning("runs still busy after %.0f s; stopping anyway", DRAIN_SECONDS)
+            if sync.done() and not sync.cancelled() and sync.exception():
+                raise sync.exception()  # type: ignore[misc]
+        finally:
+            await pool.close_all()
+            await channel.close()
+            store.close()
+
+    async def _reap(self, pool: AgentPool, router: Router) -> None:
+        interval = min(REAPER_INTERVAL, self.config.idle_timeout_seconds / 2)
+        while True:
+            await asyncio.sleep(interval)
+            await pool.close_idle(router.busy())
+
+    def _settings(self, folder: str) -> AgentSettings:
+        group = self._groups.get(folder)
+        if group is None:
+            raise LookupError(f"unknown group {folder}")
+        workdir = self.layout.workdir(folder)
+        workdir.mkdir(parents=True, exist_ok=True)
+        memory = workdir / "CLAUDE.md"
+        if not memory.exists():
+            memory.write_text(MEMORY_TEMPLATE.format(folder=folder))
+        prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
+        if group.main:
+            prompt += "\n" + MAIN_PROMPT
+        prompt += (
+            "\n<global-memory>\n" + self.layout.global_memory.read_text() + "\n</global-memory>\n"
+        )
+        return AgentSettings(
+            folder=folder,
+            workdir=workdir,
+            state_dir=self.layout.session_state(folder),
+            model=group.model or self.config.model.name,
+            base_url=self.config.model.base_url,
+            api_key=self._api_key,
+            system_prompt=prompt,
+            tools=build_host_tools(folder, self.router),
+            tool_names=TOOL_NAMES,
+        )
+
+
+async def run_host(config: Config) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    host = Host(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, host.request_stop)
+    log.info("nanoclaw host starting (pid %d)", os.getpid())
+    await host.run()

@@ -1,0 +1,87 @@
+"""The agent's host tools: in-process MCP tools that act on Matrix, never on the host's files.
+
+Each group gets its own server instance bound to its folder, so a tool always knows
+which group is calling and authorization cannot be talked around by the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from claude_agent_sdk import create_sdk_mcp_server, tool
+from claude_agent_sdk.types import McpSdkServerConfig
+
+from nanoclaw.agent import MCP_SERVER
+
+
+class ToolRefused(Exception):
+    """A tool call the caller may not make; the message is shown to the model."""
+
+
+class HostActions(Protocol):
+    async def send_message(self, source: str, text: str, target: str | None) -> str: ...
+
+    async def register_group(self, source: str, folder: str, definition: dict[str, Any]) -> str: ...
+
+
+TOOL_NAMES = ("send_message", "register_group")
+
+_SEND_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string", "description": "Markdown text to post."},
+        "target_group": {
+            "type": "string",
+            "description": "Folder of another registered group (main group only). "
+            "Omit to post in your own room.",
+        },
+    },
+    "required": ["text"],
+}
+
+_REGISTER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "folder": {
+            "type": "string",
+            "description": "New group's folder: ^[a-z0-9][a-z0-9_-]{0,63}$",
+        },
+        "room_id": {"type": "string", "description": "Matrix room ID, e.g. !abc:example.org"},
+        "trigger": {"type": "string", "description": "Prefix that wakes the agent there."},
+        "requires_trigger": {"type": "boolean"},
+        "allowed_senders": {"type": "array", "items": {"type": "string"}},
+        "model": {"type": "string"},
+    },
+    "required": ["folder", "room_id"],
+}
+
+
+def _text(text: str, error: bool = False) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "is_error": error}
+
+
+def build_host_tools(source: str, actions: HostActions) -> McpSdkServerConfig:
+    """The MCP server for group `source`."""
+
+    @tool(
+        "send_message",
+        "Post a message now, in your room or (main only) another group's.",
+        _SEND_SCHEMA,
+    )
+    async def send_message(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return _text(
+                await actions.send_message(source, str(args["text"]), args.get("target_group"))
+            )
+        except ToolRefused as refusal:
+            return _text(str(refusal), error=True)
+
+    @tool("register_group", "Main group only: start serving another Matrix room.", _REGISTER_SCHEMA)
+    async def register_group(args: dict[str, Any]) -> dict[str, Any]:
+        definition = {k: v for k, v in args.items() if k != "folder"}
+        try:
+            return _text(await actions.register_group(source, str(args.get("folder")), definition))
+        except ToolRefused as refusal:
+            return _text(str(refusal), error=True)
+
+    return create_sdk_mcp_server(MCP_SERVER, tools=[send_message, register_group])
