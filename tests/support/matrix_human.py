@@ -1,0 +1,158 @@
+"""A human at a Matrix client, driven by tests: sends messages, watches for the bot's replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nanoclaw.homeserver import Account
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    MegolmEvent,
+    RoomCreateError,
+    RoomMessage,
+    RoomSendError,
+    SyncError,
+)
+
+
+class Human:
+    def __init__(self, homeserver: str, account: Account, store_dir: Path | None = None) -> None:
+        self.account = account
+        self.user_id = account.user_id
+        config = AsyncClientConfig(
+            max_limit_exceeded=0, max_timeouts=2, encryption_enabled=store_dir is not None
+        )
+        if store_dir is not None:
+            store_dir.mkdir(parents=True, exist_ok=True)
+        self.client = AsyncClient(
+            homeserver,
+            account.user_id,
+            device_id=account.device_id,
+            store_path=str(store_dir or ""),
+            config=config,
+        )
+        self.client.restore_login(account.user_id, account.device_id, account.access_token)
+        self.events: list[tuple[str, dict[str, Any]]] = []  # (room_id, event source)
+        self.undecryptable = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Human:
+        await self._sync_once(timeout=0)
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._sync_once(timeout=1000)
+
+    async def _sync_once(self, timeout: int) -> None:
+        response = await self.client.sync(
+            timeout=timeout, full_state=self.client.next_batch is None
+        )
+        if isinstance(response, SyncError):
+            await asyncio.sleep(0.2)
+            return
+        if self.client.olm is not None:
+            if self.client.should_upload_keys:
+                await self.client.keys_upload()
+            if self.client.should_query_keys:
+                await self.client.keys_query()
+            if self.client.should_claim_keys:
+                await self.client.keys_claim(self.client.get_users_for_key_claiming())
+            await self.client.send_to_device_messages()
+        for room_id, info in response.rooms.join.items():
+            for event in info.timeline.events:
+                if isinstance(event, MegolmEvent):
+                    self.undecryptable += 1
+                elif isinstance(event, RoomMessage):
+                    self.events.append((room_id, dict(event.source)))
+        for room_id in response.rooms.invite:
+            await self.client.join(room_id)
+
+    async def create_room(
+        self, invite: list[str], encrypted: bool = False, name: str = "test"
+    ) -> str:
+        initial_state = []
+        if encrypted:
+            initial_state.append(
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                }
+            )
+        created = await self.client.room_create(
+            name=name, invite=invite, initial_state=initial_state
+        )
+        assert not isinstance(created, RoomCreateError), created
+        await self._sync_once(timeout=0)
+        return str(created.room_id)
+
+    async def send(self, room_id: str, body: str, **content: Any) -> str:
+        response = await self.client.room_send(
+            room_id,
+            "m.room.message",
+            {"msgtype": "m.text", "body": body, **content},
+            ignore_unverified_devices=True,
+        )
+        assert not isinstance(response, RoomSendError), response
+        return str(response.event_id)
+
+    def messages_from(self, sender: str, room_id: str | None = None) -> list[dict[str, Any]]:
+        return [
+            ev
+            for rid, ev in self.events
+            if ev.get("sender") == sender and (room_id is None or rid == room_id)
+        ]
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any],
+        timeout: float = 30.0,
+        what: str = "condition",
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = predicate()
+            if result:
+                return result
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    async def wait_for_replies(
+        self, sender: str, room_id: str, count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        return list(
+            await self.wait_for(
+                lambda: (
+                    (found := self.messages_from(sender, room_id)) and len(found) >= count and found
+                ),
+                timeout,
+                f"{count} message(s) from {sender} in {room_id}",
+            )
+        )
+
+    async def wait_joined(self, room_id: str, user_id: str, timeout: float = 30.0) -> None:
+        async def joined() -> bool:
+            response = await self.client.joined_members(room_id)
+            return any(m.user_id == user_id for m in getattr(response, "members", []))
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await joined():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{user_id} did not join {room_id} within {timeout} s")

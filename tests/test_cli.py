@@ -1,0 +1,64 @@
+"""The `nanoclaw` command refuses bad configuration before doing anything, with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+GOOD = """\
+data_dir = "{data}"
+[matrix]
+homeserver = "http://127.0.0.1:1"
+user_id = "@bot:localhost"
+access_token_file = "{token}"
+owners = ["@me:localhost"]
+[groups.main]
+room_id = "!main:localhost"
+main = true
+"""
+
+
+def nanoclaw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def write(tmp_path: Path, text: str, token: bool = True) -> Path:
+    token_file = tmp_path / "token"
+    if token:
+        token_file.write_text("syt_secret")
+    path = tmp_path / "config.toml"
+    path.write_text(text.format(data=tmp_path / "data", token=token_file))
+    return path
+
+
+def test_a_good_file_passes(tmp_path: Path) -> None:
+    result = nanoclaw("check-config", "--config", str(write(tmp_path, GOOD)))
+    assert result.returncode == 0, result.stderr
+    assert "groups: main (main)" in result.stdout
+
+
+def test_bad_key_is_named_and_run_does_nothing(tmp_path: Path) -> None:
+    bad = write(tmp_path, GOOD.replace("[groups.main]", "[groups.Main]"))
+    for command in ("check-config", "run"):
+        result = nanoclaw(command, "--config", str(bad))
+        assert result.returncode == 2
+        assert "groups.Main: folder name must match" in result.stderr
+    assert not (tmp_path / "data").exists(), "run stopped before touching the data directory"
+
+
+def test_missing_secret_is_named(tmp_path: Path) -> None:
+    result = nanoclaw("run", "--config", str(write(tmp_path, GOOD, token=False)))
+    assert result.returncode == 2
+    assert "matrix.access_token_file" in result.stderr
+    assert "syt_secret" not in result.stderr
+
+
+def test_unparseable_file_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('data_dir = "/x"\n[matrix\n')
+    result = nanoclaw("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "line 2" in result.stderr
