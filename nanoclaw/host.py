@@ -12,13 +12,13 @@ import asyncio
 import logging
 import os
 import signal
-from pathlib import Path
 
 from nanoclaw.agent import SYSTEM_PROMPT, AgentPool, AgentSettings
 from nanoclaw.config import Config
 from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import TOOL_NAMES, build_host_tools
 from nanoclaw.matrix_channel import MatrixChannel
+from nanoclaw.memory import Memory
 from nanoclaw.router import Router
 from nanoclaw.store import Store
 
@@ -29,39 +29,15 @@ REAPER_INTERVAL = 30.0
 
 MAIN_PROMPT = """\
 This is the main group: its owner trusts you fully here. You may send messages to other
-groups' rooms (send_message with target_group) and register new rooms as groups
-(register_group).
+groups' rooms (send_message with target_group), register new rooms as groups
+(register_group) and write the global memory (write_memory with scope "global").
 """
-
-MEMORY_TEMPLATE = "# Memory of the group {folder}\n\nNotes worth keeping across sessions go here.\n"
-
-
-class DataLayout:
-    """Where everything lives under the data directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.database = root / "nanoclaw.db"
-        self.crypto = root / "crypto"
-        self.global_memory = root / "global" / "CLAUDE.md"
-
-    def workdir(self, folder: str) -> Path:
-        return self.root / "groups" / folder
-
-    def session_state(self, folder: str) -> Path:
-        return self.root / "sessions" / folder
-
-    def prepare(self) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.global_memory.parent.mkdir(exist_ok=True)
-        if not self.global_memory.exists():
-            self.global_memory.write_text("# Global memory\n\nShared by every group.\n")
 
 
 class Host:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.layout = DataLayout(config.data_dir)
+        self.memory = Memory(config.data_dir)
         self._stopping = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -69,10 +45,10 @@ class Host:
 
     async def run(self) -> None:
         config = self.config
-        self.layout.prepare()
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
         self._api_key = config.model.api_key.read() if config.model.api_key else None
-        store = Store(self.layout.database)
+        store = Store(config.data_dir / "nanoclaw.db")
         groups = GroupRegistry(config, store)
         groups.load()
         channel = MatrixChannel(
@@ -81,11 +57,11 @@ class Host:
             access_token,
             config.matrix.owners,
             store,
-            self.layout.crypto if config.matrix.encryption else None,
+            config.data_dir / "crypto" if config.matrix.encryption else None,
         )
         pool = AgentPool(lambda folder: self._settings(folder), config.idle_timeout_seconds)
         self._groups = groups
-        self.router = router = Router(config, store, groups, channel, pool)
+        self.router = router = Router(config, store, groups, channel, pool, self.memory)
         try:
             await channel.connect(config.assistant_name)
             sync = asyncio.create_task(channel.sync_forever(router.notify_rooms), name="sync")
@@ -123,21 +99,15 @@ class Host:
         group = self._groups.get(folder)
         if group is None:
             raise LookupError(f"unknown group {folder}")
-        workdir = self.layout.workdir(folder)
-        workdir.mkdir(parents=True, exist_ok=True)
-        memory = workdir / "CLAUDE.md"
-        if not memory.exists():
-            memory.write_text(MEMORY_TEMPLATE.format(folder=folder))
+        self.memory.prepare(folder)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
         if group.main:
             prompt += "\n" + MAIN_PROMPT
-        prompt += (
-            "\n<global-memory>\n" + self.layout.global_memory.read_text() + "\n</global-memory>\n"
-        )
+        prompt += "\n<global-memory>\n" + self.memory.read_global() + "\n</global-memory>\n"
         return AgentSettings(
             folder=folder,
-            workdir=workdir,
-            state_dir=self.layout.session_state(folder),
+            workdir=self.memory.workdir(folder),
+            state_dir=self.config.data_dir / "sessions" / folder,
             model=group.model or self.config.model.name,
             base_url=self.config.model.base_url,
             api_key=self._api_key,

@@ -23,8 +23,10 @@ class HostActions(Protocol):
 
     async def register_group(self, source: str, folder: str, definition: dict[str, Any]) -> str: ...
 
+    async def write_memory(self, source: str, scope: str, content: str) -> str: ...
 
-TOOL_NAMES = ("send_message", "register_group")
+
+TOOL_NAMES = ("send_message", "register_group", "write_memory")
 
 _SEND_SCHEMA = {
     "type": "object",
@@ -56,6 +58,21 @@ _REGISTER_SCHEMA = {
 }
 
 
+_MEMORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "scope": {
+            "type": "string",
+            "enum": ["group", "global"],
+            "description": "group: this group's CLAUDE.md; global: shared by all groups "
+            "(main group only).",
+        },
+        "content": {"type": "string", "description": "The whole new file, Markdown."},
+    },
+    "required": ["scope", "content"],
+}
+
+
 def _text(text: str, error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "is_error": error}
 
@@ -84,4 +101,12 @@ def build_host_tools(source: str, actions: HostActions) -> McpSdkServerConfig:
         except ToolRefused as refusal:
             return _text(str(refusal), error=True)
 
-    return create_sdk_mcp_server(MCP_SERVER, tools=[send_message, register_group])
+    @tool("write_memory", "Replace a memory file that later sessions start with.", _MEMORY_SCHEMA)
+    async def write_memory(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            scope, content = str(args.get("scope")), str(args.get("content", ""))
+            return _text(await actions.write_memory(source, scope, content))
+        except ToolRefused as refusal:
+            return _text(str(refusal), error=True)
+
+    return create_sdk_mcp_server(MCP_SERVER, tools=[send_message, register_group, write_memory])

@@ -239,7 +239,8 @@ class MatrixChannel:
             log.error(
                 "gap in %s longer than %d events; older ones skipped", room_id, BACKFILL_LIMIT
             )
-        log.info("backfilled %d events", len(fetched), extra={"room_id": room_id})
+        if fetched:
+            log.info("backfilled %d events", len(fetched), extra={"room_id": room_id})
         return list(reversed(fetched))
 
     # --- outbound -------------------------------------------------------------

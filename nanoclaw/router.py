@@ -21,6 +21,7 @@ from nanoclaw.config import Config, ConfigError, GroupConfig
 from nanoclaw.formatting import render_message
 from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import ToolRefused
+from nanoclaw.memory import Memory, MemoryRefused
 from nanoclaw.prompt import PromptMessage, build_prompt
 from nanoclaw.store import OutboxEntry, Store, StoredMessage
 from nanoclaw.triggers import is_triggered
@@ -84,6 +85,7 @@ class Router:
         groups: GroupRegistry,
         channel: Channel,
         pool: AgentPool,
+        memory: Memory,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._config = config
@@ -91,6 +93,7 @@ class Router:
         self._groups = groups
         self._channel = channel
         self._pool = pool
+        self._memory = memory
         self._sleep = sleep
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._workers: dict[str, _Worker] = {}
@@ -372,3 +375,14 @@ class Router:
             else f"messages starting with {group.trigger!r}"
         )
         return f"registered group {folder} for room {group.room_id}; it answers {mode}"
+
+    async def write_memory(self, source: str, scope: str, content: str) -> str:
+        origin = self._groups.get(source)
+        if origin is None:
+            raise ToolRefused(f"group {source} no longer exists")
+        try:
+            path = self._memory.write(source, origin.main, scope, content)
+        except MemoryRefused as refusal:
+            raise ToolRefused(str(refusal)) from refusal
+        log.info("memory written: %s", scope, extra={"group": source})
+        return f"saved {len(content.encode())} bytes to the {scope} memory ({path.name})"
