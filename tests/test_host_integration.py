@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,11 @@ from tests.support.world import API_KEY, World, echo, prompt_messages
 
 pytestmark = pytest.mark.integration
 
-TOOLS = ["mcp__nanoclaw__send_message", "mcp__nanoclaw__register_group"]
+TOOLS = [
+    "mcp__nanoclaw__register_group",
+    "mcp__nanoclaw__send_message",
+    "mcp__nanoclaw__write_memory",
+]
 
 
 @pytest.fixture
@@ -43,13 +48,12 @@ async def test_plain_answer_in_the_main_room(world: World) -> None:
     assert replies[0]["content"]["body"] == "echo: hello **there**"
     assert replies[0]["content"]["formatted_body"] == "<p>echo: hello <strong>there</strong></p>"
     request = world.model.requests[-1]
-    # The CLI always adds an inert placeholder ("never call this tool"); the PreToolUse
-    # hook would deny it like anything else outside the nanoclaw namespace.
-    offered = sorted(set(request.tool_names) - {"DeferredToolPlaceholder"})
-    assert offered == sorted(TOOLS), "only nanoclaw's own MCP tools are offered"
+    offered = sorted(tool["name"] for tool in request.body["tools"])
+    assert offered == TOOLS, "only nanoclaw's own MCP tools are offered, nothing built in"
     assert request.headers.get("x-api-key") == API_KEY
     shown = prompt_messages(request)[-1]
     assert shown["sender"] == world.owner.user_id and shown["time"]
+    assert (world.main_room, world.bot.user_id) in world.alice.typing_seen, "typing while it works"
 
 
 async def test_trigger_and_sender_rules(world: World) -> None:
@@ -92,6 +96,16 @@ async def test_trigger_and_sender_rules(world: World) -> None:
     replies = await world.alice.wait_for_replies(world.bot.user_id, room, count=2)
     assert replies[1]["content"]["body"] == "echo: and a reply without the trigger"
     assert prompt_messages(world.model.requests[-1])[-1]["quote"].startswith("echo: ")
+
+    root = await friend.send(room, "a thread starts here")
+    await friend.send(
+        room,
+        "@Andy answer in the thread",
+        **{"m.relates_to": {"rel_type": "m.thread", "event_id": root}},
+    )
+    replies = await world.alice.wait_for_replies(world.bot.user_id, room, count=3)
+    relation = replies[2]["content"]["m.relates_to"]
+    assert (relation["rel_type"], relation["event_id"]) == ("m.thread", root)
 
 
 async def test_invites_only_from_owners(world: World) -> None:
@@ -137,6 +151,9 @@ async def test_main_group_privileges_and_their_refusal_elsewhere(world: World) -
                 "mcp__nanoclaw__register_group",
                 {"folder": "ops", "room_id": ops_room, "requires_trigger": False},
             )
+        if body.startswith("remember "):
+            scope, fact = body.split()[1:3]
+            return ToolCall("mcp__nanoclaw__write_memory", {"scope": scope, "content": fact})
         if body == "announce":
             return ToolCall(
                 "mcp__nanoclaw__send_message", {"text": "hello ops", "target_group": "ops"}
@@ -156,10 +173,29 @@ async def test_main_group_privileges_and_their_refusal_elsewhere(world: World) -
     assert bodies[0].startswith("REFUSED: only the main group may register groups")
     assert "only the main group may send" in bodies[1]
 
-    # The main group may do both, and the new group answers at once.
+    data = Path(world.settings["data_dir"])
+    await world.alice.send(other_room, "remember global family-fact")
+    replies = await world.alice.wait_for_replies(world.bot.user_id, other_room, count=3)
+    assert "only the main group may write the global memory" in replies[2]["content"]["body"]
+    await world.alice.send(other_room, "remember group family-fact")
+    await world.alice.wait_for_replies(world.bot.user_id, other_room, count=4)
+    assert (data / "groups" / "family" / "CLAUDE.md").read_text() == "family-fact"
+    assert "family-fact" not in (data / "global" / "CLAUDE.md").read_text()
+
+    # The main group may do all three, and a new group answers at once.
+    await world.alice.send(world.main_room, "remember global main-fact")
+    await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
+    assert (data / "global" / "CLAUDE.md").read_text() == "main-fact"
+    await world.alice.send(other_room, "/new")
+    await world.alice.send(other_room, "hello")
+    await world.alice.wait_for_replies(world.bot.user_id, other_room, count=6)
+    request = world.model.requests[-1]
+    assert "main-fact" in request.system_text, "every group reads the global memory"
+    assert "family-fact" in request.all_text, "and its own CLAUDE.md"
+
     await world.alice.send(world.main_room, "register ops")
-    first = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
-    assert first[0]["content"]["body"].startswith("OK: registered group ops")
+    first = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=2)
+    assert first[1]["content"]["body"].startswith("OK: registered group ops")
     await world.alice.send(world.main_room, "announce")
     ops = await world.alice.wait_for_replies(world.bot.user_id, ops_room)
     assert ops[0]["content"]["body"] == "hello ops"
@@ -286,3 +322,50 @@ async def test_model_errors_are_retried_then_reported_and_nothing_is_lost(world:
     await world.alice.send(world.main_room, "hello")
     replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=3)
     assert replies[2]["content"]["body"] == "seen: broken, hello"
+
+
+async def test_runs_share_a_global_cap_and_follow_ups_join_the_running_session(
+    world: World,
+) -> None:
+    release = threading.Event()
+
+    async def script(request: ModelRequest) -> str:
+        body = prompt_messages(request)[-1]["body"]
+        while body == "slow" and not release.is_set():
+            await asyncio.sleep(0.02)
+        return "echo: " + body
+
+    await world.setup()
+    world.model.script = script
+    room_a = await world.alice.create_room([world.bot.user_id], name="a")
+    room_b = await world.alice.create_room([world.bot.user_id], name="b")
+    world.groups["a"] = {"room_id": room_a, "requires_trigger": False}
+    world.groups["b"] = {"room_id": room_b, "requires_trigger": False}
+    await world.start_host(max_concurrent_runs=1, idle_timeout_seconds=2)
+    await world.alice.wait_joined(room_b, world.bot.user_id)
+
+    def asked(body: str) -> list[ModelRequest]:
+        return [
+            r
+            for r in world.model.requests
+            if prompt_messages(r)[-1:] and prompt_messages(r)[-1]["body"] == body
+        ]
+
+    await world.alice.send(room_a, "slow")
+    await world.alice.wait_for(lambda: asked("slow"), 30, "the slow run to start")
+    await world.alice.send(room_b, "quick")
+    await world.alice.send(room_a, "follow-up")
+    await settle()
+    assert not asked("quick"), "group b waits: the only slot is taken"
+    release.set()
+    await world.alice.wait_for_replies(world.bot.user_id, room_b)
+    a = await world.alice.wait_for_replies(world.bot.user_id, room_a, count=2)
+    assert [r["content"]["body"] for r in a] == ["echo: slow", "echo: follow-up"]
+    assert "slow" in asked("follow-up")[0].all_text, "the follow-up went into the same session"
+
+    # Idle sessions give their CLI process back.
+    host = world.hosts[-1]
+    await host.wait_for_log("closing idle agent", timeout=20, count=2)
+    await world.alice.send(room_a, "/status")
+    status = await world.alice.wait_for_replies(world.bot.user_id, room_a, count=3)
+    assert "(cold)" in status[2]["content"]["body"]

@@ -18,6 +18,7 @@ from nio import (
     RoomMessage,
     RoomSendError,
     SyncError,
+    TypingNoticeEvent,
 )
 
 
@@ -40,6 +41,7 @@ class Human:
         self.client.restore_login(account.user_id, account.device_id, account.access_token)
         self.events: list[tuple[str, dict[str, Any]]] = []  # (room_id, event source)
         self.undecryptable = 0
+        self.typing_seen: set[tuple[str, str]] = set()  # (room_id, user_id) ever seen typing
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Human:
@@ -74,6 +76,9 @@ class Human:
                 await self.client.keys_claim(self.client.get_users_for_key_claiming())
             await self.client.send_to_device_messages()
         for room_id, info in response.rooms.join.items():
+            for ephemeral in info.ephemeral:
+                if isinstance(ephemeral, TypingNoticeEvent):
+                    self.typing_seen.update((room_id, user) for user in ephemeral.users)
             for event in info.timeline.events:
                 if isinstance(event, MegolmEvent):
                     self.undecryptable += 1

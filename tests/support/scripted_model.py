@@ -10,11 +10,12 @@ started as subprocesses alike.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -41,6 +42,8 @@ class ModelError:
 
 
 Reply = str | ToolCall | list[str | ToolCall] | ModelError
+# A script may be async: it can then hold its reply without blocking other requests.
+Script = Callable[["ModelRequest"], Reply | Awaitable[Reply]]
 
 # The error types of the real API, so the CLI reacts as it would in production.
 ERROR_TYPES = {
@@ -67,7 +70,7 @@ class ModelRequest:
     """One /v1/messages request as the CLI sent it."""
 
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     path: str
 
     @property
@@ -151,8 +154,8 @@ class ScriptedModel:
     """Runs an aiohttp server on 127.0.0.1 in its own thread with its own event loop, so it
     serves both sync and async tests and host processes started as subprocesses."""
 
-    def __init__(self, script: Callable[[ModelRequest], Reply] | None = None) -> None:
-        self.script: Callable[[ModelRequest], Reply] = script or echo
+    def __init__(self, script: Script | None = None) -> None:
+        self.script: Script = script or echo
         self.url = ""
         self._requests: list[ModelRequest] = []
         self._lock = threading.Lock()
@@ -232,11 +235,14 @@ class ScriptedModel:
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         raw = await request.text()
-        model_request = ModelRequest(json.loads(raw), dict(request.headers), request.path)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        model_request = ModelRequest(json.loads(raw), headers, request.path)
         with self._lock:
             self._requests.append(model_request)
         try:
             reply = self.script(model_request)
+            if inspect.isawaitable(reply):  # async scripts hold a reply without blocking others
+                reply = await reply
         except Exception as error:
             log.exception("scripted model: the script raised")
             self._failure = self._failure or error
