@@ -331,8 +331,8 @@ async def test_runs_share_a_global_cap_and_follow_ups_join_the_running_session(
 
     async def script(request: ModelRequest) -> str:
         body = prompt_messages(request)[-1]["body"]
-        while body == "slow" and not release.is_set():
-            await asyncio.sleep(0.02)
+        if body == "slow":
+            await asyncio.to_thread(release.wait)
         return "echo: " + body
 
     await world.setup()

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.homeserver import Account
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -20,6 +19,8 @@ from nio import (
     SyncError,
     TypingNoticeEvent,
 )
+
+from nanoclaw.homeserver import Account
 
 
 class Human:
