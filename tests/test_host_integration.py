@@ -332,7 +332,7 @@ async def test_runs_share_a_global_cap_and_follow_ups_join_the_running_session(
     async def script(request: ModelRequest) -> str:
         body = prompt_messages(request)[-1]["body"]
         if body == "slow":
-            await asyncio.to_thread(release.wait)
+            await asyncio.to_thread(release.wait, 60)
         return "echo: " + body
 
     await world.setup()
