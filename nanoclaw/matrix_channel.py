@@ -46,6 +46,19 @@ PERMANENT_SEND_ERRORS = frozenset(
 )
 
 
+async def maintain_keys(client: AsyncClient) -> None:
+    """The end-to-end key upkeep that nio's sync_forever would do, for our own sync loop."""
+    if client.olm is None:
+        return
+    await client.send_to_device_messages()
+    if client.should_upload_keys:
+        await client.keys_upload()
+    if client.should_query_keys:
+        await client.keys_query()
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
+
+
 class MatrixError(Exception):
     """The homeserver refused something the host cannot do without."""
 
@@ -127,7 +140,7 @@ class MatrixChannel:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            await self._maintain_keys()
+            await maintain_keys(self.client)
             await self._handle_invites(response)
             messages, joined = await self._collect(response, since)
             touched = self._store.commit_sync(messages, response.next_batch, joined)
@@ -137,17 +150,6 @@ class MatrixChannel:
             await self.deliver_pending()
             if touched:
                 on_rooms(touched)
-
-    async def _maintain_keys(self) -> None:
-        if self.client.olm is None:
-            return
-        await self.client.send_to_device_messages()
-        if self.client.should_upload_keys:
-            await self.client.keys_upload()
-        if self.client.should_query_keys:
-            await self.client.keys_query()
-        if self.client.should_claim_keys:
-            await self.client.keys_claim(self.client.get_users_for_key_claiming())
 
     async def _handle_invites(self, response: SyncResponse) -> None:
         for room_id, info in response.rooms.invite.items():

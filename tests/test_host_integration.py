@@ -369,3 +369,29 @@ async def test_runs_share_a_global_cap_and_follow_ups_join_the_running_session(
     await world.alice.send(room_a, "/status")
     status = await world.alice.wait_for_replies(world.bot.user_id, room_a, count=3)
     assert "(cold)" in status[2]["content"]["body"]
+
+
+async def test_history_edits_and_redactions_never_start_a_run(world: World) -> None:
+    await world.setup()
+    room = await world.alice.create_room([world.bot.user_id], name="history")
+    world.groups["hist"] = {"room_id": room, "requires_trigger": False}
+    await world.alice.send(room, "said before the bot joined")
+    await world.start_host()
+    await world.alice.wait_joined(room, world.bot.user_id)
+    await settle()
+    assert world.bot_replies(room) == [] and world.model.requests == []
+
+    original = await world.alice.send(room, "first version")
+    await world.alice.wait_for_replies(world.bot.user_id, room)
+    await world.alice.send(
+        room,
+        "* second version",
+        **{
+            "m.new_content": {"msgtype": "m.text", "body": "second version"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        },
+    )
+    await world.alice.client.room_redact(room, original, reason="test")
+    await settle()
+    assert world.bot_replies(room) == ["echo: first version"]
+    assert [m["body"] for m in prompt_messages(world.model.requests[-1])] == ["first version"]

@@ -21,6 +21,7 @@ from nio import (
 )
 
 from nanoclaw.homeserver import Account
+from nanoclaw.matrix_channel import maintain_keys
 
 
 class Human:
@@ -68,14 +69,7 @@ class Human:
         if isinstance(response, SyncError):
             await asyncio.sleep(0.2)
             return
-        if self.client.olm is not None:
-            if self.client.should_upload_keys:
-                await self.client.keys_upload()
-            if self.client.should_query_keys:
-                await self.client.keys_query()
-            if self.client.should_claim_keys:
-                await self.client.keys_claim(self.client.get_users_for_key_claiming())
-            await self.client.send_to_device_messages()
+        await maintain_keys(self.client)
         for room_id, info in response.rooms.join.items():
             for ephemeral in info.ephemeral:
                 if isinstance(ephemeral, TypingNoticeEvent):
