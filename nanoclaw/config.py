@@ -72,7 +72,15 @@ _MODEL_KEYS = (
     "retry_base_seconds",
     "run_timeout_seconds",
 )
-_GROUP_KEYS = ("room_id", "main", "trigger", "requires_trigger", "allowed_senders", "model")
+_GROUP_KEYS = (
+    "room_id",
+    "main",
+    "trigger",
+    "requires_trigger",
+    "allowed_senders",
+    "model",
+    "base_url",
+)
 
 _USER_WHAT = "a Matrix user ID like @someone:example.org"
 _ROOM_WHAT = "a Matrix room ID like !abcdef:example.org"
@@ -164,6 +172,7 @@ class GroupConfig:
     requires_trigger: bool
     allowed_senders: tuple[str, ...]
     model: str | None
+    base_url: str | None = None  # per-group model endpoint; overrides model.base_url
 
     def sender_allowed(self, sender: str, owners: tuple[str, ...]) -> bool:
         if self.allowed_senders:
@@ -272,7 +281,14 @@ def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) ->
         requires_trigger=table.flag("requires_trigger", not main),
         allowed_senders=table.user_ids("allowed_senders"),
         model=table.string("model", _MODEL_WHAT, _is_model_id),
+        base_url=_endpoint(table),
     )
+
+
+def _endpoint(table: _Table) -> str | None:
+    base_url = table.string("base_url", _URL_WHAT, _is_url)
+    # A trailing slash would give the SDK's requests a double slash.
+    return base_url.rstrip("/") if base_url else None
 
 
 def check_secrets(config: Config, env: Mapping[str, str] = os.environ) -> None:
@@ -317,11 +333,9 @@ def _matrix(table: _Table) -> MatrixConfig:
 
 
 def _model(table: _Table) -> ModelConfig:
-    base_url = table.string("base_url", _URL_WHAT, _is_url)
     return ModelConfig(
         name=table.string("name", _MODEL_WHAT, _is_model_id),
-        # A trailing slash would give the SDK's requests a double slash.
-        base_url=base_url.rstrip("/") if base_url else None,
+        base_url=_endpoint(table),
         api_key=_secret(table, "api_key", required=False),
         max_attempts=table.integer("max_attempts", 5, 1, 20),
         retry_base_seconds=table.number("retry_base_seconds", 5.0),

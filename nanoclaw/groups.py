@@ -23,8 +23,9 @@ def definition(group: GroupConfig) -> dict[str, Any]:
         "requires_trigger": group.requires_trigger,
         "allowed_senders": list(group.allowed_senders),
     }
-    if group.model is not None:
-        data["model"] = group.model
+    for key in ("model", "base_url"):
+        if getattr(group, key) is not None:
+            data[key] = getattr(group, key)
     return data
 
 
@@ -56,6 +57,8 @@ class GroupRegistry:
             raise ValueError(f"a group named {folder} already exists")
         if data.get("main"):
             raise ValueError("only the configuration file can declare the main group")
+        if "base_url" in data:  # the API key goes wherever base_url points
+            raise ValueError("only the configuration file can set a group's base_url")
         group = validate_group(folder, {**data, "main": False}, self._config.assistant_name)
         owner = self._by_room.get(group.room_id)
         if owner is not None:

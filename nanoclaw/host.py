@@ -109,7 +109,7 @@ class Host:
             workdir=self.memory.workdir(folder),
             state_dir=self.config.data_dir / "sessions" / folder,
             model=group.model or self.config.model.name,
-            base_url=self.config.model.base_url,
+            base_url=group.base_url or self.config.model.base_url,
             api_key=self._api_key,
             system_prompt=prompt,
             tools=build_host_tools(folder, self.router),
