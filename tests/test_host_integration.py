@@ -119,6 +119,37 @@ async def test_invites_only_from_owners(world: World) -> None:
     assert world.bot.user_id not in [m.user_id for m in members.members]
     owned = await world.alice.create_room([world.bot.user_id])
     await world.alice.wait_joined(owned, world.bot.user_id)
+    await world.alice.send(owned, "@Andy this room is not registered")
+    await settle()
+    assert world.bot_replies(owned) == [] and world.model.requests == []
+
+
+async def test_built_in_tools_cannot_be_called(world: World) -> None:
+    """The model asks for Bash and Read anyway: it gets errors, and nothing runs."""
+    marker = world.root / "pwned"
+
+    def script(request: ModelRequest) -> str | ToolCall:
+        if request.tool_results:
+            return "results: " + " | ".join(
+                f"{r['is_error']}:{r['content']}" for r in request.tool_results
+            )
+        return [
+            ToolCall("Bash", {"command": f"touch {marker}"}),
+            ToolCall("Read", {"file_path": "/etc/shadow"}),
+        ]  # type: ignore[return-value]
+
+    await world.setup()
+    world.model.script = script
+    await world.start_host()
+    await world.alice.send(world.main_room, "try it")
+    replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
+    assert replies[0]["content"]["body"].startswith("results: True:")
+    assert (
+        "results: True:" in replies[0]["content"]["body"]
+        and "| True:" in replies[0]["content"]["body"]
+    )
+    assert "root:" not in replies[0]["content"]["body"]
+    assert not marker.exists()
 
 
 async def test_send_message_tool_round_trip(world: World) -> None:
