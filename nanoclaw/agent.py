@@ -208,9 +208,6 @@ class AgentPool:
         session = self._sessions.get(folder)
         return session is not None and session.warm
 
-    def warm_count(self) -> int:
-        return sum(1 for s in self._sessions.values() if s.warm)
-
     async def reset(self, folder: str) -> None:
         session = self._sessions.pop(folder, None)
         if session is not None:

@@ -9,18 +9,19 @@ file or a systemd credential, and the value is read only when asked for.
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from nanoclaw.config_reader import ConfigError as ConfigError
+from nanoclaw.config_reader import Table, describe, json_object, key_part
 
 FOLDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # DATA/global holds the memory shared by all groups, so no group may live there.
@@ -41,7 +42,6 @@ _MAX_ID_LENGTH = 255  # the spec's limit for user and room IDs
 _CREDENTIAL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # C0 and C1 controls (newlines among them) and the Unicode line separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 _TOP_KEYS = (
     "data_dir",
@@ -90,18 +90,6 @@ _CREDENTIAL_WHAT = (
     "a systemd credential name: 1 to 64 letters, digits, '_', '.' or '-', not '.' or '..'"
 )
 _MODEL_WHAT = "a model id like claude-sonnet-4-5, without spaces"
-
-
-class ConfigError(Exception):
-    """A bad configuration: `key` is the dotted key (or the file's path), `reason` says why."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(key, reason)
-        self.key = key
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -215,11 +203,11 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path), f"not UTF-8 text (bad byte at offset {exc.start})") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text, object_pairs_hook=_json_object)
+            data = json.loads(text, object_pairs_hook=json_object)
         except ValueError as exc:  # JSONDecodeError carries the line and column
             raise ConfigError(str(path), f"invalid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise ConfigError(str(path), f"must hold a JSON object, not {_describe(data)}")
+            raise ConfigError(str(path), f"must hold a JSON object, not {describe(data)}")
     else:
         try:
             data = tomllib.loads(text)
@@ -230,7 +218,7 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Validate an already parsed file."""
-    top = _Table(data, "", _TOP_KEYS)
+    top = Table(data, "", _TOP_KEYS)
     assistant_name = (
         top.string(
             "assistant_name",
@@ -263,14 +251,14 @@ def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) ->
     Keys in errors start with groups.<folder>. Rules between groups (one main group, one
     group per room) are the caller's.
     """
-    key = "groups." + _key_part(folder)
+    key = "groups." + key_part(folder)
     if not re.fullmatch(FOLDER_PATTERN, folder):
         raise ConfigError(
             key, f"folder name must match {FOLDER_PATTERN} (lowercase letters, digits, '_' or '-')"
         )
     if folder in RESERVED_FOLDERS:
         raise ConfigError(key, f"folder name {folder!r} is reserved (the memory all groups share)")
-    table = _Table(data, key, _GROUP_KEYS)
+    table = Table(data, key, _GROUP_KEYS)
     main = table.flag("main", False)
     return GroupConfig(
         folder=folder,
@@ -279,13 +267,13 @@ def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) ->
         trigger=table.string("trigger", 'a non-empty text on one line, like "@Andy"', _is_line)
         or "@" + assistant_name,
         requires_trigger=table.flag("requires_trigger", not main),
-        allowed_senders=table.user_ids("allowed_senders"),
+        allowed_senders=_user_ids(table, "allowed_senders"),
         model=table.string("model", _MODEL_WHAT, _is_model_id),
         base_url=_endpoint(table),
     )
 
 
-def _endpoint(table: _Table) -> str | None:
+def _endpoint(table: Table) -> str | None:
     base_url = table.string("base_url", _URL_WHAT, _is_url)
     # A trailing slash would give the SDK's requests a double slash.
     return base_url.rstrip("/") if base_url else None
@@ -298,7 +286,7 @@ def check_secrets(config: Config, env: Mapping[str, str] = os.environ) -> None:
             secret.read(env)
 
 
-def _timezone(top: _Table) -> ZoneInfo:
+def _timezone(top: Table) -> ZoneInfo:
     name = top.string("timezone", "an IANA time zone name like Europe/Berlin", bool) or "UTC"
     try:
         return ZoneInfo(name)
@@ -309,9 +297,9 @@ def _timezone(top: _Table) -> ZoneInfo:
         ) from None
 
 
-def _matrix(table: _Table) -> MatrixConfig:
+def _matrix(table: Table) -> MatrixConfig:
     user_id = table.require("user_id", _USER_WHAT, _is_user_id)
-    owners = table.user_ids("owners")
+    owners = _user_ids(table, "owners")
     if not owners:
         raise ConfigError(
             table.at("owners"), "must list at least one Matrix user ID: the people the bot serves"
@@ -332,7 +320,7 @@ def _matrix(table: _Table) -> MatrixConfig:
     )
 
 
-def _model(table: _Table) -> ModelConfig:
+def _model(table: Table) -> ModelConfig:
     return ModelConfig(
         name=table.string("name", _MODEL_WHAT, _is_model_id),
         base_url=_endpoint(table),
@@ -343,16 +331,16 @@ def _model(table: _Table) -> ModelConfig:
     )
 
 
-def _groups(top: _Table, assistant_name: str) -> tuple[GroupConfig, ...]:
+def _groups(top: Table, assistant_name: str) -> tuple[GroupConfig, ...]:
     tables = top.data.get("groups", {})
     if not isinstance(tables, Mapping):
         raise ConfigError(
-            "groups", f"must be a table of groups by folder name, not {_describe(tables)}"
+            "groups", f"must be a table of groups by folder name, not {describe(tables)}"
         )
     groups: list[GroupConfig] = []
     for folder, data in tables.items():
         group = validate_group(folder, data, assistant_name)
-        key = "groups." + _key_part(folder)
+        key = "groups." + key_part(folder)
         owner = next((g.folder for g in groups if g.room_id == group.room_id), None)
         if owner is not None:
             raise ConfigError(
@@ -372,7 +360,7 @@ def _groups(top: _Table, assistant_name: str) -> tuple[GroupConfig, ...]:
     return tuple(groups)
 
 
-def _secret(table: _Table, stem: str, *, required: bool) -> SecretRef | None:
+def _secret(table: Table, stem: str, *, required: bool) -> SecretRef | None:
     file_key, credential_key = f"{stem}_file", f"{stem}_credential"
     file = table.string(file_key, _PATH_WHAT, _is_absolute)
     credential = table.string(credential_key, _CREDENTIAL_WHAT, _is_credential)
@@ -395,119 +383,20 @@ def _secret(table: _Table, stem: str, *, required: bool) -> SecretRef | None:
     )
 
 
-class _Table:
-    """One table of the file: its dotted key, typed getters, and no keys but the known ones."""
-
-    def __init__(self, value: object, key: str, allowed: tuple[str, ...]) -> None:
-        if not isinstance(value, Mapping):
-            raise ConfigError(key, f"must be a table, not {_describe(value)}")
-        self.key = key
-        self.data: Mapping[str, Any] = value
-        for name, item in value.items():
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f"did you mean {close[0]}? " if close else ""
-                raise ConfigError(
-                    self.at(name), f"unknown key; {hint}allowed here: {', '.join(allowed)}"
-                )
-            # TOML has no null; a JSON null is more likely a slip than a wish for the default.
-            if item is None:
-                raise ConfigError(self.at(name), "must not be null; leave the key out instead")
-
-    def at(self, name: str) -> str:
-        return f"{self.key}.{_key_part(name)}" if self.key else _key_part(name)
-
-    def table(self, name: str, allowed: tuple[str, ...], *, required: bool) -> _Table:
-        if name not in self.data and required:
-            raise ConfigError(self.at(name), f"is required: add a [{self.at(name)}] table")
-        return _Table(self.data.get(name, {}), self.at(name), allowed)
-
-    def string(self, name: str, what: str, valid: Callable[[str], bool]) -> str | None:
-        """The string at `name`, or None when it is absent."""
-        if name not in self.data:
-            return None
-        value = self.data[name]
-        if not isinstance(value, str) or not valid(value):
-            raise ConfigError(self.at(name), f"must be {what}, not {_describe(value)}")
-        return value
-
-    def require(self, name: str, what: str, valid: Callable[[str], bool]) -> str:
-        value = self.string(name, what, valid)
-        if value is None:
-            raise ConfigError(self.at(name), f"is required: {what}")
-        return value
-
-    def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(name, default)
-        # bool is an int to Python, but `true` is no number in TOML or JSON.
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(
-                self.at(name), f"must be an integer from {low} to {high}, not {_describe(value)}"
-            )
-        return value
-
-    def number(self, name: str, default: float) -> float:
-        value = self.data.get(name, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise ConfigError(
-                self.at(name), f"must be a number greater than 0, not {_describe(value)}"
-            )
-        return float(value)
-
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.data.get(name, default)
-        if not isinstance(value, bool):
-            raise ConfigError(self.at(name), f"must be true or false, not {_describe(value)}")
-        return value
-
-    def user_ids(self, name: str) -> tuple[str, ...]:
-        """A list of distinct Matrix user IDs; empty when absent."""
-        values = self.data.get(name, [])
-        if not isinstance(values, list):
-            raise ConfigError(
-                self.at(name), f"must be a list of Matrix user IDs, not {_describe(values)}"
-            )
-        for index, value in enumerate(values):
-            key = f"{self.at(name)}[{index}]"
-            if not isinstance(value, str) or not _is_user_id(value):
-                raise ConfigError(key, f"must be {_USER_WHAT}, not {_describe(value)}")
-            if value in values[:index]:
-                raise ConfigError(key, f"{value} is listed twice (also at [{values.index(value)}])")
-        return tuple(values)
-
-
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # JSON silently keeps the last of repeated keys; TOML refuses them, and so do we.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate key {name!r}")
-        result[name] = value
-    return result
-
-
-def _key_part(name: str) -> str:
-    # Quoted as TOML would need it, so an odd key still reads as one part of the path.
-    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"{'integer' if isinstance(value, int) else 'float'} {value}"
-    if isinstance(value, str):
-        return "string " + json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a table"
-    return "null" if value is None else type(value).__name__
+def _user_ids(table: Table, name: str) -> tuple[str, ...]:
+    """A list of distinct Matrix user IDs; empty when absent."""
+    values = table.data.get(name, [])
+    if not isinstance(values, list):
+        raise ConfigError(
+            table.at(name), f"must be a list of Matrix user IDs, not {describe(values)}"
+        )
+    for index, value in enumerate(values):
+        key = f"{table.at(name)}[{index}]"
+        if not isinstance(value, str) or not _is_user_id(value):
+            raise ConfigError(key, f"must be {_USER_WHAT}, not {describe(value)}")
+        if value in values[:index]:
+            raise ConfigError(key, f"{value} is listed twice (also at [{values.index(value)}])")
+    return tuple(values)
 
 
 def _is_user_id(value: str) -> bool:

@@ -112,7 +112,10 @@ class MatrixChannel:
         if isinstance(uploaded, UploadFilterError):
             raise MatrixError(f"could not upload the sync filter: {uploaded.message}")
         self._filter_id = uploaded.filter_id
-        await self.client.set_displayname(display_name)
+        # Setting it unconditionally would post a member event into every room at each start.
+        current = await self.client.get_displayname()
+        if getattr(current, "displayname", None) != display_name:
+            await self.client.set_displayname(display_name)
 
     async def close(self) -> None:
         await self.client.close()
