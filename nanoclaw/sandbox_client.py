@@ -1,0 +1,76 @@
+"""The host's side of the broker protocol (see sandboxd.py): run argv in a group's sandbox.
+
+Cancelling the call closes the connection, which makes the broker stop the unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
+
+
+class SandboxError(Exception):
+    """The broker refused the request or could not be reached; the text says which."""
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    unit: str
+    result: str  # systemd's Result=: success, exit-code, signal, timeout, oom-kill, ...
+    exit_status: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    truncated: bool
+    duration_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+async def run_in_sandbox(
+    socket_path: str,
+    group: str,
+    argv: Sequence[str],
+    cwd: str = "/workspace/group",
+    timeout: int = 60,
+    stdin: bytes = b"",
+) -> SandboxResult:
+    try:
+        reader, writer = await asyncio.open_unix_connection(socket_path, limit=MAX_REPLY_BYTES)
+    except OSError as exc:
+        raise SandboxError(f"cannot reach the sandbox broker at {socket_path}: {exc}") from exc
+    try:
+        request = {
+            "group": group,
+            "argv": list(argv),
+            "cwd": cwd,
+            "timeout": timeout,
+            "stdin": base64.b64encode(stdin).decode(),
+        }
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await reader.readline()
+    finally:
+        writer.close()
+    if not line:
+        raise SandboxError("the sandbox broker closed the connection without an answer")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise SandboxError(str(reply.get("error", "refused without a reason")))
+    return SandboxResult(
+        unit=reply["unit"],
+        result=reply["result"],
+        exit_status=reply["exit_status"],
+        signal=reply["signal"],
+        stdout=base64.b64decode(reply["stdout"]),
+        stderr=base64.b64decode(reply["stderr"]),
+        truncated=bool(reply["truncated"]),
+        duration_ms=int(reply["duration_ms"]),
+    )
