@@ -51,6 +51,8 @@ _TOP_KEYS = (
     "idle_timeout_seconds",
     "max_prompt_messages",
     "log_level",
+    "sandbox_socket",
+    "tool_timeout_seconds",
     "matrix",
     "model",
     "groups",
@@ -182,6 +184,9 @@ class Config:
     matrix: MatrixConfig
     model: ModelConfig
     groups: tuple[GroupConfig, ...]
+    # The broker's socket: when set, groups get the sandboxed tools (bash, read, ...).
+    sandbox_socket: Path | None = None
+    tool_timeout_seconds: int = 120
 
     @property
     def main_group(self) -> GroupConfig | None:
@@ -242,7 +247,13 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         matrix=_matrix(top.table("matrix", _MATRIX_KEYS, required=True)),
         model=_model(top.table("model", _MODEL_KEYS, required=False)),
         groups=_groups(top, assistant_name),
+        sandbox_socket=_optional_path(top.string("sandbox_socket", _PATH_WHAT, _is_absolute)),
+        tool_timeout_seconds=top.integer("tool_timeout_seconds", 120, 1, 86400),
     )
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value is not None else None
 
 
 def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) -> GroupConfig:

@@ -13,13 +13,16 @@ import logging
 import os
 import signal
 
-from nanoclaw.agent import SYSTEM_PROMPT, AgentPool, AgentSettings
+from claude_agent_sdk import create_sdk_mcp_server
+
+from nanoclaw.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
 from nanoclaw.config import Config
 from nanoclaw.groups import GroupRegistry
-from nanoclaw.host_tools import TOOL_NAMES, build_host_tools
+from nanoclaw.host_tools import host_mcp_tools
 from nanoclaw.matrix_channel import MatrixChannel
 from nanoclaw.memory import Memory
 from nanoclaw.router import Router
+from nanoclaw.sandbox_mcp import sandbox_mcp_tools
 from nanoclaw.store import Store
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,10 @@ class Host:
         if group is None:
             raise LookupError(f"unknown group {folder}")
         self.memory.prepare(folder)
+        tools = host_mcp_tools(folder, self.router)
+        if self.config.sandbox_socket is not None:
+            socket, timeout = str(self.config.sandbox_socket), self.config.tool_timeout_seconds
+            tools += sandbox_mcp_tools(socket, folder, timeout)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
         if group.main:
             prompt += "\n" + MAIN_PROMPT
@@ -112,8 +119,8 @@ class Host:
             base_url=group.base_url or self.config.model.base_url,
             api_key=self._api_key,
             system_prompt=prompt,
-            tools=build_host_tools(folder, self.router),
-            tool_names=TOOL_NAMES,
+            tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
+            tool_names=tuple(t.name for t in tools),
         )
 
 

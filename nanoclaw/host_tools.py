@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from claude_agent_sdk import create_sdk_mcp_server, tool
-from claude_agent_sdk.types import McpSdkServerConfig
-
-from nanoclaw.agent import MCP_SERVER
+from claude_agent_sdk import SdkMcpTool, tool
 
 
 class ToolRefused(Exception):
@@ -25,8 +22,6 @@ class HostActions(Protocol):
 
     async def write_memory(self, source: str, scope: str, content: str) -> str: ...
 
-
-TOOL_NAMES = ("send_message", "register_group", "write_memory")
 
 _SEND_SCHEMA = {
     "type": "object",
@@ -77,8 +72,8 @@ def _text(text: str, error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "is_error": error}
 
 
-def build_host_tools(source: str, actions: HostActions) -> McpSdkServerConfig:
-    """The MCP server for group `source`."""
+def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
+    """The host tools for group `source`."""
 
     @tool(
         "send_message",
@@ -109,4 +104,4 @@ def build_host_tools(source: str, actions: HostActions) -> McpSdkServerConfig:
         except ToolRefused as refusal:
             return _text(str(refusal), error=True)
 
-    return create_sdk_mcp_server(MCP_SERVER, tools=[send_message, register_group, write_memory])
+    return [send_message, register_group, write_memory]
