@@ -1,0 +1,290 @@
+"""nanoclaw-sandboxd: the root broker that runs one command in a fresh transient unit.
+
+Why it exists: starting transient units needs polkit's manage-units, which no rule can
+limit to safe ExecStart= or User= values; granting it to the host would make the host
+root. So the host stays unprivileged and asks this broker, over a Unix socket that only
+group `nanoclaw` can open, to run argv for a group. Every unit property comes from the
+root-owned policy file through `compile_unit`; the request names only the group, argv,
+working directory, stdin and a timeout within the policy's bound.
+
+Protocol, one request per connection. The client sends one line of JSON:
+  {"group": "family", "argv": ["/bin/sh", "-c", "ls"], "cwd": "/workspace/group",
+   "timeout": 30, "stdin": "<base64, optional>"}
+and reads one line of JSON back:
+  {"ok": true, "unit": "...", "result": "success", "exit_status": 0, "signal": null,
+   "stdout": "<base64>", "stderr": "<base64>", "truncated": false, "duration_ms": 52}
+or {"ok": false, "error": "why"}. Closing the connection early stops the unit.
+
+It imports nothing from the agent side: only the policy, its compiler and D-Bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import grp
+import json
+import logging
+import os
+import pwd
+import secrets
+import socket
+import struct
+import sys
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nanoclaw.config_reader import ConfigError
+from nanoclaw.ip_probe import ip_filtering_enforced
+from nanoclaw.policy import Policy, UnknownGroup, load_policy
+from nanoclaw.systemd_bus import BusError, Property, Systemd
+from nanoclaw.unit_properties import RequestError, ToolRequest, compile_unit
+
+log = logging.getLogger("nanoclaw.sandboxd")
+
+MAX_REQUEST_BYTES = 12 * 1024 * 1024  # argv (1 MiB) + base64 stdin (8 MiB) + framing
+MAX_STDIN_BYTES = 8 * 1024 * 1024
+SD_LISTEN_FDS_START = 3
+KILL_GRACE_SECONDS = 5
+# The unit's stdio: indexes into the file descriptors passed with StartTransientUnit.
+PIPES: tuple[Property, ...] = (
+    ("StandardInputFileDescriptor", "h", 0),
+    ("StandardOutputFileDescriptor", "h", 1),
+    ("StandardErrorFileDescriptor", "h", 2),
+)
+
+
+class Refused(Exception):
+    """The request is not allowed; the message goes back to the client."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return Peer(*struct.unpack("3i", raw))
+
+
+def peer_groups(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return {int(g) for g in line.split()[1:]}
+    return set()
+
+
+def parse_request(line: bytes) -> tuple[ToolRequest, bytes]:
+    """Only these five fields exist; anything else is refused, not ignored."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(f"request is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Refused("request must be a JSON object")
+    extra = set(data) - {"group", "argv", "cwd", "timeout", "stdin"}
+    if extra:
+        raise Refused(f"unknown request fields: {', '.join(sorted(extra))}")
+    group, argv, cwd, timeout = (data.get(k) for k in ("group", "argv", "cwd", "timeout"))
+    if not isinstance(group, str) or not isinstance(cwd, str):
+        raise Refused("group and cwd must be strings")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise Refused("argv must be a list of strings")
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise Refused("timeout must be an integer number of seconds")
+    try:
+        stdin = base64.b64decode(data.get("stdin", ""), validate=True)
+    except (binascii.Error, TypeError):
+        raise Refused("stdin must be base64") from None
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise Refused(f"stdin is limited to {MAX_STDIN_BYTES} bytes")
+    return ToolRequest(group=group, argv=tuple(argv), cwd=cwd, timeout_seconds=timeout), stdin
+
+
+async def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:
+    """Read a pipe to EOF, keeping `cap` bytes; the rest is drained so the unit never blocks."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    kept = bytearray()
+    truncated = False
+    try:
+        while chunk := await reader.read(65536):
+            room = cap - len(kept)
+            kept += chunk[:room]
+            truncated = truncated or len(chunk) > room
+    finally:
+        transport.close()
+    return bytes(kept), truncated
+
+
+class Broker:
+    def __init__(
+        self, policy: Policy, systemd: Systemd, client_gid: int, ip_filtering: bool
+    ) -> None:
+        self.policy = policy
+        self.systemd = systemd
+        self.client_gid = client_gid
+        self.ip_filtering = ip_filtering
+
+    def authorize(self, peer: Peer) -> None:
+        if peer.uid == 0 or peer.gid == self.client_gid or self.client_gid in peer_groups(peer.pid):
+            return
+        raise Refused(f"uid {peer.uid} is not in the broker's client group")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            self.authorize(peer_of(sock))
+            line = await reader.readline()
+            if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
+                raise Refused("request too large or not one line")
+            request, stdin = parse_request(line)
+            reply = await self.run(request, stdin, reader)
+        except Refused as refusal:
+            reply = {"ok": False, "error": str(refusal)}
+            log.warning("refused: %s", refusal)
+        except (RequestError, UnknownGroup, BusError, ConfigError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+            log.warning("refused: %s", exc)
+        with suppress(ConnectionError):
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def run(
+        self, request: ToolRequest, stdin: bytes, client: asyncio.StreamReader
+    ) -> dict[str, Any]:
+        group = self.policy.group(request.group)
+        if group.egress.any and not self.ip_filtering:
+            raise Refused(
+                f"group {group.name} has egress, but IP filtering is not enforced on this "
+                "machine (no cgroup BPF): refusing rather than running it unfiltered"
+            )
+        try:
+            pwd.getpwuid(group.uid)
+            grp.getgrgid(group.uid)
+        except KeyError:
+            raise Refused(
+                f"group {group.name}: uid/gid {group.uid} has no user or group entry, which "
+                f"systemd needs; create both (sysusers: u nanoclaw-tool-{group.name} "
+                f"{group.uid}:{group.uid})"
+            ) from None
+        # A symlink can change after the policy was checked: resolve and check again now.
+        for index, mount in enumerate(group.mounts):
+            key = f"groups.{group.name}.mounts[{index}].host"
+            if self.policy.check_host_path(mount.host, key) != mount.host:
+                raise Refused(f"{key}: {mount.host} now resolves elsewhere; refusing the mount")
+        plan = compile_unit(self.policy, request, secrets.token_hex(8))
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        started = time.monotonic()
+        try:
+            path = await self.systemd.start_transient(
+                plan.name, plan.properties + PIPES, [stdin_r, out_w, err_w]
+            )
+        finally:
+            for fd in (stdin_r, out_w, err_w):
+                os.close(fd)
+        log.info("started %s for %s", plan.name, group.name)
+        feeder = asyncio.create_task(asyncio.to_thread(_feed, stdin_w, stdin))
+        cap = group.limits.output_bytes
+        outputs = asyncio.gather(_read_capped(out_r, cap), _read_capped(err_r, cap))
+        gone = asyncio.create_task(client.read(1))  # EOF: the client went away
+        try:
+            waiters: set[asyncio.Future[Any]] = {outputs, gone}
+            done, _ = await asyncio.wait(
+                waiters,
+                timeout=request.timeout_seconds + KILL_GRACE_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if outputs not in done:
+                reason = "the client went away" if gone in done else "the time ran out"
+                log.warning("stopping %s: %s", plan.name, reason)
+                await self.systemd.stop(plan.name)
+            (stdout, out_cut), (stderr, err_cut) = await outputs
+            outcome = await self.systemd.wait_inactive(path)
+        finally:
+            gone.cancel()
+            feeder.cancel()
+            with suppress(BusError):
+                await self.systemd.release(path)
+        killed = outcome.exit_code in (2, 3)  # CLD_KILLED, CLD_DUMPED
+        return {
+            "ok": True,
+            "unit": plan.name,
+            "result": outcome.result,
+            "exit_status": None if killed else outcome.exit_status,
+            "signal": outcome.exit_status if killed else None,
+            "stdout": base64.b64encode(stdout).decode(),
+            "stderr": base64.b64encode(stderr).decode(),
+            "truncated": out_cut or err_cut,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        }
+
+
+def _feed(fd: int, data: bytes) -> None:
+    try:
+        with suppress(BrokenPipeError):
+            os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def listening_socket(path: str | None) -> socket.socket:
+    """The socket systemd passed us (socket activation), or one bound by hand for tests."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+        return socket.socket(fileno=SD_LISTEN_FDS_START)
+    if path is None:
+        raise SystemExit("nanoclaw-sandboxd: no socket from systemd and no --socket given")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+    sock.bind(path)
+    os.chmod(path, 0o660)
+    sock.listen()
+    return sock
+
+
+async def serve(args: argparse.Namespace) -> None:
+    policy = load_policy(Path(args.policy))
+    client_gid = grp.getgrnam(args.client_group).gr_gid
+    systemd = await Systemd.connect()
+    enforced = await ip_filtering_enforced(systemd)
+    if not enforced:
+        log.warning("IP filtering is not enforced here: groups with egress will be refused")
+    broker = Broker(policy, systemd, client_gid, enforced)
+    server = await asyncio.start_unix_server(broker.handle, sock=listening_socket(args.socket))
+    log.info("serving %d groups", len(policy.groups))
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nanoclaw-sandboxd", description=__doc__.split("\n")[0])
+    parser.add_argument("--policy", default="/etc/nanoclaw/policy.json")
+    parser.add_argument("--client-group", default="nanoclaw")
+    parser.add_argument("--socket", help="bind this path instead of using socket activation")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except ConfigError as err:
+        print(f"nanoclaw-sandboxd: invalid policy: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The few systemd D-Bus calls the broker makes, with explicit signatures.
+
+StartTransientUnit with properties as (name, signature, value) triples and pipes passed as
+file descriptors; the unit is created with AddRef so it stays loaded after it stops, until
+we have read its exit status and drop the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
+from dbus_next.signature import Variant
+
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+UNIT = "org.freedesktop.systemd1.Unit"
+SERVICE = "org.freedesktop.systemd1.Service"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
+Property = tuple[str, str, object]
+
+
+class BusError(Exception):
+    """systemd refused a call; the message is systemd's own."""
+
+
+@dataclass(frozen=True)
+class UnitOutcome:
+    result: str  # "success", "exit-code", "signal", "timeout", "oom-kill", ...
+    exit_code: int  # CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3
+    exit_status: int  # the exit status, or the signal number
+
+
+def _wire(value: object) -> object:
+    """dbus-next wants lists for structs and arrays; our plans use immutable tuples."""
+    if isinstance(value, tuple | list):
+        return [_wire(item) for item in value]
+    return value
+
+
+class Systemd:
+    def __init__(self, bus: MessageBus) -> None:
+        self._bus = bus
+
+    @classmethod
+    async def connect(cls) -> Systemd:
+        bus = await MessageBus(bus_type=BusType.SYSTEM, negotiate_unix_fd=True).connect()
+        return cls(bus)
+
+    def disconnect(self) -> None:
+        self._bus.disconnect()
+
+    async def _call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[object] = (),
+        fds: Sequence[int] = (),
+    ) -> list[object]:
+        reply = await self._bus.call(
+            Message(
+                destination=SYSTEMD,
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=list(body),
+                unix_fds=list(fds),
+            )
+        )
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            raise BusError(f"{member}: {reply.error_name}: {reply.body[0] if reply.body else ''}")
+        return list(reply.body)
+
+    async def start_transient(
+        self, name: str, properties: Sequence[Property], fds: Sequence[int]
+    ) -> str:
+        """Start the unit; `fds` are referenced from properties of signature 'h' by index."""
+        body = [
+            name,
+            "fail",
+            [[key, Variant(signature, _wire(value))] for key, signature, value in properties]
+            + [["AddRef", Variant("b", True)]],
+            [],
+        ]
+        await self._call(MANAGER_PATH, MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", body, fds)
+        (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
+        return str(path)
+
+    async def _get(self, path: str, interface: str, name: str) -> object:
+        (value,) = await self._call(path, PROPERTIES, "Get", "ss", [interface, name])
+        assert isinstance(value, Variant)
+        return value.value
+
+    async def wait_inactive(self, path: str, poll: float = 0.005) -> UnitOutcome:
+        """Wait until the unit has stopped, then read how its main process ended."""
+        delay = poll
+        while await self._get(path, UNIT, "ActiveState") not in ("inactive", "failed"):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        result = await self._get(path, SERVICE, "Result")
+        code = await self._get(path, SERVICE, "ExecMainCode")
+        status = await self._get(path, SERVICE, "ExecMainStatus")
+        return UnitOutcome(str(result), int(code), int(status))  # type: ignore[call-overload]
+
+    async def stop(self, name: str) -> None:
+        await self._call(MANAGER_PATH, MANAGER, "KillUnit", "ssi", [name, "all", 9])
+
+    async def release(self, path: str) -> None:
+        """Drop our reference; CollectMode then lets systemd forget the unit."""
+        await self._call(path, UNIT, "Unref")

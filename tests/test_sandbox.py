@@ -1,0 +1,259 @@
+"""The broker and its tool units against a real systemd, booted in systemd-nspawn.
+
+The broker runs as the real socket-activated unit from units/, with a test policy; tool
+calls go through the real client. Each escape attempt stands next to a control that
+shows the same probe working where the policy allows it. What nspawn cannot enforce
+(IP filtering, cgroup v2 limits) is proven in the VM tests, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nanoclaw.sandbox_client import SandboxError, SandboxResult, run_in_sandbox
+from tests.support.machine import Machine, require_machine, rootfs
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = "/opt/nanoclaw-src"
+OVERRIDE = f"""[Service]
+ExecStart=
+ExecStart=/usr/bin/python3 -m nanoclaw.sandboxd --policy /etc/nanoclaw/policy.json
+Environment=PYTHONPATH={SOURCE}
+"""
+LIMITS = {
+    "memory_max_bytes": 268435456,
+    "tasks_max": 32,
+    "cpu_quota_percent": 100,
+    "wall_seconds": 20,
+    "output_bytes": 65536,
+}
+POLICY = {
+    "version": 1,
+    "data_dir": "/var/lib/nanoclaw",
+    "protected_paths": ["/etc/nanoclaw"],
+    "defaults": {"limits": LIMITS},
+    "groups": {
+        "alpha": {
+            "uid": 61001,
+            "main": True,
+            "mounts": [
+                {"host": "/srv/shared", "sandbox": "/workspace/shared", "writable": False},
+                {"host": "/srv/scratch", "sandbox": "/workspace/scratch", "writable": True},
+            ],
+        },
+        "beta": {"uid": 61002},
+        "online": {"uid": 61003, "egress": {"cidrs": ["192.0.2.0/24"]}},
+    },
+}
+SETUP = """
+set -e
+groupadd --system nanoclaw
+mkdir -p /etc/nanoclaw /srv/shared /srv/scratch /var/lib/nanoclaw/global
+for g in alpha:61001 beta:61002 online:61003; do
+  name=${g%%:*} id=${g##*:}
+  groupadd --gid $id nanoclaw-tool-$name
+  useradd --uid $id --gid $id --no-create-home --shell /usr/sbin/nologin nanoclaw-tool-$name
+  mkdir -p /var/lib/nanoclaw/groups/$name
+  chown $id:$id /var/lib/nanoclaw/groups/$name
+done
+chown 61001:61001 /srv/scratch
+echo shared-file > /srv/shared/readme
+echo beta-secret > /var/lib/nanoclaw/groups/beta/secret
+echo database > /var/lib/nanoclaw/nanoclaw.db
+cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
+mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
+cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
+systemctl daemon-reload
+systemctl start nanoclaw-sandboxd.socket
+"""
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    require_machine()
+    units = tmp_path_factory.mktemp("units")
+    for name in ("nanoclaw-sandboxd.socket", "nanoclaw-sandboxd.service"):
+        (units / name).write_text((REPO / "units" / name).read_text())
+    (units / "override.conf").write_text(OVERRIDE)
+    (units / "policy.json").write_text(json.dumps(POLICY))
+    with Machine(
+        rootfs(), "sandbox", binds=[(REPO, SOURCE, False), (units, "/tmp/units", False)]
+    ) as m:
+        m.succeed(SETUP)
+        m.succeed("install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json")
+        yield m
+
+
+def socket_of(machine: Machine) -> str:
+    return f"/proc/{machine.pid}/root/run/nanoclaw/sandbox.sock"
+
+
+async def sh(
+    machine: Machine, command: str, group: str = "alpha", timeout: int = 10, stdin: bytes = b""
+) -> SandboxResult:
+    return await run_in_sandbox(
+        socket_of(machine), group, ["/bin/sh", "-c", command], timeout=timeout, stdin=stdin
+    )
+
+
+def out(result: SandboxResult) -> str:
+    return result.stdout.decode() + result.stderr.decode()
+
+
+async def test_a_tool_call_runs_as_the_groups_user_in_its_workspace(machine: Machine) -> None:
+    result = await sh(machine, "id -u; pwd; cat; echo oops >&2; exit 3", stdin=b"from stdin\n")
+    assert result.stdout.decode().splitlines() == ["61001", "/workspace/group", "from stdin"]
+    assert (result.exit_status, result.stderr) == (3, b"oops\n")
+    assert result.unit.startswith("nanoclaw-tool-alpha-") and result.unit.endswith(".service")
+
+
+async def test_secrets_and_other_groups_are_invisible(machine: Machine) -> None:
+    assert (await sh(machine, "cat /etc/hostname")).ok, "control: ordinary files are readable"
+    for escape in (
+        "cat /etc/shadow",
+        "ls /var/lib/nanoclaw",
+        "cat /var/lib/nanoclaw/nanoclaw.db",
+        "cat /var/lib/nanoclaw/groups/beta/secret",
+        "ls /root",
+        "cat /etc/nanoclaw/policy.json",
+    ):
+        result = await sh(machine, escape)
+        assert not result.ok, f"{escape} should fail, got {out(result)!r}"
+    assert out(await sh(machine, "cat /workspace/group/secret", group="beta")) == "beta-secret\n"
+
+
+async def test_writes_only_where_the_policy_allows(machine: Machine) -> None:
+    allowed = "touch /workspace/group/a /workspace/scratch/b /tmp/c && echo ok"
+    assert out(await sh(machine, allowed)) == "ok\n"
+    assert out(await sh(machine, "cat /workspace/shared/readme")) == "shared-file\n"
+    for target in ("/workspace/shared/x", "/usr/x", "/etc/x", "/workspace/x"):
+        assert not (await sh(machine, f"touch {target}")).ok, target
+    assert "scratch" not in out(await sh(machine, "ls /workspace", group="beta"))
+
+
+async def test_symlinks_in_a_writable_mount_do_not_reach_out(machine: Machine) -> None:
+    await sh(machine, "ln -sf /var/lib/nanoclaw/groups/beta/secret /workspace/scratch/link")
+    assert not (await sh(machine, "cat /workspace/scratch/link")).ok
+    assert not (await sh(machine, "cat /workspace/scratch/link", group="beta")).ok
+
+
+async def test_no_dbus_no_systemd_run(machine: Machine) -> None:
+    machine.succeed("test -S /run/dbus/system_bus_socket")  # control: it exists outside
+    assert not (await sh(machine, "test -e /run/dbus/system_bus_socket")).ok
+    assert not (await sh(machine, "systemd-run --wait true")).ok
+
+
+def errno_of(syscall: int, *args: int) -> str:
+    """A probe that prints the errno of a raw syscall (0 when it succeeds)."""
+    listed = ",".join(str(a) for a in args)
+    return (
+        "python3 -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+        f"r = libc.syscall({syscall},{listed}); print(ctypes.get_errno() if r == -1 else 0)'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "probe"),
+    [
+        ("ptrace", errno_of(101, 0, 0, 0, 0)),
+        ("bpf", errno_of(321, 0, 0, 0)),
+        ("keyctl", errno_of(250, 0, 0, 0, 0, 0)),
+        ("mount", errno_of(165, 0, 0, 0, 0, 0)),
+        ("unshare", errno_of(272, 0x20000)),  # CLONE_NEWNS
+    ],
+)
+async def test_privileged_syscalls_fail_with_eperm(machine: Machine, name: str, probe: str) -> None:
+    assert out(await sh(machine, probe)).strip() == "1", f"{name}: EPERM in a tool unit"
+    # Control: the same probe as root without the filter gets past seccomp (another errno,
+    # or success), so the EPERM above is the filter's doing.
+    status, control = machine.execute(f"systemd-run --wait --pipe -q {probe}")
+    assert status == 0, control
+    if name in ("bpf", "keyctl"):
+        # nspawn's own seccomp filter refuses these two with EPERM for the whole machine,
+        # so no control can pass here; the VM tests prove them against a bare kernel.
+        assert control.strip() == "1", f"{name}: nspawn's filter changed: {control!r}"
+    else:
+        assert control.strip() != "1", f"{name} control: {control!r}"
+
+
+async def test_setuid_does_not_elevate_and_no_capabilities(machine: Machine) -> None:
+    machine.succeed("cp /bin/sh /usr/local/bin/rootsh && chmod 4755 /usr/local/bin/rootsh")
+    assert out(await sh(machine, "/usr/local/bin/rootsh -p -c 'id -u'")) == "61001\n"
+    caps = out(await sh(machine, "grep CapEff /proc/self/status"))
+    assert caps.split()[-1] == "0000000000000000"
+
+
+async def test_proc_shows_only_the_units_own_processes(machine: Machine) -> None:
+    pids = out(await sh(machine, "ls /proc | grep -c '^[0-9]'"))
+    assert int(pids) < 5, pids
+    assert int(machine.succeed("ls /proc | grep -c '^[0-9]'")) > 5, "control: the machine has more"
+
+
+async def test_a_timeout_kills_the_whole_process_tree(machine: Machine) -> None:
+    result = await sh(machine, "sleep 300 & sleep 301 & wait", timeout=2)
+    assert result.result == "timeout" and not result.ok
+    machine.fail("pgrep -f 'sleep 30[01]'")
+
+
+async def test_a_fork_bomb_and_the_broker_keeps_answering(machine: Machine) -> None:
+    bomb = "i=0; while [ $i -lt 200 ]; do sleep 3 & i=$((i+1)); done; wait"
+    result = await sh(machine, bomb, timeout=15)
+    if "fork" in out(result).lower():
+        assert not result.ok, "TasksMax stopped the bomb"
+    else:
+        # nspawn here gives the container's systemd no pids controller: TasksMax (like
+        # MemoryMax and IP filtering) is proven in the VM tests, where cgroup v2 is real.
+        print("\n*** ENVIRONMENT LIMITATION: TasksMax is not enforced in this nspawn machine ***")
+    assert (await sh(machine, "echo alive")).ok, "the broker keeps answering"
+
+
+async def test_output_is_capped_with_a_flag(machine: Machine) -> None:
+    result = await sh(machine, "head -c 1000000 /dev/zero")
+    assert result.truncated and len(result.stdout) == LIMITS["output_bytes"] and result.ok
+
+
+@pytest.mark.parametrize(
+    ("group", "argv", "timeout", "error"),
+    [
+        ("nobody", ["/bin/true"], 5, "nobody"),
+        ("alpha", ["/bin/true"], 999, "timeout"),
+        ("alpha", ["true"], 5, "absolute"),
+        ("online", ["/bin/true"], 5, "IP filtering is not enforced"),
+    ],
+)
+async def test_the_broker_refuses(
+    machine: Machine, group: str, argv: list[str], timeout: int, error: str
+) -> None:
+    with pytest.raises(SandboxError, match=error):
+        await run_in_sandbox(socket_of(machine), group, argv, timeout=timeout)
+
+
+async def test_extra_request_fields_are_refused(machine: Machine) -> None:
+    request = {
+        "group": "alpha",
+        "argv": ["/bin/true"],
+        "cwd": "/workspace/group",
+        "timeout": 5,
+        "properties": {"User": "root"},
+    }
+    reader, writer = await asyncio.open_unix_connection(socket_of(machine))
+    writer.write(json.dumps(request).encode() + b"\n")
+    reply = json.loads(await reader.readline())
+    writer.close()
+    assert reply == {"ok": False, "error": "unknown request fields: properties"}
+
+
+async def test_clients_outside_the_group_are_refused(machine: Machine) -> None:
+    machine.succeed("chmod 0666 /run/nanoclaw/sandbox.sock")  # even past the file mode
+    reply = machine.execute(
+        'setpriv --reuid=65534 --regid=65534 --clear-groups python3 -c "import socket; '
+        "s=socket.socket(socket.AF_UNIX); s.connect('/run/nanoclaw/sandbox.sock'); "
+        "s.sendall(b'{}\\n'); print(s.makefile().readline())\""
+    )
+    machine.succeed("chmod 0660 /run/nanoclaw/sandbox.sock")
+    assert "not in the broker's client group" in reply[1]
