@@ -9,7 +9,6 @@ file or a systemd credential, and the value is read only when asked for.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tomllib
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nanoclaw.config_reader import ConfigError as ConfigError
-from nanoclaw.config_reader import Table, describe, json_object, key_part
+from nanoclaw.config_reader import Table, describe, key_part, parse_json_object, read_text
 
 FOLDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # DATA/global holds the memory shared by all groups, so no group may live there.
@@ -198,21 +197,9 @@ class Config:
 
 def load_config(path: Path) -> Config:
     """Read, parse and validate the file at `path`: JSON if it ends in .json, else TOML."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(path), f"cannot read the file: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"not UTF-8 text (bad byte at offset {exc.start})") from None
+    text = read_text(path)
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text, object_pairs_hook=json_object)
-        except ValueError as exc:  # JSONDecodeError carries the line and column
-            raise ConfigError(str(path), f"invalid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(str(path), f"must hold a JSON object, not {describe(data)}")
+        data = parse_json_object(text, path)
     else:
         try:
             data = tomllib.loads(text)

@@ -10,6 +10,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -25,6 +26,29 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.reason}"
+
+
+def read_text(path: Path) -> str:
+    """A configuration file's text, or a ConfigError keyed by its path."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            str(path), f"cannot read the file: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def parse_json_object(text: str, path: Path) -> dict[str, Any]:
+    """A JSON object with no repeated keys, or a ConfigError with the line and column."""
+    try:
+        data = json.loads(text, object_pairs_hook=json_object)
+    except ValueError as exc:  # also duplicate keys, and integers too long to convert
+        raise ConfigError(str(path), f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"must hold a JSON object, not {describe(data)}")
+    return data
 
 
 class Table:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from nanoclaw.config_reader import ConfigError, Table, describe, json_object, key_part
+from nanoclaw.config_reader import (
+    ConfigError,
+    Table,
+    describe,
+    key_part,
+    parse_json_object,
+    read_text,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -277,20 +283,7 @@ def is_domain(name: str) -> bool:
 
 def load_policy(path: Path) -> Policy:
     """Read and validate the policy file; its own path is protected."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            str(path), f"cannot read the file: {exc.strerror or type(exc).__name__}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"not UTF-8 text (bad byte at offset {exc.start})") from None
-    try:
-        data = json.loads(text, object_pairs_hook=json_object)
-    except ValueError as exc:  # also duplicate keys, and integers too long to convert
-        raise ConfigError(str(path), f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), f"must hold a JSON object, not {describe(data)}")
+    data = parse_json_object(read_text(path), path)
     return parse_policy(data, os.path.abspath(path))
 
 
