@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from nanoclaw.homeserver import EmbeddedHomeserver
 from nanoclaw.sandbox_client import SandboxError, SandboxResult, run_in_sandbox
 from tests.support.machine import Machine, require_machine, rootfs
+from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
+from tests.support.world import World
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = "/opt/nanoclaw-src"
@@ -257,3 +260,29 @@ async def test_clients_outside_the_group_are_refused(machine: Machine) -> None:
     )
     machine.succeed("chmod 0660 /run/nanoclaw/sandbox.sock")
     assert "not in the broker's client group" in reply[1]
+
+
+async def test_an_agent_turn_runs_its_tool_call_in_a_unit(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    """Matrix message -> host -> SDK -> bash tool -> broker -> transient unit -> reply."""
+
+    def script(request: ModelRequest) -> str | ToolCall:
+        if request.tool_results:
+            return "tool said: " + request.tool_results[-1]["content"]
+        command = "id -u; pwd; cat /workspace/shared/readme; cat /etc/shadow"
+        return ToolCall("mcp__nanoclaw__bash", {"command": command})
+
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = script
+    try:
+        await world.setup()
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=20)
+        await world.alice.send(world.main_room, "run it")
+        replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
+    finally:
+        await world.close()
+    body = replies[0]["content"]["body"]
+    assert body.startswith("tool said: 61001\n/workspace/group\nshared-file\n"), body
+    assert "Permission denied" in body or "No such file" in body, body
