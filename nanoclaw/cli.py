@@ -10,8 +10,13 @@ import sys
 from pathlib import Path
 
 from nanoclaw.config import Config, ConfigError, check_secrets, load_config
+from nanoclaw.policy import UnknownGroup
+from nanoclaw.sandbox_client import SandboxError
+from nanoclaw.unit_properties import RequestError
 
 DEFAULT_CONFIG = Path("/etc/nanoclaw/config.toml")
+DEFAULT_POLICY = "/etc/nanoclaw/policy.json"
+DEFAULT_SOCKET = "/run/nanoclaw/sandbox.sock"
 EXIT_CONFIG = 2
 
 
@@ -62,6 +67,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from nanoclaw.policy import load_policy
+    from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
+
+    policy = load_policy(Path(args.policy))
+    group = policy.group(args.group)
+    request = ToolRequest(
+        args.group, ("/bin/sh", "-c", "…"), "/workspace/group", group.limits.wall_seconds
+    )
+    print(explain(compile_unit(policy, request, "0" * 16)))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from nanoclaw.sandbox_client import run_in_sandbox
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("nanoclaw exec: give a command after --", file=sys.stderr)
+        return 2
+    result = asyncio.run(run_in_sandbox(args.socket, args.group, command, timeout=args.timeout))
+    sys.stdout.buffer.write(result.stdout)
+    sys.stderr.buffer.write(result.stderr)
+    if result.truncated:
+        print("nanoclaw exec: output was cut at the group's limit", file=sys.stderr)
+    print(
+        f"nanoclaw exec: {result.unit}: {result.result} in {result.duration_ms} ms", file=sys.stderr
+    )
+    return result.exit_status if result.exit_status is not None else 128 + (result.signal or 0)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from nanoclaw.quickstart import quickstart
 
@@ -84,6 +120,22 @@ def parser() -> argparse.ArgumentParser:
             "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
         )
         p.set_defaults(func=func)
+    policy = sub.add_parser("policy", help="inspect the sandbox policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_sub.add_parser("explain", help="print the properties of GROUP's tool units")
+    explain.add_argument("group")
+    explain.add_argument("--policy", default=DEFAULT_POLICY)
+    explain.set_defaults(func=cmd_policy_explain)
+    run = sub.add_parser(
+        "exec",
+        help="run a command in GROUP's sandbox, as a tool call would",
+        usage="nanoclaw exec [--socket PATH] [--timeout SECONDS] GROUP -- COMMAND...",
+    )
+    run.add_argument("group")
+    run.add_argument("--socket", default=DEFAULT_SOCKET)
+    run.add_argument("--timeout", type=int, default=60)
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_exec)
     up = sub.add_parser("up", help="start a local homeserver, accounts, a main room and the host")
     up.add_argument("--data-dir", default=str(Path.home() / ".local/share/nanoclaw"))
     up.add_argument("--port", type=int, default=8008, help="homeserver port on 127.0.0.1")
@@ -98,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"nanoclaw: invalid configuration: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except (UnknownGroup, SandboxError, RequestError) as err:  # unknown group, refusals
+        print(f"nanoclaw: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

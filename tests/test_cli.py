@@ -62,3 +62,14 @@ def test_unparseable_file_is_named_with_its_line(tmp_path: Path) -> None:
     result = nanoclaw("check-config", "--config", str(path))
     assert result.returncode == 2
     assert str(path) in result.stderr and "line 2" in result.stderr
+
+
+def test_policy_explain_prints_the_units_properties() -> None:
+    example = str(Path(__file__).resolve().parent.parent / "policies" / "example.json")
+    family = nanoclaw("policy", "explain", "family", "--policy", example)
+    assert family.returncode == 0, family.stderr
+    assert "PrivateNetwork=yes" in family.stdout and "ProtectSystem=strict" in family.stdout
+    online = nanoclaw("policy", "explain", "main", "--policy", example)
+    assert "IPAddressDeny=" in online.stdout and "PrivateNetwork=yes" not in online.stdout
+    missing = nanoclaw("policy", "explain", "nope", "--policy", example)
+    assert missing.returncode == 1 and "nope" in missing.stderr

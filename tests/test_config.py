@@ -479,7 +479,7 @@ BAD: list[tuple[Any, ...]] = [
     ("model.retry_base_seconds", "5", 'must be a number greater than 0, not string "5"'),
     ("model.retry_base_seconds", False, "must be a number greater than 0, not boolean false"),
     ("model.run_timeout_seconds", -1, "must be a number greater than 0, not integer -1"),
-    ("sandbox_socket", "run/sock", "must be an absolute path, not string \"run/sock\""),
+    ("sandbox_socket", "run/sock", 'must be an absolute path, not string "run/sock"'),
     ("tool_timeout_seconds", 0, "must be an integer from 1 to 86400, not integer 0"),
     # [groups]
     ("groups", "main", 'must be a table of groups by folder name, not string "main"'),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +288,24 @@ async def test_an_agent_turn_runs_its_tool_call_in_a_unit(
     body = replies[0]["content"]["body"]
     assert body.startswith("tool said: 61001\n/workspace/group\nshared-file\n"), body
     assert "Permission denied" in body or "No such file" in body, body
+
+
+def test_nanoclaw_exec_runs_a_command_as_a_tool_call_would(machine: Machine) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "nanoclaw.cli",
+        "exec",
+        "--socket",
+        socket_of(machine),
+        "--timeout",
+        "10",
+        "alpha",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; exit 4",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (4, "61001\n"), result.stderr
+    assert "nanoclaw-tool-alpha-" in result.stderr
