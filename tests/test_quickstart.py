@@ -6,13 +6,28 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from nanoclaw.homeserver import Account
 from tests.support.matrix_human import Human
 from tests.support.net import free_port
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import echo
+
+STARTED: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers() -> Iterator[None]:
+    """A failed assertion must not leave `nanoclaw up` (and its Synapse) running."""
+    yield
+    for process in STARTED:
+        if process.returncode is None:
+            process.kill()
+    STARTED.clear()
 
 
 async def start_up(
@@ -38,6 +53,7 @@ async def start_up(
         env=env,
     )
     handle.close()
+    STARTED.append(process)
     for _ in range(1200):
         text = log.read_text()
         if text.count("synced; serving") >= run:
