@@ -12,13 +12,14 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from nanoclaw.homeserver import EmbeddedHomeserver
 from nanoclaw.sandbox_client import SandboxError, SandboxResult, run_in_sandbox
+from nanoclaw.sandbox_tools import SandboxTools, ToolInputError
 from tests.support.machine import Machine, require_machine, rootfs
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 from tests.support.world import World
@@ -309,3 +310,29 @@ def test_nanoclaw_exec_runs_a_command_as_a_tool_call_would(machine: Machine) -> 
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (4, "61001\n"), result.stderr
     assert "nanoclaw-tool-alpha-" in result.stderr
+
+
+async def test_the_file_tools_work_inside_the_sandbox(machine: Machine) -> None:
+    async def runner(argv: Sequence[str], stdin: bytes) -> SandboxResult:
+        return await run_in_sandbox(socket_of(machine), "alpha", argv, timeout=10, stdin=stdin)
+
+    tools = SandboxTools(runner)
+    assert await tools.write("notes/a.md", "one\ntwo\nthree\n") == (
+        "wrote /workspace/group/notes/a.md",
+        False,
+    )
+    assert await tools.read("notes/a.md", 2, 1) == ("     2\ttwo\n", False)
+    assert (await tools.edit("notes/a.md", "two", "TWO"))[1] is False
+    assert "     2\tTWO" in (await tools.read("/workspace/group/notes/a.md"))[0]
+    with pytest.raises(ToolInputError, match="does not occur"):
+        await tools.edit("notes/a.md", "two", "2")
+    assert "/workspace/group/notes/a.md" in (await tools.glob("group/**/*.md"))[0]
+    assert "notes/a.md:2:TWO" in (await tools.grep("T.O", "/workspace/group"))[0]
+    assert await tools.grep("absent-text", "/workspace/group") == ("no matches", False)
+    assert (await tools.bash("cat /workspace/shared/readme")) == ("shared-file\n", False)
+    text, error = await tools.write("/workspace/shared/new", "x")
+    assert error and "Read-only" in text, "read-only mounts stay read-only for the tools"
+    with pytest.raises(ToolInputError, match="outside /workspace"):
+        await tools.write("/etc/motd", "x")
+    text, error = await tools.fetch("http://127.0.0.1:9/")
+    assert error and "[exit status" in text, "no egress: fetch cannot connect"
