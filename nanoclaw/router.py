@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -86,7 +86,6 @@ class Router:
         channel: Channel,
         pool: AgentPool,
         memory: Memory,
-        sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._config = config
         self._store = store
@@ -94,7 +93,6 @@ class Router:
         self._channel = channel
         self._pool = pool
         self._memory = memory
-        self._sleep = sleep
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._workers: dict[str, _Worker] = {}
 
@@ -244,7 +242,7 @@ class Router:
                         if final:
                             await self._fail(run, str(exc))
                             return False
-                        await self._sleep(
+                        await asyncio.sleep(
                             self._config.model.retry_base_seconds * 2 ** (attempt - 1)
                         )
                         continue
