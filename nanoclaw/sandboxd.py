@@ -146,9 +146,12 @@ class Broker:
         sock = writer.get_extra_info("socket")
         try:
             self.authorize(peer_of(sock))
-            line = await reader.readline()
-            if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
-                raise Refused("request too large or not one line")
+            try:
+                line = await reader.readline()
+            except ValueError:  # the stream's limit, MAX_REQUEST_BYTES, was passed
+                raise Refused(f"request larger than {MAX_REQUEST_BYTES} bytes") from None
+            if not line.endswith(b"\n"):
+                raise Refused("request must be one line of JSON")
             request, stdin = parse_request(line)
             reply = await self.run(request, stdin, reader)
         except Refused as refusal:
@@ -265,7 +268,9 @@ async def serve(args: argparse.Namespace) -> None:
     if not enforced:
         log.warning("IP filtering is not enforced here: groups with egress will be refused")
     broker = Broker(policy, systemd, client_gid, enforced)
-    server = await asyncio.start_unix_server(broker.handle, sock=listening_socket(args.socket))
+    server = await asyncio.start_unix_server(
+        broker.handle, sock=listening_socket(args.socket), limit=MAX_REQUEST_BYTES
+    )
     log.info("serving %d groups", len(policy.groups))
     async with server:
         await server.serve_forever()

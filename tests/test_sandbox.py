@@ -336,3 +336,10 @@ async def test_the_file_tools_work_inside_the_sandbox(machine: Machine) -> None:
         await tools.write("/etc/motd", "x")
     text, error = await tools.fetch("http://127.0.0.1:9/")
     assert error and "[exit status" in text, "no egress: fetch cannot connect"
+
+
+async def test_large_stdin_reaches_the_unit(machine: Machine) -> None:
+    """A request far above asyncio's default 64 KiB line limit still goes through."""
+    content = b"x" * 3_000_000
+    result = await sh(machine, "wc -c", stdin=content)
+    assert result.stdout.decode().strip() == "3000000"
