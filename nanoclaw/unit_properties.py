@@ -129,9 +129,9 @@ BASE_ENVIRONMENT = (
     "LANG=C.UTF-8",
     "TMPDIR=/tmp",
 )
-PROXY_VARIABLES = frozenset(
-    {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
-)
+# curl reads only the lowercase http_proxy; other tools only the uppercase names.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+PROXY_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 USEC_PER_SECOND = 1_000_000
 STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
 
@@ -146,6 +146,8 @@ class ToolRequest:
     argv: tuple[str, ...]  # argv[0] an absolute path; sent as it is, never re-parsed
     cwd: str  # in the sandbox: /workspace/group, or a mount's place, or below either
     timeout_seconds: int  # 1 to the group's limits.wall_seconds
+    # The host's per-call secret for its egress proxy; used only for groups with domains.
+    proxy_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,17 +172,16 @@ def compile_unit(
     policy: Policy,
     request: ToolRequest,
     unit_id: str,
-    proxy_env: Mapping[str, str] | None = None,
 ) -> UnitPlan:
     """The unit for one tool call. RequestError for a request the policy does not allow;
-    ValueError for a bad unit_id or proxy_env, which are the broker's own."""
+    ValueError for a bad unit_id, which is the broker's own."""
     if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
         raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
     group = _group(policy, request.group)
     argv = _argv(request.argv)
     cwd = _cwd(request.cwd, group)
     timeout = _timeout(request.timeout_seconds, group)
-    environment = BASE_ENVIRONMENT + _proxy_environment(group, proxy_env)
+    environment = BASE_ENVIRONMENT + _proxy_environment(policy, group, request.proxy_token)
     network = group.egress.any
     slice_ = slice_name(group.name)
     values: list[tuple[str, object]] = [
@@ -327,18 +328,16 @@ def _timeout(value: object, group: GroupPolicy) -> int:
     return value
 
 
-def _proxy_environment(group: GroupPolicy, proxy_env: Mapping[str, str] | None) -> tuple[str, ...]:
+def _proxy_environment(policy: Policy, group: GroupPolicy, token: object) -> tuple[str, ...]:
     # Only groups with domains reach the proxy; for the others its address is blocked.
-    if not group.egress.domains or proxy_env is None:
+    if token is not None and (not isinstance(token, str) or not PROXY_TOKEN.fullmatch(token)):
+        raise RequestError(f"proxy_token must match {PROXY_TOKEN.pattern}")
+    if not group.egress.domains or policy.proxy is None or token is None:
         return ()
-    entries = []
-    for name, value in sorted(proxy_env.items()):
-        if name not in PROXY_VARIABLES:
-            raise ValueError(f"proxy_env may set only {sorted(PROXY_VARIABLES)}, not {name!r}")
-        if not isinstance(value, str) or not value.isprintable():
-            raise ValueError(f"proxy_env[{name!r}] must be printable text")
-        entries.append(f"{name}={value}")
-    return tuple(entries)
+    address, port = policy.proxy
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{group.name}:{token}@{host}:{port}"
+    return tuple(f"{name}={url}" for name in PROXY_VARIABLES)
 
 
 def _binds(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -34,11 +33,7 @@ from nanoclaw.unit_properties import (
 from tests.test_policy import FULL, IPV6_PROXY, POLICY_PATH, at
 
 UNIT_ID = "0123456789abcdef"
-PROXY_ENV = {
-    "HTTP_PROXY": "http://tool-0123:s3cret@127.0.0.1:3128",
-    "HTTPS_PROXY": "http://tool-0123:s3cret@127.0.0.1:3128",
-    "NO_PROXY": "",
-}
+TOKEN = "s3cret-s3cret-s3cret"
 CLONE_NEW = {  # linux/sched.h
     "mnt": 0x00020000,
     "cgroup": 0x02000000,
@@ -74,13 +69,8 @@ def props(plan: UnitPlan) -> dict[str, Any]:
     return result
 
 
-def compiled(
-    policy: Policy,
-    group: str = "family",
-    proxy_env: Mapping[str, str] | None = None,
-    **changes: Any,
-) -> dict[str, Any]:
-    return props(compile_unit(policy, request(group, **changes), UNIT_ID, proxy_env))
+def compiled(policy: Policy, group: str = "family", **changes: Any) -> dict[str, Any]:
+    return props(compile_unit(policy, request(group, **changes), UNIT_ID))
 
 
 def refused(policy: Policy, fragment: str, group: str = "family", **changes: Any) -> None:
@@ -204,7 +194,7 @@ def test_the_syscall_deny_list_is_the_briefs() -> None:
 
 def test_every_property_uses_its_signature_and_only_known_ones(policy: Policy) -> None:
     for group in policy.groups:
-        plan = compile_unit(policy, request(group), UNIT_ID, PROXY_ENV)
+        plan = compile_unit(policy, request(group, proxy_token=TOKEN), UNIT_ID)
         for name, signature, value in plan.properties:
             assert SIGNATURES[name] == signature
             assert conforms(signature, value), (name, signature, value)
@@ -296,7 +286,7 @@ def test_a_protected_path_equal_to_the_data_dir_is_hidden_once() -> None:
 
 
 def test_no_egress_means_a_private_network_and_unix_sockets_only(policy: Policy) -> None:
-    unit = compiled(policy, "family", proxy_env=PROXY_ENV)
+    unit = compiled(policy, "family", proxy_token=TOKEN)
     assert unit["PrivateNetwork"] is True
     assert unit["RestrictAddressFamilies"] == (True, ("AF_UNIX",))
     assert "IPAddressDeny" not in unit and "IPAddressAllow" not in unit
@@ -304,7 +294,7 @@ def test_no_egress_means_a_private_network_and_unix_sockets_only(policy: Policy)
 
 
 def test_cidrs_only_allow_exactly_those_networks(policy: Policy) -> None:
-    unit = compiled(policy, "ops-team", proxy_env=PROXY_ENV)
+    unit = compiled(policy, "ops-team", proxy_token=TOKEN)
     assert unit["PrivateNetwork"] is False
     assert unit["RestrictAddressFamilies"] == (True, ("AF_UNIX", "AF_INET", "AF_INET6"))
     assert unit["IPAddressDeny"] == ((AF_INET, bytes(4), 0), (AF_INET6, bytes(16), 0))
@@ -313,23 +303,29 @@ def test_cidrs_only_allow_exactly_those_networks(policy: Policy) -> None:
 
 
 def test_domains_add_the_proxy_address_and_its_environment(policy: Policy) -> None:
-    unit = compiled(policy, "main", proxy_env=PROXY_ENV)
+    unit = compiled(policy, "main", proxy_token=TOKEN)
     assert unit["IPAddressAllow"] == (
         (AF_INET, bytes([140, 82, 112, 0]), 20),
         (AF_INET6, ipaddress.IPv6Address("2001:db8::").packed, 32),
         (AF_INET, bytes([127, 0, 0, 1]), 32),
     )
+    url = f"http://main:{TOKEN}@127.0.0.1:3128"
     assert unit["Environment"][4:] == (
-        "HTTPS_PROXY=http://tool-0123:s3cret@127.0.0.1:3128",
-        "HTTP_PROXY=http://tool-0123:s3cret@127.0.0.1:3128",
-        "NO_PROXY=",
+        f"HTTP_PROXY={url}",
+        f"HTTPS_PROXY={url}",
+        f"http_proxy={url}",
+        f"https_proxy={url}",
     )
 
 
-def test_an_ipv6_proxy_is_allowed_as_a_128(policy: Policy) -> None:
-    unit = compiled(parse_policy(IPV6_PROXY, POLICY_PATH), "web")
+def test_domains_without_a_token_get_no_proxy_environment(policy: Policy) -> None:
+    assert compiled(policy, "main")["Environment"] == compiled(policy)["Environment"]
+
+
+def test_an_ipv6_proxy_is_allowed_as_a_128_and_bracketed_in_its_url() -> None:
+    unit = compiled(parse_policy(IPV6_PROXY, POLICY_PATH), "web", proxy_token=TOKEN)
     assert unit["IPAddressAllow"] == ((AF_INET6, bytes(15) + b"\x01", 128),)
-    assert unit["Environment"] == compiled(policy)["Environment"]  # no proxy_env given
+    assert f"HTTPS_PROXY=http://web:{TOKEN}@[::1]:8080" in unit["Environment"]
 
 
 def test_a_hand_made_policy_with_domains_but_no_proxy_allows_nothing(policy: Policy) -> None:
@@ -342,28 +338,21 @@ def test_a_hand_made_policy_with_domains_but_no_proxy_allows_nothing(policy: Pol
 
 
 @pytest.mark.parametrize(
-    "proxy_env",
+    "token",
     [
-        {"LD_PRELOAD": "/tmp/x.so"},
-        {"PATH": "/tmp"},
-        {"HTTPS_PROXY": "http://x\n--property=User=0"},
-        {"HTTPS_PROXY": "http://x\x00"},
-        {"HTTPS_PROXY": 5},
-        {"https_proxy\n": "x"},
+        "short",
+        "x" * 129,
+        "s3cret-s3cret-s3cret\n--property=User=0",
+        "s3cret-s3cret-s3cret\x00",
+        "s3cret@s3cret:s3cret/x",
+        5,
     ],
 )
-def test_the_proxy_environment_is_limited_to_proxy_variables(
-    policy: Policy, proxy_env: Any
-) -> None:
-    with pytest.raises(ValueError, match="proxy_env"):
-        compile_unit(policy, request("main"), UNIT_ID, proxy_env)
-
-
-def test_lowercase_proxy_variables_are_allowed(policy: Policy) -> None:
-    env = compiled(policy, "main", proxy_env={"https_proxy": "http://p:1", "no_proxy": "x"})[
-        "Environment"
-    ]
-    assert env[4:] == ("https_proxy=http://p:1", "no_proxy=x")
+@pytest.mark.parametrize("group", ["main", "family"])
+def test_a_malformed_proxy_token_is_refused(policy: Policy, token: Any, group: str) -> None:
+    """Refused whether or not the group uses the proxy: the token never shapes a URL."""
+    with pytest.raises(RequestError, match="proxy_token"):
+        compile_unit(policy, request(group, proxy_token=token), UNIT_ID)
 
 
 def test_address_families_are_linuxs() -> None:
@@ -573,8 +562,8 @@ def test_the_timeout_may_reach_the_groups_bound(policy: Policy) -> None:
 
 
 def test_compiling_is_deterministic_and_the_plan_deeply_immutable(policy: Policy) -> None:
-    first = compile_unit(policy, request("main"), UNIT_ID, PROXY_ENV)
-    assert first == compile_unit(policy, request("main"), UNIT_ID, dict(PROXY_ENV))
+    first = compile_unit(policy, request("main", proxy_token=TOKEN), UNIT_ID)
+    assert first == compile_unit(policy, request("main", proxy_token=TOKEN), UNIT_ID)
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.name = "x"  # type: ignore[misc]
 
@@ -588,7 +577,7 @@ def test_compiling_is_deterministic_and_the_plan_deeply_immutable(policy: Policy
 
 def test_the_policy_is_not_changed_by_compiling(policy: Policy) -> None:
     before = copy.deepcopy(dict(policy.groups))
-    compile_unit(policy, request("main", argv=("/bin/sh", "$x")), UNIT_ID, PROXY_ENV)
+    compile_unit(policy, request("main", argv=("/bin/sh", "$x"), proxy_token=TOKEN), UNIT_ID)
     assert dict(policy.groups) == before
 
 
@@ -604,7 +593,7 @@ def test_every_plan_marshals_into_start_transient_unit(policy: Policy) -> None:
         return [wire(item) for item in value] if isinstance(value, tuple) else value
 
     for group in policy.groups:
-        plan = compile_unit(policy, request(group), UNIT_ID, PROXY_ENV)
+        plan = compile_unit(policy, request(group, proxy_token=TOKEN), UNIT_ID)
         body = [
             plan.name,
             "fail",
@@ -628,7 +617,9 @@ def test_every_plan_marshals_into_start_transient_unit(policy: Policy) -> None:
 
 
 def test_explain_shows_one_unit_file_line_per_property(policy: Policy) -> None:
-    plan = compile_unit(policy, request("main", cwd="/workspace/project"), UNIT_ID, PROXY_ENV)
+    plan = compile_unit(
+        policy, request("main", cwd="/workspace/project", proxy_token=TOKEN), UNIT_ID
+    )
     lines = explain(plan).splitlines()
     assert lines[0] == "# nanoclaw-tool-main-0123456789abcdef.service"
     assert len(lines) == len(plan.properties) + 1
@@ -668,8 +659,8 @@ def test_explain_shows_one_unit_file_line_per_property(policy: Policy) -> None:
 
 
 def test_explain_masks_proxy_credentials(policy: Policy) -> None:
-    text = explain(compile_unit(policy, request("main"), UNIT_ID, PROXY_ENV))
-    assert "s3cret" not in text and "tool-0123" not in text
+    text = explain(compile_unit(policy, request("main", proxy_token=TOKEN), UNIT_ID))
+    assert "s3cret" not in text
     assert '"HTTPS_PROXY=http://***@127.0.0.1:3128"' in text
 
 
