@@ -1,0 +1,266 @@
+"""The egress proxy against a real upstream and real clients (curl, as the fetch tool uses).
+
+The upstream can only live on loopback here, so most tests build the proxy with
+allow_private=True and the upstream's port allowed; the test of the default settings
+shows that a domain pointing at loopback is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from nanoclaw.egress_proxy import MAX_HEAD_BYTES, EgressProxy
+from tests.support.net import free_port
+
+
+@dataclass
+class Upstream:
+    port: int
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}/page?q=1"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream(free_port())
+
+    async def page(request: web.Request) -> web.Response:
+        state.seen.append(dict(request.headers) | {"path": request.path_qs})
+        return web.Response(text="hello from upstream")
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", state.port).start()
+    yield state
+    await runner.cleanup()
+
+
+@dataclass
+class Running:
+    proxy: EgressProxy
+    port: int
+
+    def url(self, user: str, token: str) -> str:
+        return f"http://{user}:{token}@127.0.0.1:{self.port}"
+
+
+async def running(**settings: object) -> Running:
+    proxy = EgressProxy(**settings)  # type: ignore[arg-type]
+    port = free_port()
+    await proxy.start("127.0.0.1", port)
+    return Running(proxy, port)
+
+
+@pytest.fixture
+async def proxy(upstream: Upstream) -> AsyncIterator[Running]:
+    made = await running(ports={upstream.port}, allow_private=True)
+    yield made
+    await made.proxy.close()
+
+
+async def curl(*args: str, env: dict[str, str] | None = None) -> tuple[str, str]:
+    """(status code, body) as curl sees them."""
+    binary = shutil.which("curl")
+    if binary is None:
+        pytest.fail("curl is needed for these tests (apt-get install curl)", pytrace=False)
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "-sS",
+        "--noproxy",
+        "",
+        "-w",
+        "\n%{http_code}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+    out, err = await process.communicate()
+    body, _, code = out.decode().rpartition("\n")
+    return code, body + err.decode()
+
+
+async def raw(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    writer.write_eof()
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    return reply
+
+
+def basic(user: str, token: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+
+# --- allowed -------------------------------------------------------------------------
+
+
+async def test_plain_http_through_the_environment_as_a_unit_gets_it(
+    proxy: Running, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, body = await curl(upstream.url, env={"http_proxy": proxy.url("alpha", token)})
+    assert (code, body) == ("200", "hello from upstream")
+    seen = upstream.seen[-1]
+    assert seen["path"] == "/page?q=1"
+    assert seen["Host"] == f"localhost:{upstream.port}"
+    assert seen["Connection"] == "close"
+    assert "Proxy-Authorization" not in seen, "the proxy's credentials never go upstream"
+    assert f"allow GET localhost:{upstream.port} for group alpha" in caplog.text
+    assert token not in caplog.text
+
+
+async def test_connect_tunnels_bytes_both_ways(proxy: Running, upstream: Upstream) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, body = await curl("--proxytunnel", "-x", proxy.url("alpha", token), upstream.url)
+    assert (code, body) == ("200", "hello from upstream")
+
+
+async def test_a_wildcard_allows_names_below_it(proxy: Running, upstream: Upstream) -> None:
+    with proxy.proxy.grant("alpha", ["*.localhost"]) as token:
+        head = f"CONNECT sub.localhost:{upstream.port} HTTP/1.1\r\n"
+        head += f"Proxy-Authorization: {basic('alpha', token)}\r\n\r\n"
+        reply = await raw(proxy.port, head.encode())
+    # Allowed by name; whether sub.localhost resolves is the resolver's business.
+    assert not reply.startswith((b"HTTP/1.1 403", b"HTTP/1.1 407")), reply
+
+
+# --- credentials ---------------------------------------------------------------------
+
+
+async def test_no_credentials_get_407(proxy: Running, upstream: Upstream) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]):
+        code, body = await curl("-x", f"http://127.0.0.1:{proxy.port}", upstream.url)
+    assert code == "407" and "credentials missing" in body
+    assert upstream.seen == []
+
+
+async def test_a_wrong_or_revoked_token_gets_407(proxy: Running, upstream: Upstream) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, _ = await curl("-x", proxy.url("alpha", token[:-1] + "x"), upstream.url)
+        assert code == "407"
+    code, _ = await curl("-x", proxy.url("alpha", token), upstream.url)
+    assert code == "407", "a token dies with its tool call"
+    assert upstream.seen == []
+
+
+async def test_a_token_is_bound_to_its_group(proxy: Running, upstream: Upstream) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, _ = await curl("-x", proxy.url("beta", token), upstream.url)
+    assert code == "407"
+    assert upstream.seen == []
+
+
+# --- what a grant does not cover ------------------------------------------------------
+
+
+async def test_another_groups_domains_are_refused(
+    proxy: Running, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    with (
+        proxy.proxy.grant("alpha", ["localhost"]),
+        proxy.proxy.grant("beta", ["example.org"]) as beta,
+    ):
+        code, body = await curl("-x", proxy.url("beta", beta), upstream.url)
+    assert code == "403" and "not among group beta's egress domains" in body
+    assert f"deny GET localhost:{upstream.port} for group beta" in caplog.text
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:{port}",  # IP literals are never domains
+        "[::1]:{port}",
+        "localhost.evil.test:{port}",
+        "evil-localhost:{port}",
+        "LOCALHOST:{port}",  # allowed: names compare case-insensitively
+    ],
+)
+async def test_connect_targets_are_checked_by_name(
+    proxy: Running, upstream: Upstream, target: str
+) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        head = f"CONNECT {target.format(port=upstream.port)} HTTP/1.1\r\n"
+        head += f"Proxy-Authorization: {basic('alpha', token)}\r\n\r\n"
+        reply = await raw(proxy.port, head.encode())
+    expected = b"HTTP/1.1 200" if target.startswith("LOCALHOST") else b"HTTP/1.1 403"
+    assert reply.startswith(expected), reply
+
+
+async def test_ports_outside_the_allowed_set_are_refused(upstream: Upstream) -> None:
+    made = await running(allow_private=True)  # the default ports, 80 and 443
+    try:
+        with made.proxy.grant("alpha", ["localhost"]) as token:
+            code, body = await curl("-x", made.url("alpha", token), upstream.url)
+    finally:
+        await made.proxy.close()
+    assert code == "403" and f"port {upstream.port} is not allowed" in body
+    assert upstream.seen == []
+
+
+async def test_by_default_a_name_resolving_to_loopback_reaches_nothing(
+    upstream: Upstream,
+) -> None:
+    made = await running(ports={upstream.port})
+    try:
+        with made.proxy.grant("alpha", ["localhost"]) as token:
+            code, body = await curl("-x", made.url("alpha", token), upstream.url)
+    finally:
+        await made.proxy.close()
+    assert code == "403" and "resolves only to non-public addresses" in body
+    assert upstream.seen == []
+
+
+async def test_a_host_header_cannot_ask_for_another_site(
+    proxy: Running, upstream: Upstream
+) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, _ = await curl(
+            "-H", "Host: other.example", "-x", proxy.url("alpha", token), upstream.url
+        )
+    assert code == "200"
+    assert upstream.seen[-1]["Host"] == f"localhost:{upstream.port}"
+
+
+# --- malformed requests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400", b"malformed request line"),
+        (b"GET /relative HTTP/1.1\r\n\r\n", b"400", b"absolute http:// URL"),
+        (b"GET https://localhost/ HTTP/1.1\r\n\r\n", b"400", b"absolute http:// URL"),
+        (b"CONNECT localhost HTTP/1.1\r\n\r\n", b"400", b"host:port"),
+        (b"GET http://localhost/ HTTP/1.1\r\nno colon\r\n\r\n", b"400", b"header"),
+        ("GET http://l\u00f6calhost/ HTTP/1.1\r\n\r\n".encode(), b"400", b"ASCII"),
+        (b"GET http://localhost:99999/ HTTP/1.1\r\n\r\n", b"400", b"bad port"),
+        (b"GET http://localhost/ HTTP/1.1\r\n", b"400", b"incomplete"),
+        (b"GET http://localhost/ HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES, b"431", b"larger"),
+        (b"CONNECT localhost:80 HTTP/1.1\r\nProxy-Authorization: Basic !!\r\n\r\n", b"407", b""),
+    ],
+)
+async def test_malformed_requests_get_a_clear_status(
+    proxy: Running, head: bytes, status: bytes, reason: bytes
+) -> None:
+    reply = await raw(proxy.port, head)
+    assert reply.startswith(b"HTTP/1.1 " + status), reply
+    assert reason in reply
