@@ -22,6 +22,7 @@ from nanoclaw.host_tools import host_mcp_tools
 from nanoclaw.matrix_channel import MatrixChannel
 from nanoclaw.memory import Memory
 from nanoclaw.router import Router
+from nanoclaw.sandbox_gateway import SandboxGateway
 from nanoclaw.sandbox_mcp import sandbox_mcp_tools
 from nanoclaw.store import Store
 
@@ -42,6 +43,7 @@ class Host:
         self.config = config
         self.memory = Memory(config.data_dir)
         self._stopping = asyncio.Event()
+        self._sandbox: SandboxGateway | None = None
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -51,6 +53,9 @@ class Host:
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
         self._api_key = config.model.api_key.read() if config.model.api_key else None
+        if config.sandbox_socket is not None:
+            socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
+            self._sandbox = await SandboxGateway.open(socket, timeout)
         store = Store(config.data_dir / "nanoclaw.db")
         groups = GroupRegistry(config, store)
         groups.load()
@@ -91,6 +96,8 @@ class Host:
             await pool.close_all()
             await channel.close()
             store.close()
+            if self._sandbox is not None:
+                await self._sandbox.close()
 
     async def _reap(self, pool: AgentPool, router: Router) -> None:
         interval = min(REAPER_INTERVAL, self.config.idle_timeout_seconds / 2)
@@ -104,9 +111,8 @@ class Host:
             raise LookupError(f"unknown group {folder}")
         self.memory.prepare(folder)
         tools = host_mcp_tools(folder, self.router)
-        if self.config.sandbox_socket is not None:
-            socket, timeout = str(self.config.sandbox_socket), self.config.tool_timeout_seconds
-            tools += sandbox_mcp_tools(socket, folder, timeout)
+        if self._sandbox is not None:
+            tools += sandbox_mcp_tools(self._sandbox, folder)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
         if group.main:
             prompt += "\n" + MAIN_PROMPT

@@ -1,6 +1,7 @@
-"""The host's side of the broker protocol (see sandboxd.py): run argv in a group's sandbox.
+"""The host's side of the broker protocol (see sandboxd.py): run argv in a group's
+sandbox, or ask what the policy grants.
 
-Cancelling the call closes the connection, which makes the broker stop the unit.
+Cancelling a call closes the connection, which makes the broker stop the unit.
 """
 
 from __future__ import annotations
@@ -10,12 +11,25 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
 
 
 class SandboxError(Exception):
     """The broker refused the request or could not be reached; the text says which."""
+
+
+@dataclass(frozen=True)
+class GroupGrant:
+    wall_seconds: int
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PolicySummary:
+    proxy: tuple[str, int] | None
+    groups: dict[str, GroupGrant]
 
 
 @dataclass(frozen=True)
@@ -41,29 +55,18 @@ async def run_in_sandbox(
     cwd: str = "/workspace/group",
     timeout: int = 60,
     stdin: bytes = b"",
+    proxy_token: str | None = None,
 ) -> SandboxResult:
-    try:
-        reader, writer = await asyncio.open_unix_connection(socket_path, limit=MAX_REPLY_BYTES)
-    except OSError as exc:
-        raise SandboxError(f"cannot reach the sandbox broker at {socket_path}: {exc}") from exc
-    try:
-        request = {
-            "group": group,
-            "argv": list(argv),
-            "cwd": cwd,
-            "timeout": timeout,
-            "stdin": base64.b64encode(stdin).decode(),
-        }
-        writer.write(json.dumps(request).encode() + b"\n")
-        await writer.drain()
-        line = await reader.readline()
-    finally:
-        writer.close()
-    if not line:
-        raise SandboxError("the sandbox broker closed the connection without an answer")
-    reply = json.loads(line)
-    if not reply.get("ok"):
-        raise SandboxError(str(reply.get("error", "refused without a reason")))
+    request: dict[str, Any] = {
+        "group": group,
+        "argv": list(argv),
+        "cwd": cwd,
+        "timeout": timeout,
+        "stdin": base64.b64encode(stdin).decode(),
+    }
+    if proxy_token is not None:
+        request["proxy_token"] = proxy_token
+    reply = await _ask(socket_path, request)
     return SandboxResult(
         unit=reply["unit"],
         result=reply["result"],
@@ -74,3 +77,34 @@ async def run_in_sandbox(
         truncated=bool(reply["truncated"]),
         duration_ms=int(reply["duration_ms"]),
     )
+
+
+async def describe_policy(socket_path: str) -> PolicySummary:
+    reply = await _ask(socket_path, {"describe": True})
+    proxy = reply["proxy"]
+    return PolicySummary(
+        proxy=None if proxy is None else (str(proxy["address"]), int(proxy["port"])),
+        groups={
+            name: GroupGrant(int(g["wall_seconds"]), tuple(map(str, g["domains"])))
+            for name, g in reply["groups"].items()
+        },
+    )
+
+
+async def _ask(socket_path: str, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reader, writer = await asyncio.open_unix_connection(socket_path, limit=MAX_REPLY_BYTES)
+    except OSError as exc:
+        raise SandboxError(f"cannot reach the sandbox broker at {socket_path}: {exc}") from exc
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        line = await reader.readline()
+    finally:
+        writer.close()
+    if not line:
+        raise SandboxError("the sandbox broker closed the connection without an answer")
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok"):
+        raise SandboxError(str(reply.get("error", "refused without a reason")))
+    return reply

@@ -8,7 +8,8 @@ from typing import Any
 
 from claude_agent_sdk import SdkMcpTool, tool
 
-from nanoclaw.sandbox_client import SandboxError, SandboxResult, run_in_sandbox
+from nanoclaw.sandbox_client import SandboxError, SandboxResult
+from nanoclaw.sandbox_gateway import SandboxGateway
 from nanoclaw.sandbox_tools import SandboxTools, ToolInputError
 
 SANDBOX_TOOL_NAMES = ("bash", "read", "write", "edit", "glob", "grep", "fetch")
@@ -83,11 +84,11 @@ def _call(tools: SandboxTools, name: str, args: dict[str, Any]) -> Awaitable[tup
     return tools.fetch(str(args["url"]))
 
 
-def sandbox_mcp_tools(socket_path: str, group: str, timeout: int) -> list[SdkMcpTool[Any]]:
-    """The seven tools for `group`, each call one unit through the broker at `socket_path`."""
+def sandbox_mcp_tools(gateway: SandboxGateway, group: str) -> list[SdkMcpTool[Any]]:
+    """The seven tools for `group`, each call one unit through the broker."""
 
     async def runner(argv: Sequence[str], stdin: bytes) -> SandboxResult:
-        return await run_in_sandbox(socket_path, group, argv, timeout=timeout, stdin=stdin)
+        return await gateway.run(group, argv, stdin)
 
     tools = SandboxTools(runner)
 

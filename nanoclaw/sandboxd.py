@@ -9,11 +9,17 @@ working directory, stdin and a timeout within the policy's bound.
 
 Protocol, one request per connection. The client sends one line of JSON:
   {"group": "family", "argv": ["/bin/sh", "-c", "ls"], "cwd": "/workspace/group",
-   "timeout": 30, "stdin": "<base64, optional>"}
+   "timeout": 30, "stdin": "<base64, optional>", "proxy_token": "<optional>"}
 and reads one line of JSON back:
   {"ok": true, "unit": "...", "result": "success", "exit_status": 0, "signal": null,
    "stdout": "<base64>", "stderr": "<base64>", "truncated": false, "duration_ms": 52}
 or {"ok": false, "error": "why"}. Closing the connection early stops the unit.
+`proxy_token` is the host's per-call secret for its egress proxy; it only ever becomes
+the password in the unit's proxy URL, for groups with egress domains.
+
+The host may instead send {"describe": true} and read back what it needs to serve the
+policy: {"ok": true, "proxy": {"address": "127.0.0.1", "port": 3128} or null,
+"groups": {"family": {"wall_seconds": 600, "domains": ["github.com"]}}}.
 
 It imports nothing from the agent side: only the policy, its compiler and D-Bus.
 """
@@ -82,15 +88,19 @@ def peer_groups(pid: int) -> set[int]:
     return set()
 
 
-def parse_request(line: bytes) -> tuple[ToolRequest, bytes]:
-    """Only these five fields exist; anything else is refused, not ignored."""
+def parse_json(line: bytes) -> dict[str, Any]:
     try:
         data = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(f"request is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise Refused("request must be a JSON object")
-    extra = set(data) - {"group", "argv", "cwd", "timeout", "stdin"}
+    return data
+
+
+def parse_request(data: dict[str, Any]) -> tuple[ToolRequest, bytes]:
+    """Only these six fields exist; anything else is refused, not ignored."""
+    extra = set(data) - {"group", "argv", "cwd", "timeout", "stdin", "proxy_token"}
     if extra:
         raise Refused(f"unknown request fields: {', '.join(sorted(extra))}")
     group, argv, cwd, timeout = (data.get(k) for k in ("group", "argv", "cwd", "timeout"))
@@ -106,7 +116,26 @@ def parse_request(line: bytes) -> tuple[ToolRequest, bytes]:
         raise Refused("stdin must be base64") from None
     if len(stdin) > MAX_STDIN_BYTES:
         raise Refused(f"stdin is limited to {MAX_STDIN_BYTES} bytes")
-    return ToolRequest(group=group, argv=tuple(argv), cwd=cwd, timeout_seconds=timeout), stdin
+    request = ToolRequest(
+        group=group,
+        argv=tuple(argv),
+        cwd=cwd,
+        timeout_seconds=timeout,
+        proxy_token=data.get("proxy_token"),  # checked by compile_unit
+    )
+    return request, stdin
+
+
+def describe_policy(policy: Policy) -> dict[str, Any]:
+    """What the host needs to clamp timeouts and run the egress proxy, and nothing more."""
+    proxy = None
+    if policy.proxy is not None:
+        proxy = {"address": policy.proxy[0], "port": policy.proxy[1]}
+    groups = {
+        name: {"wall_seconds": g.limits.wall_seconds, "domains": list(g.egress.domains)}
+        for name, g in policy.groups.items()
+    }
+    return {"ok": True, "proxy": proxy, "groups": groups}
 
 
 async def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:
@@ -152,8 +181,12 @@ class Broker:
                 raise Refused(f"request larger than {MAX_REQUEST_BYTES} bytes") from None
             if not line.endswith(b"\n"):
                 raise Refused("request must be one line of JSON")
-            request, stdin = parse_request(line)
-            reply = await self.run(request, stdin, reader)
+            data = parse_json(line)
+            if data == {"describe": True}:
+                reply = describe_policy(self.policy)
+            else:
+                request, stdin = parse_request(data)
+                reply = await self.run(request, stdin, reader)
         except Refused as refusal:
             reply = {"ok": False, "error": str(refusal)}
             log.warning("refused: %s", refusal)

@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from nanoclaw.homeserver import EmbeddedHomeserver
-from nanoclaw.sandbox_client import SandboxError, SandboxResult, run_in_sandbox
+from nanoclaw.sandbox_client import (
+    GroupGrant,
+    SandboxError,
+    SandboxResult,
+    describe_policy,
+    run_in_sandbox,
+)
 from nanoclaw.sandbox_tools import SandboxTools, ToolInputError
 from tests.support.machine import Machine, require_machine, rootfs
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
@@ -42,6 +48,7 @@ POLICY = {
     "version": 1,
     "data_dir": "/var/lib/nanoclaw",
     "protected_paths": ["/etc/nanoclaw"],
+    "proxy": {"address": "127.0.0.9", "port": 3128},
     "defaults": {"limits": LIMITS},
     "groups": {
         "alpha": {
@@ -54,13 +61,14 @@ POLICY = {
         },
         "beta": {"uid": 61002},
         "online": {"uid": 61003, "egress": {"cidrs": ["192.0.2.0/24"]}},
+        "web": {"uid": 61004, "egress": {"domains": ["example.org", "*.example.net"]}},
     },
 }
 SETUP = """
 set -e
 groupadd --system nanoclaw
 mkdir -p /etc/nanoclaw /srv/shared /srv/scratch /var/lib/nanoclaw/global
-for g in alpha:61001 beta:61002 online:61003; do
+for g in alpha:61001 beta:61002 online:61003 web:61004; do
   name=${g%%:*} id=${g##*:}
   groupadd --gid $id nanoclaw-tool-$name
   useradd --uid $id --gid $id --no-create-home --shell /usr/sbin/nologin nanoclaw-tool-$name
@@ -230,6 +238,7 @@ async def test_output_is_capped_with_a_flag(machine: Machine) -> None:
         ("alpha", ["/bin/true"], 999, "timeout"),
         ("alpha", ["true"], 5, "absolute"),
         ("online", ["/bin/true"], 5, "IP filtering is not enforced"),
+        ("web", ["/bin/true"], 5, "IP filtering is not enforced"),
     ],
 )
 async def test_the_broker_refuses(
@@ -237,6 +246,38 @@ async def test_the_broker_refuses(
 ) -> None:
     with pytest.raises(SandboxError, match=error):
         await run_in_sandbox(socket_of(machine), group, argv, timeout=timeout)
+
+
+@pytest.mark.parametrize("token", ["short", "a" * 20 + "\nUser=0", "a:b@c/" * 4])
+async def test_a_malformed_proxy_token_is_refused(machine: Machine, token: str) -> None:
+    with pytest.raises(SandboxError, match="proxy_token"):
+        await run_in_sandbox(
+            socket_of(machine), "alpha", ["/bin/true"], timeout=5, proxy_token=token
+        )
+
+
+async def test_a_proxy_token_reaches_only_units_of_groups_with_domains(machine: Machine) -> None:
+    token = "t" * 32
+    result = await sh(machine, "env | grep -ci proxy || true", stdin=b"")
+    assert out(result) == "0\n"
+    result = await run_in_sandbox(
+        socket_of(machine),
+        "alpha",
+        ["/bin/sh", "-c", "env | grep -ci proxy; true"],
+        timeout=5,
+        proxy_token=token,
+    )
+    assert out(result) == "0\n", "alpha has no domains: the token goes nowhere"
+
+
+async def test_describe_tells_the_host_only_bounds_domains_and_the_proxy(
+    machine: Machine,
+) -> None:
+    summary = await describe_policy(socket_of(machine))
+    assert summary.proxy == ("127.0.0.9", 3128)
+    assert summary.groups["web"] == GroupGrant(20, ("example.org", "*.example.net"))
+    assert summary.groups["alpha"] == GroupGrant(20, ())
+    assert set(summary.groups) == {"alpha", "beta", "online", "web"}
 
 
 async def test_extra_request_fields_are_refused(machine: Machine) -> None:
@@ -281,7 +322,8 @@ async def test_an_agent_turn_runs_its_tool_call_in_a_unit(
     try:
         await world.setup()
         world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=20)
+        # Above the policy's 20 s bound: the host clamps it instead of every call failing.
+        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=600)
         await world.alice.send(world.main_room, "run it")
         replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
     finally:
@@ -310,6 +352,15 @@ def test_nanoclaw_exec_runs_a_command_as_a_tool_call_would(machine: Machine) -> 
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (4, "61001\n"), result.stderr
     assert "nanoclaw-tool-alpha-" in result.stderr
+
+
+def test_nanoclaw_exec_says_a_domain_group_runs_without_the_proxy(machine: Machine) -> None:
+    command = [sys.executable, "-m", "nanoclaw.cli", "exec", "--socket", socket_of(machine)]
+    result = subprocess.run(
+        [*command, "web", "--", "/bin/true"], capture_output=True, text=True, timeout=60
+    )
+    assert "egress domains need the host's proxy" in result.stderr
+    assert result.returncode == 1 and "IP filtering is not enforced" in result.stderr
 
 
 async def test_the_file_tools_work_inside_the_sandbox(machine: Machine) -> None:
