@@ -73,20 +73,32 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
     policy = load_policy(Path(args.policy))
     group = policy.group(args.group)
+    # A placeholder secret, so groups with domains show their (masked) proxy variables.
     request = ToolRequest(
-        args.group, ("/bin/sh", "-c", "…"), "/workspace/group", group.limits.wall_seconds
+        args.group,
+        ("/bin/sh", "-c", "…"),
+        "/workspace/group",
+        group.limits.wall_seconds,
+        proxy_token="per-call-secret-here",
     )
     print(explain(compile_unit(policy, request, "0" * 16)))
     return 0
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from nanoclaw.sandbox_client import run_in_sandbox
+    from nanoclaw.sandbox_client import describe_policy, run_in_sandbox
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("nanoclaw exec: give a command after --", file=sys.stderr)
         return 2
+    grant = asyncio.run(describe_policy(args.socket)).groups.get(args.group)
+    if grant is not None and grant.domains:
+        print(
+            "nanoclaw exec: egress domains need the host's proxy, which only the host's own "
+            "tool calls carry a secret for; this command runs without it",
+            file=sys.stderr,
+        )
     result = asyncio.run(run_in_sandbox(args.socket, args.group, command, timeout=args.timeout))
     sys.stdout.buffer.write(result.stdout)
     sys.stderr.buffer.write(result.stderr)

@@ -71,5 +71,7 @@ def test_policy_explain_prints_the_units_properties() -> None:
     assert "PrivateNetwork=yes" in family.stdout and "ProtectSystem=strict" in family.stdout
     online = nanoclaw("policy", "explain", "main", "--policy", example)
     assert "IPAddressDeny=" in online.stdout and "PrivateNetwork=yes" not in online.stdout
+    assert '"https_proxy=http://***@127.0.0.9:3128"' in online.stdout
+    assert "proxy" not in family.stdout.lower(), "no domains, no proxy variables"
     missing = nanoclaw("policy", "explain", "nope", "--policy", example)
     assert missing.returncode == 1 and "nope" in missing.stderr

@@ -247,7 +247,7 @@ def test_the_example_file_loads() -> None:
     assert main.egress.cidrs == (ipaddress.IPv4Network("140.82.112.0/20"),)
     assert family.mounts == (Mount("/srv/photos", "/workspace/photos", False),)
     assert not family.egress.any and main.egress.any
-    assert policy.proxy == ("127.0.0.1", 3128)
+    assert policy.proxy == ("127.0.0.9", 3128)
 
 
 def test_writable_defaults_to_false() -> None:
