@@ -79,7 +79,8 @@ chown 61001:61001 /srv/scratch
 echo shared-file > /srv/shared/readme
 echo beta-secret > /var/lib/nanoclaw/groups/beta/secret
 echo database > /var/lib/nanoclaw/nanoclaw.db
-cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
+cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service \
+   /tmp/units/nanoclaw.service /etc/systemd/system/
 mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
 cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
 systemctl daemon-reload
@@ -91,7 +92,7 @@ systemctl start nanoclaw-sandboxd.socket
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     require_machine()
     units = tmp_path_factory.mktemp("units")
-    for name in ("nanoclaw-sandboxd.socket", "nanoclaw-sandboxd.service"):
+    for name in ("nanoclaw-sandboxd.socket", "nanoclaw-sandboxd.service", "nanoclaw.service"):
         (units / name).write_text((REPO / "units" / name).read_text())
     (units / "override.conf").write_text(OVERRIDE)
     (units / "policy.json").write_text(json.dumps(POLICY))
@@ -160,6 +161,27 @@ async def test_no_dbus_no_systemd_run(machine: Machine) -> None:
     machine.succeed("test -S /run/dbus/system_bus_socket")  # control: it exists outside
     assert not (await sh(machine, "test -e /run/dbus/system_bus_socket")).ok
     assert not (await sh(machine, "systemd-run --wait true")).ok
+
+
+def exposure(machine: Machine, unit: str) -> float:
+    report = machine.succeed(f"systemd-analyze security --no-pager {unit}")
+    line = next(line for line in report.splitlines() if "Overall exposure level" in line)
+    print(line)
+    return float(line.split(":")[1].split()[0])
+
+
+async def test_exposure_scores_of_a_tool_unit_and_the_host(machine: Machine) -> None:
+    """systemd's own rating: a tool unit without egress below 1.0, the host at most 2.0."""
+    call = asyncio.create_task(sh(machine, "sleep 20", timeout=20))
+    try:
+        listing = await asyncio.to_thread(
+            machine.wait_until_succeeds,
+            "systemctl list-units --plain --no-legend 'nanoclaw-tool-alpha-*' | grep running",
+        )
+        assert await asyncio.to_thread(exposure, machine, listing.split()[0]) < 1.0
+    finally:
+        call.cancel()
+    assert exposure(machine, "nanoclaw.service") <= 2.0
 
 
 def errno_of(syscall: int, *args: int) -> str:
