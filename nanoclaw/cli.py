@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nanoclaw.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.policy import UnknownGroup
-from nanoclaw.sandbox_client import SandboxError
+from nanoclaw.sandbox_client import SandboxError, SandboxResult
 from nanoclaw.unit_properties import RequestError
 
 DEFAULT_CONFIG = Path("/etc/nanoclaw/config.toml")
@@ -86,20 +86,12 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from nanoclaw.sandbox_client import describe_policy, run_in_sandbox
-
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("nanoclaw exec: give a command after --", file=sys.stderr)
         return 2
-    grant = asyncio.run(describe_policy(args.socket)).groups.get(args.group)
-    if grant is not None and grant.domains:
-        print(
-            "nanoclaw exec: egress domains need the host's proxy, which only the host's own "
-            "tool calls carry a secret for; this command runs without it",
-            file=sys.stderr,
-        )
-    result = asyncio.run(run_in_sandbox(args.socket, args.group, command, timeout=args.timeout))
+    _setup_logging("warning")
+    result = asyncio.run(_exec(args.socket, args.group, command, args.timeout))
     sys.stdout.buffer.write(result.stdout)
     sys.stderr.buffer.write(result.stderr)
     if result.truncated:
@@ -108,6 +100,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
         f"nanoclaw exec: {result.unit}: {result.result} in {result.duration_ms} ms", file=sys.stderr
     )
     return result.exit_status if result.exit_status is not None else 128 + (result.signal or 0)
+
+
+async def _exec(socket: str, group: str, command: list[str], timeout: int) -> SandboxResult:
+    """As a tool call would: through a gateway, with its own egress proxy unless the host's
+    already holds the address."""
+    from nanoclaw.sandbox_gateway import SandboxGateway
+
+    gateway = await SandboxGateway.open(socket, timeout, proxy_required=False)
+    try:
+        return await gateway.run(group, command)
+    finally:
+        await gateway.close()
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -24,13 +24,23 @@ class SandboxGateway:
         self.proxy = proxy
 
     @classmethod
-    async def open(cls, socket_path: str, timeout: int) -> SandboxGateway:
-        """Reach the broker once, and start the egress proxy if any group has domains."""
+    async def open(
+        cls, socket_path: str, timeout: int, proxy_required: bool = True
+    ) -> SandboxGateway:
+        """Reach the broker once, and start the egress proxy if any group has domains.
+        Without `proxy_required`, a proxy address already taken (by the host, when an
+        operator runs `nanoclaw exec`) means running without one."""
         summary = await describe_policy(socket_path)
         proxy = None
         if summary.proxy is not None and any(g.domains for g in summary.groups.values()):
             proxy = EgressProxy()
-            await proxy.start(*summary.proxy)
+            try:
+                await proxy.start(*summary.proxy)
+            except OSError as exc:
+                if proxy_required:
+                    raise SandboxError(f"cannot start the egress proxy: {exc}") from exc
+                log.warning("no egress proxy (%s): domains are unreachable from here", exc)
+                proxy = None
         return cls(socket_path, timeout, proxy)
 
     async def close(self) -> None:
@@ -43,7 +53,7 @@ class SandboxGateway:
             raise SandboxError(f"group {group} has no entry in the sandbox policy")
         timeout = min(self.timeout, grant.wall_seconds)
         if grant.domains and self.proxy is None:
-            log.warning("group %s has egress domains but no proxy runs: restart the host", group)
+            log.warning("group %s has egress domains, but no egress proxy runs here", group)
         if not grant.domains or self.proxy is None:
             return await run_in_sandbox(self.socket_path, group, argv, timeout=timeout, stdin=stdin)
         with self.proxy.grant(group, grant.domains) as token:

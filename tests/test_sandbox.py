@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -376,13 +377,17 @@ def test_nanoclaw_exec_runs_a_command_as_a_tool_call_would(machine: Machine) -> 
     assert "nanoclaw-tool-alpha-" in result.stderr
 
 
-def test_nanoclaw_exec_says_a_domain_group_runs_without_the_proxy(machine: Machine) -> None:
+def test_nanoclaw_exec_brings_its_own_proxy_unless_the_host_holds_the_address(
+    machine: Machine,
+) -> None:
     command = [sys.executable, "-m", "nanoclaw.cli", "exec", "--socket", socket_of(machine)]
-    result = subprocess.run(
-        [*command, "web", "--", "/bin/true"], capture_output=True, text=True, timeout=60
-    )
-    assert "egress domains need the host's proxy" in result.stderr
-    assert result.returncode == 1 and "IP filtering is not enforced" in result.stderr
+    command += ["web", "--", "/bin/true"]
+    alone = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 1 and "IP filtering is not enforced" in alone.stderr
+    assert "no egress proxy" not in alone.stderr
+    with socket.create_server(("127.0.0.9", 3128)):  # as a running host's proxy would
+        taken = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "no egress proxy" in taken.stderr and "address already in use" in taken.stderr
 
 
 async def test_the_file_tools_work_inside_the_sandbox(machine: Machine) -> None:
