@@ -74,8 +74,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "vm-tests" / "scenarios"
 FIXTURES = REPO / "vm-tests" / "fixtures"
+PRELUDE = REPO / "vm-tests" / "prelude.py"
 # What of the repository the guest sees at /opt/nanoclaw-src.
-SOURCE_ENTRIES = ("nanoclaw", "units", "policies", "pyproject.toml")
+SOURCE_ENTRIES = ("nanoclaw", "units", "policies", "pyproject.toml", "vm-tests")
 SOURCE_MOUNT = "/opt/nanoclaw-src"
 FIXTURES_MOUNT = "/opt/nanoclaw-fixtures"
 VENV = "/opt/nanoclaw/venv"
@@ -84,7 +85,8 @@ GATEWAY_IP = "11.0.0.2"
 NETWORK = "11.0.0.0/24"
 
 COMMAND_TIMEOUT = 120.0  # seconds, for execute/succeed/fail
-WAIT_TIMEOUT = 300.0  # seconds, for the wait_* methods
+WAIT_TIMEOUT = 120.0  # seconds, for the wait_* methods (a failing wait costs CI this much)
+BOOT_TIMEOUT = 300.0  # seconds, for start
 READY_LINE = b"nanoclaw-backdoor-ready"
 PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -244,7 +246,7 @@ class VirtualMachine:
 
     # -- life cycle -----------------------------------------------------------------------
 
-    def start(self, timeout: float = WAIT_TIMEOUT) -> None:
+    def start(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Boot and wait until the backdoor shell answers (long before multi-user.target:
         use wait_for_unit for that). Does nothing when the VM is already up.
 
@@ -803,7 +805,7 @@ def start_all() -> None:
     for machine in _machines:
         machine._launch()
     for machine in _machines:
-        machine._connect(WAIT_TIMEOUT)
+        machine._connect(BOOT_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -831,13 +833,17 @@ def retry(fn: Callable[[bool], bool], timeout: float = 900) -> None:
 
 
 def run_scenario(
-    path: Path | str, machines: Sequence[VirtualMachine], extra: Mapping[str, Any] | None = None
+    path: Path | str,
+    machines: Sequence[VirtualMachine],
+    extra: Mapping[str, Any] | None = None,
+    prelude: Path | str | None = None,
 ) -> None:
     """Run a scenario file as a NixOS testScript: its globals hold `machine` (the first
     VM), each VM under its name (with "_" for "-"), `machines`, `start_all`, `subtest`,
     `retry`, `log`, `VirtualMachine`, `os` and `shlex`, plus `extra`. While it runs, its
     directory and vm-tests/ are on sys.path (for helper modules and `import driver`).
-    Raises whatever the scenario raises."""
+    `prelude`, a file of shared helpers, runs first in the same globals (as if the two were
+    one testScript). Raises whatever the scenario raises."""
     path = Path(path)
     if not machines:
         raise ValueError("run_scenario needs at least one machine")
@@ -857,12 +863,14 @@ def run_scenario(
     for machine in machines:
         namespace[machine.name.replace("-", "_")] = machine
     namespace.update(extra or {})
-    code = compile(path.read_text(), str(path), "exec")
+    codes = [compile(Path(prelude).read_text(), str(prelude), "exec")] if prelude else []
+    codes.append(compile(path.read_text(), str(path), "exec"))
     # Helper modules beside the scenario (vm-tests/scenarios/_*.py) and `import driver`.
     added = [str(directory) for directory in (path.parent, REPO / "vm-tests")]
     sys.path[:0] = added
     try:
-        exec(code, namespace)
+        for code in codes:
+            exec(code, namespace)
     finally:
         for directory in added:
             sys.path.remove(directory)
@@ -922,6 +930,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fail-fast", action="store_true", help="stop at the first failed scenario"
     )
+    parser.add_argument(
+        "--prelude",
+        type=Path,
+        default=PRELUDE if PRELUDE.is_file() else None,
+        help="helpers run before each scenario in its globals (default: vm-tests/prelude.py)",
+    )
     args = parser.parse_args(argv)
 
     scenarios = [path.resolve() for path in args.scenarios] or discover_scenarios()
@@ -971,7 +985,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"=== scenario {path.name}")
             started = time.monotonic()
             try:
-                run_scenario(path, [machine], {"web_servers": list(WEB_SERVERS)})
+                run_scenario(
+                    path, [machine], {"web_servers": list(WEB_SERVERS)}, prelude=args.prelude
+                )
             except Exception:
                 results.append(
                     ScenarioResult(path, time.monotonic() - started, traceback.format_exc())
