@@ -63,6 +63,9 @@ ALWAYS_HIDDEN = (
     "/run/nscd",
     "/var/run/nscd",
     "/run/user",
+    # World-writable and shared by every unit (a tmpfs of its own, which ProtectSystem=
+    # leaves writable): a channel between groups' units, and a place to persist.
+    "/run/lock",
     "/var/lib",
     "/var/log",
     "/root",

@@ -207,7 +207,9 @@ def compile_unit(
         ("PrivateTmp", True),
         ("PrivateDevices", True),
         ("PrivateIPC", True),
-        ("TemporaryFileSystem", ((WORKSPACE, "mode=0755"),)),
+        # PrivateDevices= binds the host's /dev/shm into the unit: shared by every unit and
+        # the host, it would be a channel between groups. Each unit gets its own instead.
+        ("TemporaryFileSystem", ((WORKSPACE, "mode=0755"), ("/dev/shm", "mode=1777"))),
         *_binds(policy, group),
         ("InaccessiblePaths", _hidden(policy)),
         ("NoNewPrivileges", True),

@@ -147,7 +147,9 @@ async def test_writes_only_where_the_policy_allows(machine: Machine) -> None:
     allowed = "touch /workspace/group/a /workspace/scratch/b /tmp/c && echo ok"
     assert out(await sh(machine, allowed)) == "ok\n"
     assert out(await sh(machine, "cat /workspace/shared/readme")) == "shared-file\n"
-    for target in ("/workspace/shared/x", "/usr/x", "/etc/x", "/workspace/x"):
+    machine.succeed("touch /run/lock/x /dev/shm/from-host")  # control: root can write there
+    assert out(await sh(machine, "ls /dev/shm; touch /dev/shm/mine && echo ok")) == "ok\n"
+    for target in ("/workspace/shared/x", "/usr/x", "/etc/x", "/workspace/x", "/run/lock/y"):
         assert not (await sh(machine, f"touch {target}")).ok, target
     assert "scratch" not in out(await sh(machine, "ls /workspace", group="beta"))
 

@@ -142,7 +142,11 @@ def test_a_group_without_egress_gets_exactly_this_unit(policy: Policy) -> None:
         ("PrivateTmp", "b", True),
         ("PrivateDevices", "b", True),
         ("PrivateIPC", "b", True),
-        ("TemporaryFileSystem", "a(ss)", (("/workspace", "mode=0755"),)),
+        (
+            "TemporaryFileSystem",
+            "a(ss)",
+            (("/workspace", "mode=0755"), ("/dev/shm", "mode=1777")),
+        ),
         (
             "BindPaths",
             "a(ssbt)",
@@ -638,7 +642,7 @@ def test_explain_shows_one_unit_file_line_per_property(policy: Policy) -> None:
         "CPUQuota=50%",
         "ProtectSystem=strict",
         "ProtectHome=yes",
-        "TemporaryFileSystem=/workspace:mode=0755",
+        "TemporaryFileSystem=/workspace:mode=0755 /dev/shm:mode=1777",
         "BindPaths=/var/lib/nanoclaw/groups/main:/workspace/group:norbind"
         " /var/lib/nanoclaw/global:/workspace/global:norbind"
         " /srv/project:/workspace/project:norbind",
