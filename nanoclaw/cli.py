@@ -93,6 +93,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     _setup_logging("warning")
     result = asyncio.run(_exec(args.socket, args.group, command, args.timeout))
     sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()  # the unit's output first, then the summary below
     sys.stderr.buffer.write(result.stderr)
     if result.truncated:
         print("nanoclaw exec: output was cut at the group's limit", file=sys.stderr)
