@@ -1,0 +1,45 @@
+#!/bin/bash
+# The Debian node: what the NixOS module's configuration gives the NixOS node, done by
+# hand from units/ and this policy. Runs as root in the guest, source at /opt/nanoclaw-src.
+set -euo pipefail
+src=/opt/nanoclaw-src
+node=$src/vm-tests/node
+
+for tool in nanoclaw:nanoclaw.cli nanoclaw-sandboxd:nanoclaw.sandboxd; do
+  printf '#!/bin/sh\nexec /opt/nanoclaw/venv/bin/python -m %s "$@"\n' "${tool#*:}" \
+    > "/usr/local/bin/${tool%%:*}"
+  chmod 0755 "/usr/local/bin/${tool%%:*}"
+done
+
+mkdir -p /etc/sysusers.d /etc/tmpfiles.d
+install -m 0644 "$src/units/nanoclaw.sysusers" /etc/sysusers.d/nanoclaw.conf
+install -m 0644 "$src/units/nanoclaw.tmpfiles" /etc/tmpfiles.d/nanoclaw.conf
+{
+  for g in alpha:61001 beta:61002 cidr:61003 web:61004; do
+    echo "u nanoclaw-tool-${g%%:*} ${g##*:} - -"  # and its group, with the same ID
+  done
+} > /etc/sysusers.d/nanoclaw-tools.conf
+systemd-sysusers
+systemd-tmpfiles --create
+
+install -m 0644 "$node/policy.json" /etc/nanoclaw/policy.json
+mkdir -p /srv/shared /srv/scratch /var/lib/nanoclaw/global
+echo shared-file > /srv/shared/readme
+chown 61001:61001 /srv/scratch
+for g in alpha:61001 beta:61002 cidr:61003 web:61004; do
+  install -d -o "${g##*:}" -g "${g##*:}" -m 0750 "/var/lib/nanoclaw/groups/${g%%:*}"
+done
+echo beta-secret > /var/lib/nanoclaw/groups/beta/secret
+chown 61002:61002 /var/lib/nanoclaw/groups/beta/secret
+echo database > /var/lib/nanoclaw/nanoclaw.db
+
+# Names for the egress scenarios: both addresses are forwarded to one server outside.
+cat >> /etc/hosts <<'HOSTS'
+11.0.0.100 allowed.test
+11.0.0.101 denied.test
+HOSTS
+
+install -m 0644 "$src/units/nanoclaw-sandboxd.socket" "$src/units/nanoclaw-sandboxd.service" \
+  "$src/units/nanoclaw.service" /etc/systemd/system/
+systemctl daemon-reload
+systemctl start nanoclaw-sandboxd.socket

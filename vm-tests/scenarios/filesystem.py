@@ -1,0 +1,57 @@
+# The filesystem: only the declared binds are writable or added, secrets and other groups
+# invisible, read-only binds refuse writes, symlinks in a writable mount stay inside.
+start_all()
+ensure_node()
+
+with subtest("secrets, the data directory and other groups are invisible"):
+    for path in (
+        "/etc/shadow",
+        "/var/lib/nanoclaw/nanoclaw.db",
+        "/var/lib/nanoclaw/groups/beta/secret",
+        "/etc/nanoclaw/policy.json",
+        "/root",
+    ):
+        machine.succeed(f"test -r {path}")  # control: root sees it
+        tool_fails("alpha", f"if [ -d {path} ]; then ls {path}; else cat {path}; fi")
+    assert "beta-secret" in tool_succeeds("beta", "cat /workspace/group/secret")
+    tool_fails("alpha", "ls /var/lib/nanoclaw")
+
+with subtest("walking / finds writable places only where the policy put them"):
+    walk = (
+        "find / \\( -path /proc -o -path /sys \\) -prune "
+        "-o -writable -type d -print 2>/dev/null | sort"
+    )
+    writable = set(tool_succeeds("alpha", walk).splitlines())
+    writable = {p for p in writable if p.startswith("/")}
+    allowed = (
+        "/workspace/group",
+        "/workspace/scratch",
+        "/tmp",
+        "/var/tmp",
+        "/dev/shm",
+        "/dev/mqueue",
+    )
+    stray = {p for p in writable if not p.startswith(allowed)}
+    print("writable in a unit of alpha:", sorted(writable))
+    assert not stray, f"writable outside the policy: {sorted(stray)}"
+    assert {"/workspace/group", "/workspace/scratch", "/tmp"} <= writable
+    listing = tool_succeeds("beta", "ls /workspace")
+    assert "scratch" not in listing and "shared" not in listing, listing
+
+for shared in ("/tmp", "/dev/shm", "/dev/mqueue"):
+    with subtest(f"{shared} is the unit's own"):
+        machine.succeed(f"touch {shared}/from-host")
+        tool_succeeds("alpha", f"ls {shared} && touch {shared}/from-alpha")  # control
+        tool_fails("alpha", f"ls {shared}/from-host")
+        tool_fails("beta", f"ls {shared}/from-alpha")
+        machine.fail(f"ls {shared}/from-alpha")
+
+with subtest("read-only binds refuse writes"):
+    assert "shared-file" in tool_succeeds("alpha", "cat /workspace/shared/readme")
+    tool_fails("alpha", "touch /workspace/shared/x")
+    tool_succeeds("alpha", "touch /workspace/scratch/x")
+
+with subtest("symlinks in a writable mount do not reach out"):
+    tool_succeeds("alpha", "ln -sf /var/lib/nanoclaw/groups/beta/secret /workspace/scratch/l")
+    tool_fails("alpha", "cat /workspace/scratch/l")
+    machine.succeed("cat /srv/scratch/l")  # control: the link itself works for root

@@ -1,0 +1,34 @@
+# cgroup limits, which a VM with cgroup v2 enforces: MemoryMax, TasksMax, RuntimeMaxSec.
+start_all()
+ensure_node()
+
+with subtest("MemoryMax OOM-kills only the tool unit"):
+    tool_succeeds("alpha", "python3 -c 'b = bytearray(16 << 20); print(len(b))'")
+    killed = tool_fails("alpha", "python3 -c 'b = bytearray(256 << 20); print(len(b))'")
+    assert "oom-kill" in killed, killed
+    machine.succeed("systemctl is-active nanoclaw-sandboxd.socket")
+    tool_succeeds("alpha", "echo still-serving")
+
+with subtest("a fork bomb stops at TasksMax and the machine keeps answering"):
+    bomb = (
+        "python3 -c 'import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while n < 500:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(5); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        '    print("stopped at", n, e.errno)\''
+    )
+    output = tool_succeeds("alpha", bomb, timeout=25)
+    stopped = output.split("stopped at ")[1].split()
+    assert 16 <= int(stopped[0]) < 32 and stopped[1] == "11", output  # EAGAIN below TasksMax
+    machine.succeed("true")
+    tool_succeeds("alpha", "echo alive")
+
+with subtest("RuntimeMaxSec ends a sleeper and its children"):
+    ended = tool_fails("alpha", "sleep 300 & sleep 301 & wait", timeout=3)
+    assert "timeout" in ended, ended
+    machine.fail("pgrep -f 'sleep 30[01]'")
+    tool_succeeds("alpha", "sleep 1", timeout=3)  # control
