@@ -49,23 +49,12 @@ GLOBAL_SANDBOX = "/workspace/global"
 RESERVED_SANDBOX = (GROUP_SANDBOX, GLOBAL_SANDBOX)
 
 # Made inaccessible in every unit (beside data_dir, protected_paths and the policy file);
-# so no mount may expose them under another name either.
-# /run/systemd as a whole cannot be hidden (systemd builds every unit's namespace from
-# /run/systemd/inaccessible), so its sockets are hidden one by one: the manager's private
-# bus, journald, resolved, sd_notify, userdb.
+# so no mount may expose them under another name either. /run is replaced by an empty
+# tmpfs (one mount for D-Bus, systemd's and nscd's sockets, the users' runtime
+# directories, the world-writable /run/lock and the broker's own socket).
+RUN = "/run"
 ALWAYS_HIDDEN = (
-    "/run/dbus",
-    "/run/systemd/private",
-    "/run/systemd/journal",
-    "/run/systemd/resolve",
-    "/run/systemd/notify",
-    "/run/systemd/userdb",
-    "/run/nscd",
-    "/var/run/nscd",
-    "/run/user",
-    # World-writable and shared by every unit (a tmpfs of its own, which ProtectSystem=
-    # leaves writable): a channel between groups' units, and a place to persist.
-    "/run/lock",
+    RUN,
     "/var/lib",
     "/var/log",
     "/root",

@@ -26,6 +26,7 @@ from nanoclaw.policy import (
     ALWAYS_HIDDEN,
     GLOBAL_SANDBOX,
     GROUP_SANDBOX,
+    RUN,
     WORKSPACE,
     GroupPolicy,
     Policy,
@@ -208,8 +209,12 @@ def compile_unit(
         ("PrivateDevices", True),
         ("PrivateIPC", True),
         # PrivateDevices= binds the host's /dev/shm into the unit: shared by every unit and
-        # the host, it would be a channel between groups. Each unit gets its own instead.
-        ("TemporaryFileSystem", ((WORKSPACE, "mode=0755"), ("/dev/shm", "mode=1777"))),
+        # the host, it would be a channel between groups. Each unit gets its own instead,
+        # and an empty /run (cheaper than hiding what is in it path by path).
+        (
+            "TemporaryFileSystem",
+            ((WORKSPACE, "mode=0755"), ("/dev/shm", "mode=1777"), (RUN, "mode=0755")),
+        ),
         *_binds(policy, group),
         ("InaccessiblePaths", _hidden(policy)),
         ("NoNewPrivileges", True),
@@ -371,7 +376,12 @@ def _hidden(policy: Policy) -> tuple[str, ...]:
     paths = dict.fromkeys(required, "")
     for path in optional:
         paths.setdefault(path, "-")
-    return tuple(prefix + path for path, prefix in paths.items())
+    # Below /run there is only the unit's own empty tmpfs.
+    return tuple(prefix + p for p, prefix in paths.items() if not _is_below(p, RUN))
+
+
+def _is_below(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent + "/")
 
 
 def _ip_filter(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:

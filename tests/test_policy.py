@@ -478,9 +478,10 @@ def test_limits_are_range_checked(name: str, where: str) -> None:
         ("/run/credentials/nanoclaw.service", "is inside /run/credentials, a protected path"),
         ("/etc/nanoclaw/policy.json", "is inside /etc/nanoclaw, a protected path"),
         ("/run", "contains /run/credentials, a protected path"),
-        ("/run/dbus", "is /run/dbus, a path hidden from every tool"),
-        ("/run/systemd/journal/socket", "is inside /run/systemd/journal, a path hidden"),
-        ("/run/user/1000", "is inside /run/user, a path hidden"),
+        ("/run/dbus", "is inside /run, a path hidden from every tool"),
+        ("/run/systemd/journal/socket", "is inside /run, a path hidden"),
+        ("/run/user/1000", "is inside /run, a path hidden"),
+        ("/var/run/nanoclaw", "is inside /run, a path hidden"),  # /var/run -> /run
         ("/var/log/journal", "is inside /var/log, a path hidden"),
         ("/root", "is /root, a path hidden from every tool"),
         ("/root/project", "is inside /root, a path hidden"),

@@ -162,7 +162,12 @@ async def test_symlinks_in_a_writable_mount_do_not_reach_out(machine: Machine) -
 
 async def test_no_dbus_no_systemd_run(machine: Machine) -> None:
     machine.succeed("test -S /run/dbus/system_bus_socket")  # control: it exists outside
+    machine.succeed("test -S /run/nanoclaw/sandbox.sock")
     assert not (await sh(machine, "test -e /run/dbus/system_bus_socket")).ok
+    assert not (await sh(machine, "test -e /run/nanoclaw/sandbox.sock")).ok
+    # A /run of the unit's own: empty but for systemd's (root-only) mount hand-over point.
+    listing = (await sh(machine, "find /run 2>/dev/null")).stdout.decode().split()
+    assert listing == ["/run", "/run/systemd", "/run/systemd/incoming"], listing
     assert not (await sh(machine, "systemd-run --wait true")).ok
 
 
