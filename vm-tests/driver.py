@@ -72,6 +72,9 @@ from types import FrameType, TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from vm-tests/: tests.support lives above
+from tests.support.driver_api import DriverApi  # noqa: E402
+
 SCENARIOS = REPO / "vm-tests" / "scenarios"
 FIXTURES = REPO / "vm-tests" / "fixtures"
 PRELUDE = REPO / "vm-tests" / "prelude.py"
@@ -171,8 +174,12 @@ def _kvm_probe(kernel: Path, timeout: float) -> bool:
 # -- the machine ---------------------------------------------------------------------------
 
 
-class VirtualMachine:
+class VirtualMachine(DriverApi):
     """One QEMU VM booted from the image of vm-tests/image, with the NixOS test driver's API."""
+
+    command_timeout = COMMAND_TIMEOUT
+    wait_timeout = WAIT_TIMEOUT
+    poll_seconds = 0.25
 
     def __init__(
         self,
@@ -315,7 +322,7 @@ class VirtualMachine:
         if status != 0:
             self._stop_processes()
             raise RuntimeError(f"VM {self.name}: the backdoor shell cannot load setpgid: {out!r}")
-        log(f"[{self.name}] backdoor shell up {self.boot_seconds:.1f} s after QEMU started")
+        self.log(f"backdoor shell up {self.boot_seconds:.1f} s after QEMU started")
 
     def _qemu_command(self, shell_path: Path, disks: list[Path]) -> list[str]:
         assert self._workdir is not None
@@ -442,7 +449,7 @@ class VirtualMachine:
             return
         process = self._process
         if self.connected and process is not None and process.poll() is None:
-            log(f"[{self.name}] powering off")
+            self.log("powering off")
             with contextlib.suppress(OSError):
                 # No reply to wait for: the shell is stopped early in the shutdown.
                 assert self._shell is not None
@@ -450,14 +457,14 @@ class VirtualMachine:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                log(f"[{self.name}] did not power off in {timeout:.0f} s; killing QEMU")
+                self.log(f"did not power off in {timeout:.0f} s; killing QEMU")
         self._stop_processes()
 
     def crash(self) -> None:
         """Kill QEMU at once, as a power cut would."""
         if not self.booted:
             return
-        log(f"[{self.name}] crash: killing QEMU")
+        self.log("crash: killing QEMU")
         self._stop_processes()
 
     def wait_for_shutdown(self, timeout: float = WAIT_TIMEOUT) -> None:
@@ -486,10 +493,6 @@ class VirtualMachine:
         self.booted = False
         self.connected = False
         _running.discard(self)
-
-    def __enter__(self) -> VirtualMachine:
-        self.start()
-        return self
 
     def __exit__(
         self,
@@ -581,158 +584,21 @@ class VirtualMachine:
 
     # -- commands -------------------------------------------------------------------------
 
-    def execute(self, command: str, timeout: float | None = COMMAND_TIMEOUT) -> tuple[int, str]:
+    def execute(self, command: str, timeout: float | None = None) -> tuple[int, str]:
         """Run `command` with bash (`set -euo pipefail` first, as NixOS does) as root in the
         guest; return its exit status and stdout+stderr. Raises TimeoutError when `timeout`
-        (seconds; None: no limit) ran out and the command was killed."""
-        host_timeout = 1e9 if timeout is None else timeout + 30
+        (seconds; None: COMMAND_TIMEOUT) ran out and the command was killed."""
+        timeout = self.command_timeout if timeout is None else timeout
+        host_timeout = timeout + 30
         began = time.monotonic()
         status, raw = self._roundtrip(self._wrap(command, timeout), None, host_timeout)
         output = raw.decode(errors="replace")
-        if timeout is not None and status == 137 and time.monotonic() - began >= timeout:
+        if status == 137 and time.monotonic() - began >= timeout:
             raise TimeoutError(
                 f"[{self.name}] `{command}` timed out after {timeout:.0f} s "
                 f"and was killed; output:\n{output}"
             )
         return status, output
-
-    def succeed(self, *commands: str, timeout: float | None = COMMAND_TIMEOUT) -> str:
-        """Run each command; raise AssertionError (with its output) when one fails.
-        Returns the concatenated output."""
-        output = ""
-        for command in commands:
-            log(f"[{self.name}] must succeed: {command}")
-            status, out = self.execute(command, timeout)
-            if status != 0:
-                raise AssertionError(
-                    f"[{self.name}] `{command}` failed with exit status {status}:\n{out}"
-                )
-            output += out
-        return output
-
-    def fail(self, *commands: str, timeout: float | None = COMMAND_TIMEOUT) -> str:
-        """Run each command; raise AssertionError when one succeeds. Returns the output."""
-        output = ""
-        for command in commands:
-            log(f"[{self.name}] must fail: {command}")
-            status, out = self.execute(command, timeout)
-            if status == 0:
-                raise AssertionError(f"[{self.name}] `{command}` succeeded but should fail:\n{out}")
-            output += out
-        return output
-
-    def wait_until_succeeds(self, command: str, timeout: float = WAIT_TIMEOUT) -> str:
-        """Run `command` until it succeeds; return its output. AssertionError on timeout."""
-        log(f"[{self.name}] waiting for success: {command}")
-        return self._wait_until(command, timeout, want_success=True)
-
-    def wait_until_fails(self, command: str, timeout: float = WAIT_TIMEOUT) -> str:
-        """Run `command` until it fails; return its output. AssertionError on timeout."""
-        log(f"[{self.name}] waiting for failure: {command}")
-        return self._wait_until(command, timeout, want_success=False)
-
-    def _wait_until(self, command: str, timeout: float, want_success: bool) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = max(1.0, deadline - time.monotonic())
-            try:
-                status, out = self.execute(command, timeout=remaining)
-            except TimeoutError as error:
-                status, out = -1, str(error)
-            if (status == 0) == want_success and status != -1:
-                return out
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"[{self.name}] `{command}` did not {'succeed' if want_success else 'fail'}"
-                    f" within {timeout:.0f} s; last status {status}, output:\n{out}"
-                )
-            time.sleep(0.25)
-
-    def systemctl(self, args: str) -> tuple[int, str]:
-        """`systemctl ARGS` in the guest: (status, output)."""
-        return self.execute(f"systemctl {args}")
-
-    def get_unit_info(self, unit: str) -> dict[str, str]:
-        """`systemctl show UNIT` as a dict."""
-        status, out = self.systemctl(f"--no-pager show {shlex.quote(unit)}")
-        if status != 0:
-            raise AssertionError(f"[{self.name}] systemctl show {unit} failed ({status}):\n{out}")
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def require_unit_state(self, unit: str, require_state: str = "active") -> None:
-        state = self.get_unit_info(unit).get("ActiveState")
-        if state != require_state:
-            raise AssertionError(
-                f"[{self.name}] unit {unit} is {state!r}, expected {require_state!r}:\n"
-                + self._unit_status(unit)
-            )
-
-    def wait_for_unit(self, unit: str, timeout: float = WAIT_TIMEOUT) -> None:
-        """Wait until `unit` is active. Fails at once when it fails, is not found, or is
-        inactive with no job queued that could start it (as NixOS's does)."""
-        log(f"[{self.name}] waiting for unit {unit}")
-        deadline = time.monotonic() + timeout
-        quoted = shlex.quote(unit)
-        while True:
-            out = self.succeed_quietly(
-                f"systemctl show --property=ActiveState,LoadState {quoted}; "
-                f"echo Jobs=$(systemctl list-jobs --no-legend --plain | wc -l)"
-            )
-            props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-            state = props.get("ActiveState")
-            if state == "active":
-                return
-            if state == "failed" or props.get("LoadState") == "not-found":
-                raise AssertionError(
-                    f"[{self.name}] unit {unit} {props}:\n" + self._unit_status(unit)
-                )
-            if state == "inactive" and props.get("Jobs") == "0":
-                # No job in flight: nothing will start it, unless it was started since.
-                again = self.get_unit_info(unit).get("ActiveState")
-                if again == "active":
-                    return
-                if again == "inactive":
-                    raise AssertionError(
-                        f"[{self.name}] unit {unit} is inactive and no job is pending:\n"
-                        + self._unit_status(unit)
-                    )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"[{self.name}] unit {unit} not active after {timeout:.0f} s ({props}):\n"
-                    + self._unit_status(unit)
-                )
-            time.sleep(0.25)
-
-    def succeed_quietly(self, command: str, timeout: float | None = COMMAND_TIMEOUT) -> str:
-        """succeed() without logging the command (for polling helpers)."""
-        status, out = self.execute(command, timeout)
-        if status != 0:
-            raise AssertionError(f"[{self.name}] `{command}` failed with {status}:\n{out}")
-        return out
-
-    def _unit_status(self, unit: str) -> str:
-        quoted = shlex.quote(unit)
-        return self.execute(
-            f"systemctl status --no-pager --full {quoted} || true; "
-            f"journalctl --no-pager -n 50 -u {quoted} || true"
-        )[1]
-
-    def wait_for_open_port(
-        self, port: int, addr: str = "127.0.0.1", timeout: float = WAIT_TIMEOUT
-    ) -> None:
-        """Wait until something accepts TCP connections on addr:port in the guest."""
-        self.wait_until_succeeds(f"nc -z -w 1 {shlex.quote(addr)} {int(port)}", timeout)
-
-    def wait_for_closed_port(
-        self, port: int, addr: str = "127.0.0.1", timeout: float = WAIT_TIMEOUT
-    ) -> None:
-        self.wait_until_fails(f"nc -z -w 1 {shlex.quote(addr)} {int(port)}", timeout)
-
-    def wait_for_file(self, path: str, timeout: float = WAIT_TIMEOUT) -> None:
-        self.wait_until_succeeds(f"test -e {shlex.quote(path)}", timeout)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
     # -- files ----------------------------------------------------------------------------
 
@@ -758,7 +624,7 @@ class VirtualMachine:
         n = next(_counter)
         staging = f"/run/copy-from-host.{n}"
         quoted = shlex.quote(target)
-        log(f"[{self.name}] copying {source} to {target} ({len(payload)} bytes of base64)")
+        self.log(f"copying {source} to {target} ({len(payload)} bytes of base64)")
         status, out = self._roundtrip(
             f"mkdir -p {staging} && head -c {len(payload)} >{staging}/b64 2>$__o; __s=$?;",
             payload,

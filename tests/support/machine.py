@@ -38,7 +38,6 @@ import io
 import itertools
 import os
 import re
-import shlex
 import shutil
 import signal
 import statistics
@@ -49,9 +48,10 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import pytest
+
+from tests.support.driver_api import DriverApi
 
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
@@ -114,7 +114,7 @@ def require_machine() -> None:
     )
 
 
-class Machine:
+class Machine(DriverApi):
     """One systemd-nspawn container booted from the cached rootfs, as in NixOS tests."""
 
     def __init__(
@@ -305,82 +305,13 @@ class Machine:
         self._cgroups = []
         self.pid = 0
 
-    def __enter__(self) -> Machine:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.shutdown()
-
     # -- commands -----------------------------------------------------------------------
 
-    def execute(self, command: str, timeout: float = 60) -> tuple[int, str]:
+    def execute(self, command: str, timeout: float | None = None) -> tuple[int, str]:
         """Run `sh -c command` in the container; return its status and stdout+stderr."""
-        status, out = self._enter(["/bin/sh", "-c", command], None, timeout, command)
+        limit = self.command_timeout if timeout is None else timeout
+        status, out = self._enter(["/bin/sh", "-c", command], None, limit, command)
         return status, out.decode(errors="replace")
-
-    def succeed(self, command: str, timeout: float = 60) -> str:
-        status, out = self.execute(command, timeout)
-        if status != 0:
-            raise AssertionError(f"[{self.name}] `{command}` failed with {status}:\n{out}")
-        return out
-
-    def fail(self, command: str, timeout: float = 60) -> str:
-        status, out = self.execute(command, timeout)
-        if status == 0:
-            raise AssertionError(f"[{self.name}] `{command}` succeeded but should fail:\n{out}")
-        return out
-
-    def systemctl(self, args: str) -> tuple[int, str]:
-        return self.execute(f"systemctl {args}")
-
-    def wait_for_unit(self, unit: str, timeout: float = 60) -> None:
-        """Wait until the unit is active; fail at once if it fails."""
-        deadline = time.monotonic() + timeout
-        quoted = shlex.quote(unit)
-        while True:
-            out = self.succeed(f"systemctl show --property=ActiveState,LoadState {quoted}")
-            props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-            if props.get("ActiveState") == "active":
-                return
-            if props.get("ActiveState") == "failed" or props.get("LoadState") == "not-found":
-                raise AssertionError(f"[{self.name}] unit {unit} {props}:\n{self._status(unit)}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"[{self.name}] unit {unit} not active after {timeout} s ({props}):\n"
-                    + self._status(unit)
-                )
-            time.sleep(0.1)
-
-    def _status(self, unit: str) -> str:
-        quoted = shlex.quote(unit)
-        return self.execute(
-            f"systemctl status --no-pager --full {quoted}; journalctl --no-pager -n 50 -u {quoted}"
-        )[1]
-
-    def wait_until_succeeds(self, command: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                status, out = self.execute(command, timeout=max(1.0, remaining))
-            except TimeoutError as error:
-                status, out = -1, str(error)
-            if status == 0:
-                return out
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"[{self.name}] `{command}` did not succeed within {timeout} s; last:\n{out}"
-                )
-            time.sleep(0.1)
-
-    def wait_for_open_port(self, port: int, addr: str = "127.0.0.1", timeout: float = 60) -> None:
-        self.wait_until_succeeds(f"nc -z -w 1 {shlex.quote(addr)} {int(port)}", timeout)
 
     def copy_into(self, source: Path, target: str) -> None:
         """Copy a host file or directory to `target` in the container, owned by root.
