@@ -1,0 +1,221 @@
+# The NixOS node of the VM isolation scenarios: what vm-tests/node/setup.sh and
+# vm-tests/node/policy.json give the Debian node by hand, declared through services.nanoclaw.
+#
+# This is the one place that names the options the scenarios need from the NixOS module
+# (self.nixosModules.default), which must provide:
+#   services.nanoclaw.enable, .package
+#   .settings                  freeform, rendered into config.toml on top of the options below
+#   .homeserverUrl, .userId, .owners, .accessTokenFile, .apiKeyFile      [matrix] and [model]
+#   .dataDir, .protectedPaths  the policy's data_dir and protected_paths
+#   .proxy.{address, port}     the policy's proxy
+#   .defaults.limits, .groups.<name>.limits
+#       {memoryMaxBytes, tasksMax, cpuQuotaPercent, wallSeconds, outputBytes}
+#   .groups.<name>.{uid, main, mounts = [{host, sandbox, writable}], egress.{cidrs, domains},
+#       packages}             packages: the commands a tool unit of the group finds on PATH
+# and from them: /etc/nanoclaw/policy.json; users nanoclaw (group nanoclaw: the broker's
+# clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); dataDir/global and each
+# group's folder under dataDir/groups; every unit of units/ with its name and hardening
+# (nanoclaw-sandboxd.socket enabled, and nanoclaw-port-filter.service where units/ has it,
+# with nft on its path); the package's commands on PATH. A tool unit's PATH is
+# /usr/local/bin:/usr/bin:/bin, which holds nothing on NixOS: the module and the broker
+# must put the group's packages there (the store itself is readable in a unit).
+{ self }:
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.nanoclaw;
+
+  # What the scenarios run inside tool units: sh -c with curl, python3 and coreutils.
+  toolPackages = with pkgs; [ coreutils findutils gnugrep curl python3 ];
+
+  # The Debian node's venv, for the smoke scenario's import check.
+  venv = pkgs.python3.withPackages (ps: [ (ps.toPythonModule cfg.package) ]);
+
+  # The source as the Debian driver mounts it (SOURCE_ENTRIES in vm-tests/driver.py).
+  source = lib.fileset.toSource {
+    root = ./..;
+    fileset = lib.fileset.unions [
+      ../nanoclaw
+      ../units
+      ../policies
+      ../pyproject.toml
+      ./.
+    ];
+  };
+
+  # Fails naming every difference between the module's policy and the Debian node's.
+  samePolicy = pkgs.writeText "same-policy.py" ''
+    import sys
+    from pathlib import Path
+
+    from nanoclaw.policy import load_policy
+
+    ours, debian = (load_policy(Path(path)) for path in sys.argv[1:3])
+    problems = []
+    for field in ("data_dir", "proxy"):
+        if getattr(ours, field) != getattr(debian, field):
+            problems.append(f"{field}: {getattr(ours, field)!r}, not {getattr(debian, field)!r}")
+    # The module may protect more, never less.
+    for field in ("protected_paths", "blocked_patterns"):
+        missing = set(getattr(debian, field)) - set(getattr(ours, field))
+        if missing:
+            problems.append(f"{field} lacks {sorted(missing)}")
+    if set(ours.groups) != set(debian.groups):
+        problems.append(f"groups: {sorted(ours.groups)}, not {sorted(debian.groups)}")
+    for name in sorted(set(ours.groups) & set(debian.groups)):
+        for field in ("uid", "main", "mounts", "egress", "limits"):
+            mine, theirs = getattr(ours.groups[name], field), getattr(debian.groups[name], field)
+            if mine != theirs:
+                problems.append(f"groups.{name}.{field}: {mine!r}, not {theirs!r}")
+    print("\n".join(problems) or "the same policy")
+    sys.exit(1 if problems else 0)
+  '';
+
+  limits = {
+    memoryMaxBytes = 67108864;
+    tasksMax = 32;
+    cpuQuotaPercent = 100;
+    wallSeconds = 30;
+    outputBytes = 65536;
+  };
+
+  # vm-tests/node/policy.json's groups, each with the tools the scenarios run.
+  groups = {
+    alpha = {
+      uid = 61001;
+      main = true;
+      mounts = [
+        { host = "/srv/shared"; sandbox = "/workspace/shared"; writable = false; }
+        { host = "/srv/scratch"; sandbox = "/workspace/scratch"; writable = true; }
+      ];
+      packages = toolPackages;
+    };
+    beta = {
+      uid = 61002;
+      packages = toolPackages;
+    };
+    cidr = {
+      uid = 61003;
+      egress.cidrs = [ "11.0.0.100/32" ];
+      packages = toolPackages;
+    };
+    web = {
+      uid = 61004;
+      egress.domains = [ "allowed.test" ];
+      packages = toolPackages;
+    };
+  };
+in
+{
+  imports = [ self.nixosModules.default ];
+
+  services.nanoclaw = {
+    enable = true;
+    package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+    # The host is installed but never started here (see below): these only need to be valid.
+    homeserverUrl = "http://127.0.0.1:8008";
+    userId = "@nanoclaw:localhost";
+    owners = [ "@owner:localhost" ];
+    accessTokenFile = "${pkgs.writeText "matrix-token" "not-a-token"}";
+    apiKeyFile = "${pkgs.writeText "anthropic-key" "not-a-key"}";
+    settings.groups = lib.mapAttrs (name: _: { room_id = "!${name}:localhost"; }) groups;
+
+    dataDir = "/var/lib/nanoclaw";
+    protectedPaths = [ "/etc/nanoclaw" ];
+    proxy = {
+      address = "127.0.0.9";
+      port = 3128;
+    };
+    defaults.limits = limits;
+    inherit groups;
+  };
+
+  # As on the Debian node: no homeserver to talk to, and `nanoclaw exec` runs an egress
+  # proxy of its own on the policy's address only while the host does not hold it.
+  systemd.services.nanoclaw.wantedBy = lib.mkForce [ ];
+
+  # The test framework panics on any OOM; the scenarios OOM-kill a tool unit on purpose.
+  boot.kernel.sysctl."vm.panic_on_oom" = 0;
+
+  # The Debian VM's address on the scenarios' network, IPv4 only, no DHCP and no DNS.
+  networking.useDHCP = false;
+  networking.interfaces.eth1 = {
+    ipv4.addresses = lib.mkForce [ { address = "11.0.0.15"; prefixLength = 24; } ];
+    ipv6.addresses = lib.mkForce [ ];
+  };
+  networking.hosts = {
+    "11.0.0.100" = [ "allowed.test" ];
+    "11.0.0.101" = [ "denied.test" ];
+  };
+
+  # What the scenarios run on the node itself.
+  environment.systemPackages = with pkgs; [
+    cfg.package
+    curl
+    python3
+    netcat # the test driver's wait_for_open_port
+    shadow # useradd
+    util-linux # setpriv, findmnt
+    procps # pgrep
+    nftables # nft, to look at the port filter's table
+  ];
+
+  # Files and directories setup.sh makes (where the module makes the same paths, its
+  # entries, in an earlier file, win). /bin/true and /bin/sleep are argv the scenarios
+  # name (NixOS has only /bin/sh); /usr/local/bin is where one plants a setuid shell.
+  systemd.tmpfiles.settings."90-nanoclaw-vm-node" =
+    {
+      # alpha's own files, so that only the read-only bind stops alpha from writing there.
+      "/srv/shared".d = { mode = "0755"; user = "61001"; group = "61001"; };
+      "/srv/shared/readme".f = {
+        mode = "0644";
+        user = "61001";
+        group = "61001";
+        argument = "shared-file";
+      };
+      "/srv/scratch".d = { mode = "0755"; user = "61001"; group = "61001"; };
+      "/var/lib/nanoclaw/global".d.mode = "0755";
+      "/var/lib/nanoclaw/nanoclaw.db".f = { mode = "0644"; argument = "database"; };
+      "/var/lib/nanoclaw/groups/beta/secret".f = {
+        mode = "0644";
+        user = "61002";
+        group = "61002";
+        argument = "beta-secret";
+      };
+      "/usr/local/bin".d.mode = "0755";
+      "/bin/true"."L+".argument = "${pkgs.coreutils}/bin/true";
+      "/bin/sleep"."L+".argument = "${pkgs.coreutils}/bin/sleep";
+      "/opt/nanoclaw".d.mode = "0755";
+      "/opt/nanoclaw/venv"."L+".argument = "${venv}";
+    }
+    // lib.mapAttrs' (
+      name: group:
+      lib.nameValuePair "/var/lib/nanoclaw/groups/${name}" {
+        d = {
+          mode = "0750";
+          user = toString group.uid;
+          group = toString group.uid;
+        };
+      }
+    ) groups;
+
+  # The source, read-only at the Debian node's path.
+  systemd.mounts = [
+    {
+      what = "${source}";
+      where = "/opt/nanoclaw-src";
+      type = "none";
+      options = "bind,ro";
+      wantedBy = [ "multi-user.target" ];
+    }
+  ];
+
+  # The module's policy is compared with the Debian node's at the start of every test.
+  environment.etc."nanoclaw-vm-node/policy.json".source = ./node/policy.json;
+  environment.etc."nanoclaw-vm-node/same-policy.py".source = samePolicy;
+
+  # The filesystem scenario walks / from inside a unit: a store image holds only this
+  # node's closure, where the host's store shared over 9p would take the walk past its timeout.
+  virtualisation.useNixStoreImage = true;
+  virtualisation.memorySize = 1024;
+  virtualisation.cores = 2;
+}
