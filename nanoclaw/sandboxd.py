@@ -40,13 +40,14 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nanoclaw.config_reader import ConfigError
-from nanoclaw.ip_probe import ip_filtering_enforced
+from nanoclaw.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
 from nanoclaw.policy import Policy, UnknownGroup, load_policy
 from nanoclaw.systemd_bus import BusError, Property, Systemd
 from nanoclaw.unit_properties import RequestError, ToolRequest, compile_unit
@@ -159,12 +160,18 @@ async def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:
 
 class Broker:
     def __init__(
-        self, policy: Policy, systemd: Systemd, client_gid: int, ip_filtering: bool
+        self,
+        policy: Policy,
+        systemd: Systemd,
+        client_gid: int,
+        ip_filtering: bool,
+        proxy_port_filtered: bool,
     ) -> None:
         self.policy = policy
         self.systemd = systemd
         self.client_gid = client_gid
         self.ip_filtering = ip_filtering
+        self.proxy_port_filtered = proxy_port_filtered
 
     def authorize(self, peer: Peer) -> None:
         if peer.uid == 0 or peer.gid == self.client_gid or self.client_gid in peer_groups(peer.pid):
@@ -206,6 +213,11 @@ class Broker:
             raise Refused(
                 f"group {group.name} has egress, but IP filtering is not enforced on this "
                 "machine (no cgroup BPF): refusing rather than running it unfiltered"
+            )
+        if group.egress.domains and not self.proxy_port_filtered:
+            raise Refused(
+                f"group {group.name} has egress domains, but the other ports of the proxy's "
+                "address are open to it (is nanoclaw-port-filter.service loaded?): refusing"
             )
         try:
             pwd.getpwuid(group.uid)
@@ -270,6 +282,23 @@ class Broker:
         }
 
 
+async def _holds(check: Coroutine[Any, Any, bool]) -> bool:
+    """The answer of a start-up check; a check that cannot answer counts as "no"."""
+    try:
+        return await check
+    except (ProbeFailed, BusError) as error:
+        log.warning("%s", error)
+        return False
+
+
+async def proxy_port_filtered(systemd: Systemd, policy: Policy) -> bool:
+    """Whether the port filter holds for the groups with domains (trivially, without any)."""
+    uids = [group.uid for group in policy.groups.values() if group.egress.domains]
+    if policy.proxy is None or not uids:
+        return True
+    return await proxy_port_only(systemd, policy.proxy[0], uids[0])
+
+
 def _feed(fd: int, data: bytes) -> None:
     try:
         with suppress(BrokenPipeError):
@@ -297,10 +326,13 @@ async def serve(args: argparse.Namespace) -> None:
     policy = load_policy(Path(args.policy))
     client_gid = grp.getgrnam(args.client_group).gr_gid
     systemd = await Systemd.connect()
-    enforced = await ip_filtering_enforced(systemd)
+    enforced = await _holds(ip_filtering_enforced(systemd))
     if not enforced:
         log.warning("IP filtering is not enforced here: groups with egress will be refused")
-    broker = Broker(policy, systemd, client_gid, enforced)
+    port_filtered = enforced and await _holds(proxy_port_filtered(systemd, policy))
+    if enforced and not port_filtered:
+        log.warning("the proxy's other ports are open to tools: groups with domains refused")
+    broker = Broker(policy, systemd, client_gid, enforced, port_filtered)
     server = await asyncio.start_unix_server(
         broker.handle, sock=listening_socket(args.socket), limit=MAX_REQUEST_BYTES
     )

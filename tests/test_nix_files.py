@@ -1,7 +1,7 @@
 """Every .nix file parses, and every VM scenario is also a NixOS test.
 
 nixpkgs cannot be fetched here, so the NixOS tests (vm-tests/*.nix) cannot run or fully
-evaluate: Nix (Debian's nix-bin, installed by scripts/nix-deps) parses every file, and
+evaluate: Nix (Debian's nix-bin, installed by scripts/host-deps) parses every file, and
 evaluates vm-tests/default.nix against a stand-in for nixpkgs far enough to check each
 test's name and its testScript (our driver's globals, prelude.py, the scenario).
 """
@@ -53,10 +53,10 @@ builtins.mapAttrs (_: t: { inherit (t) name testScript; }) tests
 @pytest.fixture(scope="session")
 def nix() -> Path:
     """Where nix-instantiate is, installed when missing; a test fails without it."""
-    deps = subprocess.run([REPO / "scripts/nix-deps"], capture_output=True, text=True)
-    assert deps.returncode == 0, f"scripts/nix-deps failed:\n{deps.stdout}{deps.stderr}"
+    deps = subprocess.run([REPO / "scripts/host-deps"], capture_output=True, text=True)
+    assert deps.returncode == 0, f"scripts/host-deps failed:\n{deps.stdout}{deps.stderr}"
     found = shutil.which("nix-instantiate")
-    assert found, "scripts/nix-deps succeeded but nix-instantiate is not on PATH"
+    assert found, "scripts/host-deps succeeded but nix-instantiate is not on PATH"
     return Path(found)
 
 

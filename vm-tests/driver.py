@@ -908,7 +908,7 @@ def _exit_on_sigterm() -> None:
 def _qemu() -> str:
     found = shutil.which("qemu-system-x86_64")
     if found is None:
-        raise FileNotFoundError("qemu-system-x86_64 is missing: run scripts/vm-deps")
+        raise FileNotFoundError("qemu-system-x86_64 is missing: run scripts/host-deps")
     return found
 
 

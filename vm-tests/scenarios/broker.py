@@ -49,3 +49,19 @@ with subtest("the host's user cannot start a transient unit by itself"):
     )
     assert status != 0, output
     machine.succeed("systemd-run --wait --pipe -q true")  # control: root can
+
+with subtest("without the port filter, groups with domains are refused"):
+    assert tool_succeeds("web", "echo ran").startswith("ran\n")  # control: the filter holds
+    # Stopping the filter stops the broker too (PartOf=), and the broker's next start
+    # loads it again (Wants=), which fails here as where nft is missing.
+    machine.systemctl("stop nanoclaw-port-filter.service")
+    machine.fail("nft list table inet nanoclaw")
+    machine.succeed("mount --bind /dev/null /usr/sbin/nft")
+    refused = tool_fails("web", "echo ran")
+    assert "other ports of the proxy's address are open" in refused, refused
+    assert tool_succeeds("cidr", "echo ran").startswith("ran\n")  # a CIDR group needs no proxy
+    machine.require_unit_state("nanoclaw-port-filter.service", "failed")
+    machine.succeed("umount /usr/sbin/nft")
+    machine.systemctl("restart nanoclaw-port-filter.service")  # and, PartOf=, the broker
+    assert tool_succeeds("web", "echo ran").startswith("ran\n")
+    machine.succeed("nft list table inet nanoclaw")

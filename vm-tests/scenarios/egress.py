@@ -34,6 +34,20 @@ with subtest("loopback services are out of reach"):
         tool_fails(group, fetch + "--noproxy '*' http://127.0.0.1:8008/")
     machine.succeed("systemctl stop stand-in-homeserver")
 
+with subtest("on the proxy's address, only the proxy's port"):
+    # A service on every address (as a homeserver or sshd may listen) answers on the
+    # proxy's address too, and so does one bound to that address alone.
+    for unit, bind, port in (("any", "0.0.0.0", 8009), ("proxy-neighbour", "127.0.0.9", 8010)):
+        machine.succeed(
+            f"systemd-run --unit=stand-in-{unit} -p DynamicUser=yes "
+            f"python3 -m http.server --bind {bind} {port}"
+        )
+        machine.wait_until_succeeds(f"{fetch} http://127.0.0.9:{port}/")  # control
+        tool_fails("web", fetch + f"--noproxy '*' http://127.0.0.9:{port}/")
+        machine.succeed(f"systemctl stop stand-in-{unit}")
+    # The proxy's own port on that address stays open: the listed domain went through it.
+    assert "egress-ok" in tool_succeeds("web", fetch + "http://allowed.test/")
+
 with subtest("no name service sockets"):
     for group in ("alpha", "web"):
         tool_fails(
