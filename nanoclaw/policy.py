@@ -94,7 +94,16 @@ _TOP_KEYS = (
     "defaults",
     "groups",
 )
-_GROUP_KEYS = ("uid", "main", "mounts", "egress", "read_only_paths", "limits")
+_GROUP_KEYS = (
+    "uid",
+    "main",
+    "mounts",
+    "egress",
+    "read_only_paths",
+    "path",
+    "empty_paths",
+    "limits",
+)
 _MOUNT_KEYS = ("host", "sandbox", "writable")
 _EGRESS_KEYS = ("cidrs", "domains")
 _PROXY_KEYS = ("address", "port")
@@ -164,6 +173,10 @@ class GroupPolicy:
     egress: Egress
     read_only_paths: tuple[str, ...]  # resolved; bound read-only at the same path
     limits: Limits
+    path: tuple[str, ...] = ()  # directories put before the default PATH, in this order
+    # Directories the unit sees empty (a tmpfs) but for the read_only_paths below them:
+    # ["/nix/store"] with a package closure in read_only_paths hides the rest of the store.
+    empty_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -388,7 +401,45 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
         egress=_egress(table),
         read_only_paths=read_only,
         limits=_limits(table, default_limits),
+        path=_search_path(table, policy),
+        empty_paths=_empty_paths(table, policy),
     )
+
+
+def _search_path(table: Table, policy: Policy) -> tuple[str, ...]:
+    """`path`: as written (normalised), and judged like a host path to bind, since the
+    unit runs what it finds there."""
+    result: list[str] = []
+    for index, item in enumerate(_list(table, "path")):
+        key = f"{table.at('path')}[{index}]"
+        policy.check_host_path(item, key)
+        path = _absolute(item, key)
+        if ":" in path:  # PATH's separator: one entry would become two
+            raise ConfigError(key, "must not contain ':'")
+        if path in result:
+            raise ConfigError(key, f"{path} is listed twice (also at [{result.index(path)}])")
+        result.append(path)
+    return tuple(result)
+
+
+def _empty_paths(table: Table, policy: Policy) -> tuple[str, ...]:
+    """`empty_paths`: never a place the broker or the policy already decides about (an
+    empty tree over the data directory would make every unit fail to start)."""
+    result = _paths(table, "empty_paths")
+    decided = (
+        *policy.sealed_paths(),
+        ("the workspace", WORKSPACE),
+        ("the unit's private /tmp", "/tmp"),
+    )
+    for index, path in enumerate(result):
+        key = f"{table.at('empty_paths')}[{index}]"
+        if path == "/":
+            raise ConfigError(key, "must not be / (the unit would see nothing at all)")
+        for what, other in decided:
+            relation = _relation(path, other)
+            if relation:
+                raise ConfigError(key, f"{path} {relation} {other}, {what}")
+    return result
 
 
 def _mount(value: object, key: str, policy: Policy) -> Mount:

@@ -182,7 +182,7 @@ def compile_unit(
     argv = _argv(request.argv)
     cwd = _cwd(request.cwd, group)
     timeout = _timeout(request.timeout_seconds, group)
-    environment = BASE_ENVIRONMENT + _proxy_environment(policy, group, request.proxy_token)
+    environment = _base_environment(group) + _proxy_environment(policy, group, request.proxy_token)
     network = group.egress.any
     slice_ = slice_name(group.name)
     values: list[tuple[str, object]] = [
@@ -215,6 +215,7 @@ def compile_unit(
             "TemporaryFileSystem",
             ((WORKSPACE, "mode=0755"), ("/dev/shm", "mode=1777"), (RUN, "mode=0755")),
         ),
+        *_empty_paths(group),
         *_binds(policy, group),
         ("InaccessiblePaths", _hidden(policy)),
         ("NoNewPrivileges", True),
@@ -333,6 +334,26 @@ def _timeout(value: object, group: GroupPolicy) -> int:
             f"limit), not {value!r}"
         )
     return value
+
+
+def _base_environment(group: GroupPolicy) -> tuple[str, ...]:
+    if not group.path:
+        return BASE_ENVIRONMENT
+    # The group's own directories first: on NixOS the default ones hold next to nothing.
+    return tuple(
+        "PATH=" + ":".join((*group.path, entry.removeprefix("PATH=")))
+        if entry.startswith("PATH=")
+        else entry
+        for entry in BASE_ENVIRONMENT
+    )
+
+
+def _empty_paths(group: GroupPolicy) -> list[tuple[str, object]]:
+    # A second TemporaryFileSystem= adds to the first, as a second line in a unit file does;
+    # the group's read-only paths are bound below these afterwards.
+    if not group.empty_paths:
+        return []
+    return [("TemporaryFileSystem", tuple((path, "mode=0755") for path in group.empty_paths))]
 
 
 def _proxy_environment(policy: Policy, group: GroupPolicy, token: object) -> tuple[str, ...]:

@@ -87,11 +87,26 @@ IPV6_PROXY: dict[str, Any] = {
     "groups": {"web": {"uid": 62000, "egress": {"domains": ["example.org"]}}},
 }
 
+# A group whose tools come from the Nix store: its closure only, and on PATH.
+STORE_TOOLS: dict[str, Any] = {
+    "version": 1,
+    "data_dir": "/var/lib/nanoclaw",
+    "groups": {
+        "tools": {
+            "uid": 61000,
+            "read_only_paths": ["/nix/store/abc-coreutils", "/nix/store/def-glibc"],
+            "path": ["/nix/store/abc-coreutils/bin", "/usr/local//bin/"],
+            "empty_paths": ["/nix/store"],
+        }
+    },
+}
+
 # Every policy these tests accept; each must also conform to policies/schema.json.
 VALID_FIXTURES: dict[str, dict[str, Any]] = {
     "minimal": MINIMAL,
     "full": FULL,
     "ipv6-proxy": IPV6_PROXY,
+    "store-tools": STORE_TOOLS,
     "limits-at-bounds": {
         "version": 1,
         "data_dir": "/d",
@@ -697,6 +712,63 @@ def test_read_only_paths_may_not_overlap_any_groups_mount_source(path: str) -> N
     refused(data, "groups.family.read_only_paths[0]", "overlaps groups.main.mounts[0].host")
 
 
+def test_path_and_empty_paths_are_kept_in_order_and_normalised() -> None:
+    group = parse_policy(STORE_TOOLS, POLICY_PATH).group("tools")
+    assert group.path == ("/nix/store/abc-coreutils/bin", "/usr/local/bin")
+    assert group.empty_paths == ("/nix/store",)
+    assert group.read_only_paths == ("/nix/store/abc-coreutils", "/nix/store/def-glibc")
+
+
+def test_path_and_empty_paths_default_to_nothing() -> None:
+    group = parse_policy(group_with(), POLICY_PATH).group("g")
+    assert group.path == () and group.empty_paths == ()
+
+
+@pytest.mark.parametrize(
+    ("paths", "key", "fragment"),
+    [
+        ("/nix/store/x/bin", "groups.g.path", "must be a list"),
+        (["bin"], "groups.g.path[0]", "absolute"),
+        (["/opt/a:/opt/b"], "groups.g.path[0]", "':'"),
+        (["/opt/bin", "/opt//bin"], "groups.g.path[1]", "listed twice"),
+        (["/home/u/.aws/bin"], "groups.g.path[0]", "blocked pattern"),
+        (["/var/lib/nanoclaw/bin"], "groups.g.path[0]", "data directory"),
+        (["/etc/nanoclaw"], "groups.g.path[0]", "protected path"),
+        (["/proc/self/cwd"], "groups.g.path[0]", "kernel file system"),
+        (["/usr/../etc"], "groups.g.path[0]", "'..'"),
+    ],
+)
+def test_path_entries_are_checked(paths: object, key: str, fragment: str) -> None:
+    data = at(group_with(path=paths), ("protected_paths",), ["/etc/nanoclaw"])
+    refused(data, key, fragment)
+
+
+@pytest.mark.parametrize(
+    ("paths", "key", "fragment"),
+    [
+        ("/nix/store", "groups.g.empty_paths", "must be a list"),
+        (["nix/store"], "groups.g.empty_paths[0]", "absolute"),
+        (["/nix/store", "/nix/store/"], "groups.g.empty_paths[1]", "listed twice"),
+        (["/"], "groups.g.empty_paths[0]", "see nothing"),
+        (["/var"], "groups.g.empty_paths[0]", "contains /var/lib/nanoclaw, the data directory"),
+        (["/etc"], "groups.g.empty_paths[0]", "a protected path"),
+        (["/etc/nanoclaw/x"], "groups.g.empty_paths[0]", "a protected path"),
+        (["/workspace"], "groups.g.empty_paths[0]", "the workspace"),
+        (["/workspace/x"], "groups.g.empty_paths[0]", "the workspace"),
+        (["/tmp"], "groups.g.empty_paths[0]", "/tmp"),
+        (["/run/user"], "groups.g.empty_paths[0]", "hidden from every tool"),
+        (["/dev/shm"], "groups.g.empty_paths[0]", "kernel file system"),
+    ],
+)
+def test_empty_paths_are_checked(paths: object, key: str, fragment: str) -> None:
+    data = at(group_with(empty_paths=paths), ("protected_paths",), ["/etc/nanoclaw"])
+    refused(data, key, fragment)
+
+
+def test_empty_paths_never_cover_the_policy_file() -> None:
+    refused(group_with(empty_paths=["/etc"]), "groups.g.empty_paths[0]", "the policy file")
+
+
 # --- symlinks -------------------------------------------------------------------------
 
 
@@ -1221,6 +1293,10 @@ def test_the_example_conforms_to_the_schema() -> None:
         (("groups", "main", "egress", "domains", 0), "*.com"),
         (("groups", "main", "egress", "domains", 0), "GitHub.com"),
         (("groups", "main", "limits", "tasks_max"), 4097),
+        (("groups", "main", "path"), ["bin"]),
+        (("groups", "main", "path"), ["/opt/a:/opt/b"]),
+        (("groups", "main", "empty_paths"), ["/"]),
+        (("groups", "main", "empty_paths"), ["relative"]),
         (("proxy", "port"), 0),
         (("$comment",), 1),
     ],

@@ -30,7 +30,7 @@ from nanoclaw.unit_properties import (
     slice_name,
     unit_name,
 )
-from tests.test_policy import FULL, IPV6_PROXY, POLICY_PATH, at
+from tests.test_policy import FULL, IPV6_PROXY, POLICY_PATH, STORE_TOOLS, at
 
 UNIT_ID = "0123456789abcdef"
 TOKEN = "s3cret-s3cret-s3cret"
@@ -58,11 +58,14 @@ def request(group: str = "family", **changes: Any) -> ToolRequest:
 
 
 def props(plan: UnitPlan) -> dict[str, Any]:
-    """name -> value; SystemCallFilter, the one property given twice, as a list of both."""
+    """name -> value; SystemCallFilter, given twice, as a list of both; a second
+    TemporaryFileSystem (a group's empty_paths) joined to the first, as systemd does."""
     result: dict[str, Any] = {}
     for name, _, value in plan.properties:
         if name == "SystemCallFilter":
             result.setdefault(name, []).append(value)
+        elif name == "TemporaryFileSystem" and name in result:
+            result[name] += value
         else:
             assert name not in result, f"{name} given twice"
             result[name] = value
@@ -256,6 +259,34 @@ def test_binds_are_not_recursive_and_never_ignore_a_missing_source(policy: Polic
         ):
             assert flags == 0 and ignore_missing is False
             assert source.startswith("/") and destination.startswith("/")
+
+
+def test_a_groups_path_goes_before_the_default_one() -> None:
+    unit = compiled(parse_policy(STORE_TOOLS, POLICY_PATH), "tools")
+    assert (
+        "PATH=/nix/store/abc-coreutils/bin:/usr/local/bin:/usr/local/bin:/usr/bin:/bin"
+        in (unit["Environment"])
+    )
+    assert sum(entry.startswith("PATH=") for entry in unit["Environment"]) == 1
+
+
+def test_without_a_path_the_environment_is_the_default(policy: Policy) -> None:
+    assert "PATH=/usr/local/bin:/usr/bin:/bin" in compiled(policy)["Environment"]
+
+
+def test_empty_paths_are_a_second_tmpfs_and_the_closure_is_bound_into_it() -> None:
+    plan = compile_unit(parse_policy(STORE_TOOLS, POLICY_PATH), request("tools"), UNIT_ID)
+    tmpfs = [value for name, _, value in plan.properties if name == "TemporaryFileSystem"]
+    assert tmpfs[1:] == [(("/nix/store", "mode=0755"),)]
+    assert ("/nix/store/def-glibc", "/nix/store/def-glibc", False, 0) in props(plan)[
+        "BindReadOnlyPaths"
+    ]
+    assert "TemporaryFileSystem=/nix/store:mode=0755" in explain(plan).splitlines()
+
+
+def test_a_group_without_empty_paths_gets_one_tmpfs_line(policy: Policy) -> None:
+    plan = compile_unit(policy, request(), UNIT_ID)
+    assert [name for name, _, _ in plan.properties].count("TemporaryFileSystem") == 1
 
 
 def test_hidden_paths(policy: Policy) -> None:
