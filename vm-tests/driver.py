@@ -797,6 +797,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fail-fast", action="store_true", help="stop at the first failed scenario"
     )
     parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO,
+        help="the tree attached at /opt/nanoclaw-src (default: this repository)",
+    )
+    parser.add_argument(
         "--prelude",
         type=Path,
         default=PRELUDE if PRELUDE.is_file() else None,
@@ -829,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = VirtualMachine(
         image,
         name="machine",
+        source=args.source,
         memory=args.memory,
         cpus=args.cpus,
         forwards=forwards,

@@ -26,7 +26,8 @@ systemd-tmpfiles --create
 install -m 0644 "$node/policy.json" /etc/nanoclaw/policy.json
 mkdir -p /srv/shared /srv/scratch /var/lib/nanoclaw/global
 echo shared-file > /srv/shared/readme
-chown 61001:61001 /srv/scratch
+# alpha's own files, so that only the read-only bind stops alpha from writing there.
+chown -R 61001:61001 /srv/shared /srv/scratch
 for g in alpha:61001 beta:61002 cidr:61003 web:61004; do
   install -d -o "${g##*:}" -g "${g##*:}" -m 0750 "/var/lib/nanoclaw/groups/${g%%:*}"
 done

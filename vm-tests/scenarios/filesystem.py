@@ -48,7 +48,11 @@ for shared in ("/tmp", "/dev/shm", "/dev/mqueue"):
 
 with subtest("read-only binds refuse writes"):
     assert "shared-file" in tool_succeeds("alpha", "cat /workspace/shared/readme")
+    # Control: alpha's uid owns the files and, outside a unit, may write them.
+    machine.succeed("setpriv --reuid=61001 --regid=61001 --clear-groups touch /srv/shared/x")
+    machine.succeed("rm /srv/shared/x")
     tool_fails("alpha", "touch /workspace/shared/x")
+    tool_fails("alpha", "echo more >> /workspace/shared/readme")
     tool_succeeds("alpha", "touch /workspace/scratch/x")
 
 with subtest("symlinks in a writable mount do not reach out"):

@@ -1,0 +1,284 @@
+"""Switch off one protection at a time and show that the scenario guarding it goes red.
+
+A scenario that stays green with its protection gone proves nothing. Each mutation below
+edits a copy of the source (exact text, found exactly once, so a stale mutation fails
+loudly instead of testing nothing), boots a VM on that copy and runs the one scenario that
+must catch it; the mutation is caught when that scenario fails at the named subtest.
+
+Usage: vm-tests/mutate [--list] [NAME ...]   (default: every mutation, one VM boot each)
+Prints a line per mutation and a summary table; exits non-zero when any mutation is not
+caught where expected. tests/test_mutations.py checks, without a VM, that each still
+applies to the current tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = REPO / "vm-tests" / "driver.py"
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str  # relative to the repository
+    old: str  # must occur exactly once
+    new: str
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    protection: str  # what is switched off, in words
+    edits: tuple[Edit, ...]
+    scenario: str  # vm-tests/scenarios/<scenario>.py
+    subtest: str  # the subtest that must fail
+
+
+UNIT = "nanoclaw/unit_properties.py"
+
+
+def drop(path: str, line: str) -> Edit:
+    return Edit(path, line, "")
+
+
+MUTATIONS = (
+    Mutation(
+        "network-for-all",
+        "PrivateNetwork= and the AF_UNIX-only address families of groups without egress",
+        (
+            Edit(UNIT, '("PrivateNetwork", not network),', '("PrivateNetwork", False),'),
+            Edit(UNIT, 'if network else ("AF_UNIX",)', 'if True else ("AF_UNIX",)'),
+        ),
+        "egress",
+        "no network by default",
+    ),
+    Mutation(
+        "no-ip-deny",
+        "IPAddressDeny=any (the allow-list alone then allows everything)",
+        (drop(UNIT, '("IPAddressDeny", deny_all),'),),
+        "egress",
+        "an allowed CIDR is reachable and its neighbour is not",
+    ),
+    Mutation(
+        "proxy-allows-any-domain",
+        "the egress proxy's domain check",
+        (
+            Edit(
+                "nanoclaw/egress_proxy.py",
+                "if not domain_allowed(request.host, grant.domains):",
+                "if False:",
+            ),
+        ),
+        "egress",
+        "a listed domain through the proxy, an unlisted one refused",
+    ),
+    Mutation(
+        "no-port-filter",
+        "the nftables port filter on the proxy's address, and the broker's check of it",
+        (
+            Edit("nanoclaw/port_filter.py", "if policy.proxy is not None and uids:", "if False:"),
+            Edit(
+                "nanoclaw/sandboxd.py",
+                "if group.egress.domains and not self.proxy_port_filtered:",
+                "if False:",
+            ),
+        ),
+        "egress",
+        "on the proxy's address, only the proxy's port",
+    ),
+    Mutation(
+        "host-run",
+        "the unit's empty /run (D-Bus and name service sockets show through)",
+        (Edit(UNIT, ', (RUN, "mode=0755")),', "),"),),
+        "egress",
+        "no name service sockets",
+    ),
+    Mutation(
+        "broker-trusts-port-filter",
+        "the broker's start-up check that the port filter holds",
+        (
+            Edit(
+                "nanoclaw/sandboxd.py",
+                "if group.egress.domains and not self.proxy_port_filtered:",
+                "if False:",
+            ),
+        ),
+        "broker",
+        "without the port filter, groups with domains are refused",
+    ),
+    Mutation(
+        "broker-takes-any-field",
+        "the broker's refusal of unknown request fields",
+        (
+            Edit(
+                "nanoclaw/sandboxd.py",
+                "    if extra:\n        raise Refused(",
+                "    if False:\n        raise Refused(",
+            ),
+        ),
+        "broker",
+        "requests cannot widen the policy",
+    ),
+    Mutation(
+        "see-the-data-dir",
+        "InaccessiblePaths= (the data directory, secrets, other groups' folders)",
+        (drop(UNIT, '("InaccessiblePaths", _hidden(policy)),'),),
+        "filesystem",
+        "secrets, the data directory and other groups are invisible",
+    ),
+    Mutation(
+        "shared-dev-shm",
+        "the unit's own /dev/shm (PrivateDevices= binds the host's)",
+        (Edit(UNIT, '("/dev/shm", "mode=1777"), ', ""),),
+        "filesystem",
+        "/dev/shm is the unit's own",
+    ),
+    Mutation(
+        "read-only-bind-writable",
+        "read-only binds (every mount becomes writable)",
+        (Edit(UNIT, "(writable if mount.writable else read_only)", "writable"),),
+        "filesystem",
+        "read-only binds refuse writes",
+    ),
+    Mutation(
+        "no-syscall-filter",
+        "SystemCallFilter= (both the allow-list and the deny-list)",
+        (
+            drop(UNIT, '("SystemCallFilter", (True, SYSCALL_ALLOW)),'),
+            drop(UNIT, '("SystemCallFilter", (False, SYSCALL_DENY)),'),
+        ),
+        "privileges",
+        "ptrace fails with EPERM in a tool unit",
+    ),
+    Mutation(
+        "tools-as-root",
+        "the group's unprivileged User=",
+        (Edit(UNIT, '("User", str(group.uid)),', '("User", "0"),'),),
+        "privileges",
+        "setuid does not elevate and there are no capabilities",
+    ),
+    Mutation(
+        "proc-shows-all",
+        "ProtectProc=invisible",
+        (drop(UNIT, '("ProtectProc", "invisible"),'),),
+        "privileges",
+        "/proc shows only the unit's own processes",
+    ),
+    Mutation(
+        "no-memory-max",
+        "MemoryMax=",
+        (drop(UNIT, '("MemoryMax", group.limits.memory_max_bytes),'),),
+        "limits",
+        "MemoryMax OOM-kills only the tool unit",
+    ),
+    Mutation(
+        "no-tasks-max",
+        "TasksMax=",
+        (drop(UNIT, '("TasksMax", group.limits.tasks_max),'),),
+        "limits",
+        "a fork bomb stops at TasksMax and the machine keeps answering",
+    ),
+)
+
+
+class StaleMutation(Exception):
+    """The text a mutation edits is not in the tree exactly once any more."""
+
+
+def source_files(repo: Path) -> list[str]:
+    """The tree as git would commit it now: tracked and new files, not ignored ones."""
+    listed = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        capture_output=True,
+        check=True,
+    )
+    return [name for name in listed.stdout.decode().split("\0") if (repo / name).is_file()]
+
+
+def mutated_copy(mutation: Mutation, target: Path, repo: Path = REPO) -> None:
+    """Copy the tree to `target` and apply the mutation's edits there."""
+    for name in source_files(repo):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, target / name)
+    for edit in mutation.edits:
+        path = target / edit.path
+        text = path.read_text()
+        found = text.count(edit.old)
+        if found != 1:
+            raise StaleMutation(f"{mutation.name}: {edit.path} has {found} of {edit.old!r}")
+        path.write_text(text.replace(edit.old, edit.new))
+
+
+@dataclass
+class Outcome:
+    mutation: Mutation
+    caught: bool
+    seconds: float
+    detail: str
+
+
+def run(mutation: Mutation) -> Outcome:
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"nanoclaw-mutant-{mutation.name}-") as tmp:
+        tree = Path(tmp)
+        mutated_copy(mutation, tree)
+        scenario = tree / "vm-tests" / "scenarios" / f"{mutation.scenario}.py"
+        done = subprocess.run(
+            [sys.executable, str(DRIVER), "--source", str(tree), "--fail-fast", str(scenario)],
+            capture_output=True,
+            text=True,
+        )
+    output = done.stdout + done.stderr
+    failed_at = re.findall(r"subtest FAILED: (.*) \(", output)
+    caught = done.returncode == 1 and failed_at[:1] == [mutation.subtest]
+    if caught:
+        detail = f"red at '{mutation.subtest}'"
+    elif done.returncode == 0:
+        detail = "STILL GREEN: the scenario did not notice"
+    else:
+        detail = f"red elsewhere (exit {done.returncode}, failed at {failed_at or 'no subtest'})"
+    if not caught:
+        print(output[-4000:], file=sys.stderr)
+    return Outcome(mutation, caught, time.monotonic() - began, detail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vm-tests/mutate", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and stop")
+    args = parser.parse_args(argv)
+    known = {mutation.name: mutation for mutation in MUTATIONS}
+    unknown = [name for name in args.names if name not in known]
+    if unknown:
+        parser.error(f"unknown mutations: {', '.join(unknown)} (see --list)")
+    chosen = [known[name] for name in args.names] or list(MUTATIONS)
+    if args.list:
+        for mutation in chosen:
+            print(f"{mutation.name:<26} {mutation.scenario:<11} {mutation.protection}")
+        return 0
+    outcomes = []
+    for mutation in chosen:
+        print(f"mutate: {mutation.name}: switching off {mutation.protection}", flush=True)
+        outcomes.append(run(mutation))
+        print(f"mutate: {mutation.name}: {outcomes[-1].detail}", flush=True)
+    print("\n| switched off | scenario | subtest | result | s |\n|---|---|---|---|---|")
+    for outcome in outcomes:
+        m = outcome.mutation
+        result = "red" if outcome.caught else outcome.detail
+        print(f"| {m.protection} | {m.scenario} | {m.subtest} | {result} | {outcome.seconds:.0f} |")
+    missed = [outcome for outcome in outcomes if not outcome.caught]
+    print(f"\n{len(outcomes) - len(missed)} of {len(outcomes)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
