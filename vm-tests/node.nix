@@ -16,9 +16,9 @@
 # clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); dataDir/global and each
 # group's folder under dataDir/groups; every unit of units/ with its name and hardening
 # (nanoclaw-sandboxd.socket enabled, and nanoclaw-port-filter.service where units/ has it,
-# with nft on its path); the package's commands on PATH. A tool unit's PATH is
-# /usr/local/bin:/usr/bin:/bin, which holds nothing on NixOS: the module and the broker
-# must put the group's packages there (the store itself is readable in a unit).
+# with nft on its path); the package's commands on PATH. A tool unit finds its group's
+# packages first on PATH (the policy's `path`) and sees only their closure of the store
+# (`empty_paths` and `read_only_paths`), since /usr/local/bin:/usr/bin:/bin holds nothing here.
 { self }:
 { config, lib, pkgs, ... }:
 let

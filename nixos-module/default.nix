@@ -1,0 +1,321 @@
+# services.nanoclaw: the agent host, the root broker that starts its tool units, the port
+# filter, their users, state and files, from the options in options.nix. Mirrors units/,
+# which the Debian appliance uses; vm-tests/node.nix declares the VM tests' node with it.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.nanoclaw;
+  settingsFormat = pkgs.formats.toml { };
+  policyPath = "/etc/nanoclaw/policy.json";
+  socketPath = "/run/nanoclaw/sandbox.sock";
+
+  # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool), the
+  # CA bundle; and, without their closure, the /etc links into the store.
+  confinedRoots = [
+    config.environment.binsh
+    config.environment.usrbinenv
+    pkgs.cacert
+  ];
+  confinedExtras = [ "${config.system.build.etc}" ];
+
+  basePolicy = import ./policy.nix { inherit lib cfg confinedExtras; };
+
+  # A file naming the store paths a group's closure starts from (strings with context, as
+  # systemd-confinement does), and that closure.
+  closureOf =
+    name: group:
+    pkgs.closureInfo {
+      rootPaths = [
+        (pkgs.writeText "nanoclaw-tools-${name}-roots" (
+          lib.concatMapStringsSep "\n" toString (group.packages ++ confinedRoots)
+        ))
+      ];
+    };
+  closures = lib.mapAttrs closureOf (lib.filterAttrs (_: group: group.confineStore) cfg.groups);
+
+  # The policy file: each confined group's closure joins its read_only_paths (the roots
+  # file itself left out), then nanoclaw's own validator reads it and compiles each
+  # group's unit, so a policy the broker would refuse never builds.
+  policyFile =
+    pkgs.runCommand "nanoclaw-policy.json"
+      {
+        nativeBuildInputs = [
+          pkgs.jq
+          cfg.package
+        ];
+        base = builtins.toJSON basePolicy;
+        passAsFile = [ "base" ];
+      }
+      ''
+        cp "$basePath" policy.json
+        ${lib.concatStrings (
+          lib.mapAttrsToList (name: closure: ''
+            jq --arg group ${lib.escapeShellArg name} --rawfile paths ${closure}/store-paths '
+              .groups[$group].read_only_paths += ($paths | split("\n")
+                | map(select(. != "" and (endswith("-nanoclaw-tools-" + $group + "-roots") | not))))
+            ' policy.json > next.json
+            mv next.json policy.json
+          '') closures
+        )}
+        jq --sort-keys . policy.json > "$out"
+        for group in ${lib.escapeShellArgs (lib.attrNames cfg.groups)}; do
+          nanoclaw policy explain --policy "$out" "$group" > /dev/null
+        done
+      '';
+
+  hostService = {
+    description = "nanoclaw agent host (Matrix rooms, Claude agent sessions)";
+    # Tool calls go through the broker's socket; the host never runs them itself.
+    wants = [
+      "network-online.target"
+      "nanoclaw-sandboxd.socket"
+    ];
+    after = [
+      "network-online.target"
+      "nanoclaw-sandboxd.socket"
+    ];
+    wantedBy = [ "multi-user.target" ];
+    restartTriggers = [ cfg.configFile ];
+    serviceConfig =
+      {
+        Type = "simple";
+        User = "nanoclaw";
+        Group = "nanoclaw";
+        ExecStartPre = "${cfg.package}/bin/nanoclaw check-config --config ${cfg.configFile}";
+        ExecStart = "${cfg.package}/bin/nanoclaw run --config ${cfg.configFile}";
+        # Read by systemd as root and handed over; the files never enter the store.
+        LoadCredential = [
+          "matrix-token:${cfg.accessTokenFile}"
+        ] ++ lib.optional (cfg.apiKeyFile != null) "anthropic-key:${cfg.apiKeyFile}";
+        StateDirectory = lib.mkIf (cfg.dataDir == "/var/lib/nanoclaw") "nanoclaw";
+        StateDirectoryMode = "0750";
+        # SIGTERM drains runs in progress for up to 60 s; then the rest of the cgroup is killed.
+        KillMode = "mixed";
+        TimeoutStopSec = 90;
+        Restart = "on-failure";
+        RestartSec = 5;
+      }
+      // lib.mapAttrs (_: lib.mkDefault) (import ./hardening.nix)
+      // lib.optionalAttrs (cfg.dataDir != "/var/lib/nanoclaw") {
+        ReadWritePaths = [ cfg.dataDir ];
+      }
+      // cfg.serviceOverrides;
+  };
+
+  # units/nanoclaw-sandboxd.service: root, for transient units with any User=, and nothing
+  # else but the system bus, the policy file and its socket.
+  brokerService = {
+    description = "nanoclaw sandbox broker (runs tool calls in transient units)";
+    requires = [ "nanoclaw-sandboxd.socket" ];
+    after = [
+      "nanoclaw-sandboxd.socket"
+      "dbus.service"
+      "nanoclaw-port-filter.service"
+    ];
+    # The port filter first, as the broker checks at start that it holds; and when it
+    # stops or restarts, so does the broker, whose next start checks again.
+    wants = [ "nanoclaw-port-filter.service" ];
+    partOf = [ "nanoclaw-port-filter.service" ];
+    restartTriggers = [ policyFile ];
+    serviceConfig = lib.mapAttrs (_: lib.mkDefault) {
+      Type = "simple";
+      ExecStart = "${cfg.package}/bin/nanoclaw-sandboxd --policy ${policyPath}";
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      PrivateTmp = true;
+      PrivateDevices = true;
+      NoNewPrivileges = true;
+      ProtectKernelTunables = true;
+      ProtectKernelModules = true;
+      ProtectKernelLogs = true;
+      ProtectControlGroups = true;
+      ProtectClock = true;
+      ProtectHostname = true;
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      MemoryDenyWriteExecute = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged @resources"
+      ];
+      RestrictAddressFamilies = [
+        "AF_UNIX"
+        "AF_INET"
+        "AF_INET6"
+      ];
+      # systemd lets a caller manage units when it holds CAP_SYS_ADMIN; nothing else.
+      CapabilityBoundingSet = "CAP_SYS_ADMIN";
+      UMask = "0077";
+    };
+  };
+
+  # units/nanoclaw-port-filter.service: one nftables table, from the same policy.
+  portFilterService = {
+    description = "nanoclaw port filter (tools reach only the egress proxy's port on its address)";
+    wantedBy = [ "multi-user.target" ];
+    before = [ "nanoclaw-sandboxd.service" ];
+    # Starting, restarting or reloading nftables.service flushes the whole ruleset (the
+    # NixOS firewall on nftables too): load the table again after each.
+    after = [ "nftables.service" ];
+    partOf = [ "nftables.service" ];
+    unitConfig.ReloadPropagatedFrom = [ "nftables.service" ];
+    restartTriggers = [ policyFile ];
+    path = [ pkgs.nftables ];
+    serviceConfig = {
+      Type = "oneshot";
+      RemainAfterExit = true;
+      ExecStart = "${cfg.package}/bin/nanoclaw-port-filter --policy ${policyPath}";
+      ExecReload = "${cfg.package}/bin/nanoclaw-port-filter --policy ${policyPath}";
+      ExecStop = "${cfg.package}/bin/nanoclaw-port-filter --remove";
+    }
+    // lib.mapAttrs (_: lib.mkDefault) {
+      CapabilityBoundingSet = "CAP_NET_ADMIN";
+      RestrictAddressFamilies = [
+        "AF_NETLINK"
+        "AF_UNIX"
+      ];
+      ProtectSystem = "strict";
+      ProtectHome = true;
+      PrivateTmp = true;
+      PrivateDevices = true;
+      PrivateIPC = true;
+      NoNewPrivileges = true;
+      ProtectKernelTunables = true;
+      ProtectKernelModules = true;
+      ProtectKernelLogs = true;
+      ProtectControlGroups = true;
+      ProtectClock = true;
+      ProtectHostname = true;
+      ProtectProc = "invisible";
+      ProcSubset = "pid";
+      RestrictNamespaces = true;
+      RestrictRealtime = true;
+      RestrictSUIDSGID = true;
+      LockPersonality = true;
+      MemoryDenyWriteExecute = true;
+      SystemCallArchitectures = "native";
+      SystemCallFilter = [
+        "@system-service"
+        "~@privileged @resources"
+      ];
+      UMask = "0077";
+    };
+  };
+
+  toolUser = name: "nanoclaw-tool-${name}";
+  mainGroups = lib.filterAttrs (_: group: group.main) cfg.groups;
+in
+{
+  imports = [ ./options.nix ];
+
+  config = lib.mkIf cfg.enable {
+    assertions = import ./checks.nix { inherit lib cfg; };
+    warnings =
+      lib.optional (lib.hasPrefix builtins.storeDir cfg.accessTokenFile)
+        "services.nanoclaw.accessTokenFile is in the Nix store, which every user can read."
+      ++ lib.optional (cfg.apiKeyFile != null && lib.hasPrefix builtins.storeDir cfg.apiKeyFile)
+        "services.nanoclaw.apiKeyFile is in the Nix store, which every user can read.";
+
+    services.nanoclaw = {
+      settings = import ./settings.nix { inherit lib cfg; };
+      policy = basePolicy;
+      configFile = settingsFormat.generate "nanoclaw-config.toml" cfg.settings;
+    };
+
+    environment.etc = {
+      "nanoclaw/config.toml".source = cfg.configFile;
+      # A copy, not a link into the store: the file units hide is the file the broker reads.
+      "nanoclaw/policy.json" = {
+        source = policyFile;
+        mode = "0444";
+      };
+    };
+    environment.systemPackages = [ cfg.package ];
+    # The SDK's bundled CLI is run as published (claude-agent-sdk.nix): nix-ld gives it
+    # the /lib64 loader it names.
+    programs.nix-ld.enable = lib.mkDefault true;
+
+    users.users =
+      {
+        nanoclaw = {
+          isSystemUser = true;
+          group = "nanoclaw";
+          home = cfg.dataDir;
+          description = "nanoclaw agent host";
+        };
+      }
+      // lib.mapAttrs' (
+        name: group:
+        lib.nameValuePair (toolUser name) {
+          isSystemUser = true;
+          inherit (group) uid;
+          group = toolUser name;
+          description = "nanoclaw tool units of group ${name}";
+        }
+      ) cfg.groups;
+    # Members of nanoclaw may use the broker's socket: the host only.
+    users.groups =
+      {
+        nanoclaw = { };
+      }
+      // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups;
+
+    # Each group's folder is its tool units' (owner) and the host's (group nanoclaw, for
+    # its memory); the shared memory the main group's, or the host's alone.
+    systemd.tmpfiles.settings."10-nanoclaw" =
+      {
+        ${cfg.dataDir}.d = {
+          mode = "0750";
+          user = "nanoclaw";
+          group = "nanoclaw";
+        };
+        "${cfg.dataDir}/groups".d = {
+          mode = "0750";
+          user = "nanoclaw";
+          group = "nanoclaw";
+        };
+        "${cfg.dataDir}/global".d = {
+          mode = "2775";
+          user = if mainGroups == { } then "nanoclaw" else toolUser (lib.head (lib.attrNames mainGroups));
+          group = "nanoclaw";
+        };
+      }
+      // lib.mapAttrs' (
+        name: _:
+        lib.nameValuePair "${cfg.dataDir}/groups/${name}" {
+          d = {
+            mode = "2770";
+            user = toolUser name;
+            group = "nanoclaw";
+          };
+        }
+      ) cfg.groups;
+
+    systemd.sockets.nanoclaw-sandboxd = {
+      description = "nanoclaw sandbox broker socket";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ socketPath ];
+      # Only the agent host's group may ask for tool units.
+      socketConfig = {
+        SocketUser = "root";
+        SocketGroup = "nanoclaw";
+        SocketMode = "0660";
+        DirectoryMode = "0755";
+        Accept = false;
+      };
+    };
+
+    systemd.services = {
+      nanoclaw = hostService;
+      nanoclaw-sandboxd = brokerService;
+      nanoclaw-port-filter = portFilterService;
+    };
+  };
+}

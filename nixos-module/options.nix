@@ -1,0 +1,335 @@
+# The options of services.nanoclaw. What they turn into is in default.nix (units, users),
+# settings.nix (the host's config file) and policy.nix (the sandbox policy).
+{ lib, pkgs, ... }:
+let
+  inherit (lib) mkOption mkEnableOption types literalExpression;
+
+  limitsOption =
+    what:
+    mkOption {
+      default = { };
+      description = ''
+        Resource limits of ${what}'s tool units. A limit left `null` is
+        ${if what == "every group" then "nanoclaw's built-in default" else "the one in `defaults.limits`"}.
+      '';
+      example = {
+        memoryMaxBytes = 1073741824;
+        wallSeconds = 900;
+      };
+      type = types.submodule {
+        options = lib.mapAttrs (
+          name:
+          {
+            low,
+            high,
+            text,
+            ...
+          }:
+          mkOption {
+            type = types.nullOr (types.ints.between low high);
+            default = null;
+            description = "${text} (${toString low} to ${toString high}).";
+          }
+        ) (import ./limits.nix);
+      };
+    };
+
+  mountType = types.submodule {
+    options = {
+      host = mkOption {
+        type = types.str;
+        example = "/srv/project";
+        description = ''
+          The host directory to bind. Never `/`, the data directory, a protected path,
+          `/run`, `/var/lib`, `/proc`, ..., and no component may match a blocked pattern
+          (`.ssh`, `.env*`, `credentials`, ...).
+        '';
+      };
+      sandbox = mkOption {
+        type = types.str;
+        example = "/workspace/project";
+        description = "Where the tool units see it: under `/workspace/`, not `/workspace/group` or `/workspace/global`.";
+      };
+      writable = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether tool units may write there; read-only otherwise.";
+      };
+    };
+  };
+
+  groupType = types.submodule (
+    { name, ... }:
+    {
+      options = {
+        uid = mkOption {
+          type = types.ints.between 1000 2147483646;
+          example = 61001;
+          description = ''
+            The user and group ID of this group's tool units, distinct per group. The module
+            creates user and group `nanoclaw-tool-${name}` with it.
+          '';
+        };
+        main = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Whether this is the owners' room (at most one group): it needs no trigger, may
+            manage the other groups and write the memory all groups share.
+          '';
+        };
+        roomId = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "!abcdefghijklmnop:example.org";
+          description = ''
+            The Matrix room of this group. Required here or as
+            `settings.groups.${name}.room_id`.
+          '';
+        };
+        trigger = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "@Andy";
+          description = "What a message must start with to wake the agent; `null`: \"@\" and the assistant's name.";
+        };
+        requiresTrigger = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = "Whether messages need the trigger (or a mention or a reply); `null`: not in the main group, yes elsewhere.";
+        };
+        allowedSenders = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "@me:example.org" ];
+          description = "Matrix users who may wake the agent here; empty: anyone in the room (in the main room: the owners).";
+        };
+        model = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "claude-opus-4-1";
+          description = "A model for this group only; `null`: the service's `model`.";
+        };
+        mounts = mkOption {
+          type = types.listOf mountType;
+          default = [ ];
+          example = [
+            {
+              host = "/srv/project";
+              sandbox = "/workspace/project";
+              writable = true;
+            }
+          ];
+          description = "Host directories the group's tool units see under `/workspace/`.";
+        };
+        egress = {
+          cidrs = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [ "140.82.112.0/20" ];
+            description = "Networks the tool units reach directly (no host bits set). Empty, with no domains: no network at all.";
+          };
+          domains = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            example = [
+              "github.com"
+              "*.githubusercontent.com"
+            ];
+            description = ''
+              Names the tool units reach through the egress proxy only (needs `proxy`):
+              exact, or `*.example.com` for every name below example.com.
+            '';
+          };
+        };
+        packages = mkOption {
+          type = types.listOf types.package;
+          default = [ ];
+          example = literalExpression "with pkgs; [ coreutils git ripgrep ]";
+          description = ''
+            The commands this group's tool units find on `PATH` (each package's `bin`,
+            before `/usr/local/bin:/usr/bin:/bin`). With `confineStore`, the units see
+            the closure of these and nothing else of `/nix/store`.
+          '';
+        };
+        confineStore = mkOption {
+          type = types.bool;
+          default = true;
+          description = ''
+            Whether the tool units see only the closure of `packages` (with `/bin/sh`,
+            `/usr/bin/env`, the CA certificates and the `/etc` files that link into the
+            store) under `/nix/store`, bound read-only into an empty tmpfs as
+            systemd-confinement does. `false` leaves them the whole store, as every
+            service sees it.
+          '';
+        };
+        limits = limitsOption "this group";
+      };
+    }
+  );
+in
+{
+  options.services.nanoclaw = {
+    enable = mkEnableOption "nanoclaw, a personal AI agent in Matrix rooms whose tool calls run in hardened transient systemd units";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The nanoclaw package (the host, the broker `nanoclaw-sandboxd` and `nanoclaw-port-filter`).";
+    };
+
+    settings = mkOption {
+      type = (pkgs.formats.toml { }).type;
+      default = { };
+      example = {
+        timezone = "Europe/Berlin";
+        assistant_name = "Andy";
+        max_concurrent_runs = 3;
+        matrix.encryption = true;
+      };
+      description = ''
+        The host's configuration file, `/etc/nanoclaw/config.toml` (see
+        `units/config.example.toml`), on top of what the options here set. Secrets never go
+        here: the file is in the world-readable Nix store, and evaluation stops at a key
+        or value that looks like one. Use `accessTokenFile` and `apiKeyFile`.
+      '';
+    };
+
+    homeserverUrl = mkOption {
+      type = types.str;
+      example = "https://matrix.example.org";
+      description = "The Matrix homeserver's client API URL.";
+    };
+    userId = mkOption {
+      type = types.str;
+      example = "@nanoclaw:example.org";
+      description = "The bot's own Matrix account.";
+    };
+    owners = mkOption {
+      type = types.listOf types.str;
+      example = [ "@me:example.org" ];
+      description = "The Matrix users the bot serves: only they may invite it and talk in the main room.";
+    };
+    accessTokenFile = mkOption {
+      type = types.str;
+      example = "/run/keys/nanoclaw-matrix-token";
+      description = ''
+        A file holding the bot's Matrix access token, readable by root only. It is handed to
+        the host with `LoadCredential=`, so neither the token nor the file enters the store.
+      '';
+    };
+    apiKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/anthropic-api-key";
+      description = "A file holding the model API key, readable by root only (`LoadCredential=`); `null`: none.";
+    };
+    model = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "claude-sonnet-4-5";
+      description = "The model id; `null`: the Claude CLI's default.";
+    };
+    baseUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://api.anthropic.com";
+      description = "An Anthropic-compatible endpoint; `null`: Anthropic's own API.";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/nanoclaw";
+      description = "The database, crypto store and each group's memory and workspace; hidden from every tool unit.";
+    };
+    protectedPaths = mkOption {
+      type = types.listOf types.str;
+      default = [ "/etc/nanoclaw" ];
+      example = [
+        "/etc/nanoclaw"
+        "/srv/secrets"
+      ];
+      description = "Absolute paths hidden from every tool unit and never mounted.";
+    };
+    blockedPatterns = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        ".password-store"
+        "wallet.dat"
+      ];
+      description = "Path components never mounted, besides the built-in `.ssh`, `.gnupg`, `.aws`, `.env*`, `credentials`, `id_rsa`, ...";
+    };
+    proxy = mkOption {
+      default = null;
+      description = ''
+        Where the host runs the egress proxy, the one way to `egress.domains`; required when
+        a group has domains. An address of its own (`127.0.0.9`) keeps services on
+        127.0.0.1 out of reach; on it, `nanoclaw-port-filter.service` lets tool units reach
+        this port only.
+      '';
+      example = {
+        address = "127.0.0.9";
+        port = 3128;
+      };
+      type = types.nullOr (
+        types.submodule {
+          options = {
+            address = mkOption {
+              type = types.str;
+              description = "An IP address of this host.";
+            };
+            port = mkOption {
+              type = types.port;
+              description = "The proxy's TCP port.";
+            };
+          };
+        }
+      );
+    };
+    defaults.limits = limitsOption "every group";
+
+    groups = mkOption {
+      type = types.attrsOf groupType;
+      default = { };
+      description = ''
+        The groups, by folder name (`[a-z0-9][a-z0-9_-]{0,63}`, not `global`): one Matrix
+        room each, with its own memory, workspace and sandbox.
+      '';
+    };
+
+    serviceOverrides = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      example = {
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+          "AF_NETLINK"
+          "AF_PACKET"
+        ];
+      };
+      description = ''
+        `serviceConfig` settings of `nanoclaw.service` that replace the module's hardening,
+        key by key: what a setup must loosen, stated in one place.
+      '';
+    };
+
+    policy = mkOption {
+      type = types.attrsOf types.anything;
+      readOnly = true;
+      description = ''
+        The sandbox policy the module renders (`policies/README.md`), as written to
+        `/etc/nanoclaw/policy.json` except that there each group's store closure is added
+        to its `read_only_paths`.
+      '';
+    };
+    configFile = mkOption {
+      type = types.path;
+      readOnly = true;
+      description = "The host's rendered configuration file in the store (also `/etc/nanoclaw/config.toml`).";
+    };
+  };
+}
