@@ -62,8 +62,11 @@ let
           '') closures
         )}
         jq --sort-keys . policy.json > "$out"
+        # Checked outside the store, as the broker reads its copy in /etc: a file under
+        # an empty_paths entry such as /nix/store would be refused as hidden.
+        cp "$out" "$PWD/check.json"
         for group in ${lib.escapeShellArgs (lib.attrNames cfg.groups)}; do
-          nanoclaw policy explain --policy "$out" "$group" > /dev/null
+          nanoclaw policy explain --policy "$PWD/check.json" "$group" > /dev/null
         done
       '';
 
