@@ -48,6 +48,8 @@ class Schedule:
 
 def parse_schedule(kind: str, value: str, tz: ZoneInfo) -> Schedule:
     """Validate a schedule; raises ScheduleError naming what is wrong."""
+    if kind not in KINDS:
+        raise ScheduleError(f"unknown schedule type {kind!r}; use one of {', '.join(KINDS)}")
     if kind == "cron":
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ScheduleError(
@@ -56,10 +58,8 @@ def parse_schedule(kind: str, value: str, tz: ZoneInfo) -> Schedule:
             )
     elif kind == "interval":
         interval(value)
-    elif kind == "once":
-        once_time(value, tz)
     else:
-        raise ScheduleError(f"unknown schedule type {kind!r}; use one of {', '.join(KINDS)}")
+        once_time(value, tz)
     return Schedule(kind, value.strip())
 
 
@@ -124,6 +124,7 @@ def _next_cron(expression: str, after: datetime, tz: ZoneInfo) -> datetime:
     # repeated hour's times match once and a skipped hour's times land just after the jump.
     walk = croniter(expression, after.astimezone(tz).replace(tzinfo=None, fold=0))
     while True:
-        candidate = walk.get_next(datetime).replace(tzinfo=tz).astimezone(UTC)
+        wall_clock: datetime = walk.get_next(datetime)
+        candidate = wall_clock.replace(tzinfo=tz).astimezone(UTC)
         if candidate > after:
             return candidate
