@@ -25,10 +25,14 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import McpSdkServerConfig
 
+from nanoclaw.credential_proxy import CredentialProxy
+
 log = logging.getLogger(__name__)
 
 MCP_SERVER = "nanoclaw"
 TOOL_PREFIX = f"mcp__{MCP_SERVER}__"
+# Host variables that are, or point at, credentials (systemd's LoadCredential= directory).
+INHERITED_SECRETS = ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "CREDENTIALS_DIRECTORY")
 
 SYSTEM_PROMPT = """\
 You are {name}, a personal assistant who lives in the Matrix room of the group "{folder}".
@@ -63,13 +67,13 @@ class AgentSettings:
     workdir: Path
     state_dir: Path
     model: str | None
-    base_url: str | None
-    api_key: str | None
+    base_url: str | None  # the group's endpoint, reached through the credential proxy
+    credentials: CredentialProxy
     system_prompt: str
     tools: McpSdkServerConfig
     tool_names: tuple[str, ...]
 
-    def env(self) -> dict[str, str]:
+    def env(self, placeholder: str) -> dict[str, str]:
         env = {
             "CLAUDE_CONFIG_DIR": str(self.state_dir / "claude"),
             "HOME": str(self.state_dir / "home"),
@@ -80,14 +84,15 @@ class AgentSettings:
             "CLAUDE_CODE_MAX_RETRIES": "0",
             # Without tool search the model is offered exactly our tools, no placeholder.
             "ENABLE_TOOL_SEARCH": "false",
+            # The CLI holds a placeholder only; the proxy puts the real key on its requests.
+            "ANTHROPIC_BASE_URL": self.credentials.url,
+            "ANTHROPIC_API_KEY": placeholder,
         }
-        if self.base_url:
-            env["ANTHROPIC_BASE_URL"] = self.base_url
-        if self.api_key:
-            env["ANTHROPIC_API_KEY"] = self.api_key
+        # The CLI inherits the host's environment: blank what would lead it to a secret.
+        env.update(dict.fromkeys(INHERITED_SECRETS, ""))
         return env
 
-    def options(self, resume: str | None) -> ClaudeAgentOptions:
+    def options(self, resume: str | None, placeholder: str) -> ClaudeAgentOptions:
         for directory in (self.workdir, self.state_dir / "claude", self.state_dir / "home"):
             directory.mkdir(parents=True, exist_ok=True)
         return ClaudeAgentOptions(
@@ -101,7 +106,7 @@ class AgentSettings:
             cwd=str(self.workdir),
             model=self.model,
             resume=resume,
-            env=self.env(),
+            env=self.env(placeholder),
         )
 
 
@@ -132,6 +137,7 @@ class AgentSession:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self._client: ClaudeSDKClient | None = None
+        self._placeholder: str | None = None
         self.last_used = time.monotonic()
 
     @property
@@ -163,7 +169,9 @@ class AgentSession:
 
     async def _turn(self, prompt: str, resume: str | None) -> ResultMessage | None:
         if self._client is None:
-            client = ClaudeSDKClient(self.settings.options(resume))
+            settings = self.settings
+            self._placeholder = settings.credentials.issue(settings.folder, settings.base_url)
+            client = ClaudeSDKClient(settings.options(resume, self._placeholder))
             await client.connect()
             self._client = client
         await self._client.query(prompt)
@@ -180,6 +188,9 @@ class AgentSession:
                 await client.disconnect()
             except Exception:  # a dead process has nothing left to close
                 log.debug("disconnect of %s failed", self.settings.folder, exc_info=True)
+        if self._placeholder is not None:  # also when connect() failed halfway
+            self.settings.credentials.revoke(self._placeholder)
+            self._placeholder = None
 
 
 def _classify_failure(detail: str, resume: str | None, status: int | None = None) -> AgentError:

@@ -17,6 +17,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
 from nanoclaw.config import Config
+from nanoclaw.credential_proxy import CredentialProxy, default_endpoint, model_api_key
 from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import host_mcp_tools
 from nanoclaw.matrix_channel import MatrixChannel
@@ -52,7 +53,7 @@ class Host:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
-        self._api_key = config.model.api_key.read() if config.model.api_key else None
+        self._credentials = CredentialProxy(model_api_key(config.model), default_endpoint())
         if config.sandbox_socket is not None:
             socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
             self._sandbox = await SandboxGateway.open(socket, timeout)
@@ -71,6 +72,7 @@ class Host:
         self._groups = groups
         self.router = router = Router(config, store, groups, channel, pool, self.memory)
         try:
+            await self._credentials.start()
             await channel.connect(config.assistant_name)
             sync = asyncio.create_task(channel.sync_forever(router.notify_rooms), name="sync")
             first_sync = asyncio.create_task(channel.synced.wait())
@@ -98,6 +100,7 @@ class Host:
             store.close()
             if self._sandbox is not None:
                 await self._sandbox.close()
+            await self._credentials.close()
 
     async def _reap(self, pool: AgentPool, router: Router) -> None:
         interval = min(REAPER_INTERVAL, self.config.idle_timeout_seconds / 2)
@@ -123,7 +126,7 @@ class Host:
             state_dir=self.config.data_dir / "sessions" / folder,
             model=group.model or self.config.model.name,
             base_url=group.base_url or self.config.model.base_url,
-            api_key=self._api_key,
+            credentials=self._credentials,
             system_prompt=prompt,
             tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
             tool_names=tuple(t.name for t in tools),

@@ -157,6 +157,8 @@ class ScriptedModel:
     def __init__(self, script: Script | None = None) -> None:
         self.script: Script = script or echo
         self.url = ""
+        # When set, requests with another x-api-key are refused as the real API would.
+        self.api_key: str | None = None
         self._requests: list[ModelRequest] = []
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
@@ -230,10 +232,21 @@ class ScriptedModel:
             log.warning("scripted model: unexpected %s %s", request.method, request.path)
         return web.json_response({})
 
+    def _refused(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None or request.headers.get("x-api-key") == self.api_key:
+            return None
+        error = {"type": "authentication_error", "message": "invalid x-api-key"}
+        return web.json_response({"type": "error", "error": error}, status=401)
+
     async def _count_tokens(self, request: web.Request) -> web.Response:
-        return web.json_response({"input_tokens": _tokens(await request.text())})
+        return self._refused(request) or web.json_response(
+            {"input_tokens": _tokens(await request.text())}
+        )
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         raw = await request.text()
         headers = {name.lower(): value for name, value in request.headers.items()}
         model_request = ModelRequest(json.loads(raw), headers, request.path)
