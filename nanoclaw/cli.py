@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from nanoclaw.config import Config, ConfigError, check_secrets, load_config
+from nanoclaw.journal import log_handler
 from nanoclaw.policy import UnknownGroup
 from nanoclaw.sandbox_client import SandboxError, SandboxResult
 from nanoclaw.unit_properties import RequestError
@@ -32,21 +33,8 @@ def _load_checked(args: argparse.Namespace) -> Config:
     return config
 
 
-class ContextFormatter(logging.Formatter):
-    """Appends the context a log call carries in `extra`, e.g. `[group=family]`."""
-
-    FIELDS = ("group", "room_id", "event_id")
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        context = " ".join(f"{k}={getattr(record, k)}" for k in self.FIELDS if hasattr(record, k))
-        return f"{text} [{context}]" if context else text
-
-
 def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ContextFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[log_handler()])
     # nio logs every undecryptable event and key request at warning; keep ours readable.
     logging.getLogger("nio").setLevel(logging.ERROR)
 

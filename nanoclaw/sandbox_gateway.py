@@ -55,8 +55,15 @@ class SandboxGateway:
         if grant.domains and self.proxy is None:
             log.warning("group %s has egress domains, but no egress proxy runs here", group)
         if not grant.domains or self.proxy is None:
-            return await run_in_sandbox(self.socket_path, group, argv, timeout=timeout, stdin=stdin)
-        with self.proxy.grant(group, grant.domains) as token:
-            return await run_in_sandbox(
-                self.socket_path, group, argv, timeout=timeout, stdin=stdin, proxy_token=token
+            result = await run_in_sandbox(
+                self.socket_path, group, argv, timeout=timeout, stdin=stdin
             )
+        else:
+            with self.proxy.grant(group, grant.domains) as token:
+                result = await run_in_sandbox(
+                    self.socket_path, group, argv, timeout=timeout, stdin=stdin, proxy_token=token
+                )
+        # The outcome only: argv and output are the model's and the tool's, never logged.
+        context = {"group": group, "tool_unit": result.unit, "duration_ms": result.duration_ms}
+        log.info("tool call: %s, exit %s", result.result, result.exit_status, extra=context)
+        return result
