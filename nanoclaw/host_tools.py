@@ -68,7 +68,7 @@ _MEMORY_SCHEMA = {
 }
 
 
-def _text(text: str, error: bool = False) -> dict[str, Any]:
+def tool_result(text: str, error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "is_error": error}
 
 
@@ -82,26 +82,28 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
     )
     async def send_message(args: dict[str, Any]) -> dict[str, Any]:
         try:
-            return _text(
+            return tool_result(
                 await actions.send_message(source, str(args["text"]), args.get("target_group"))
             )
         except ToolRefused as refusal:
-            return _text(str(refusal), error=True)
+            return tool_result(str(refusal), error=True)
 
     @tool("register_group", "Main group only: start serving another Matrix room.", _REGISTER_SCHEMA)
     async def register_group(args: dict[str, Any]) -> dict[str, Any]:
         definition = {k: v for k, v in args.items() if k != "folder"}
         try:
-            return _text(await actions.register_group(source, str(args.get("folder")), definition))
+            return tool_result(
+                await actions.register_group(source, str(args.get("folder")), definition)
+            )
         except ToolRefused as refusal:
-            return _text(str(refusal), error=True)
+            return tool_result(str(refusal), error=True)
 
     @tool("write_memory", "Replace a memory file that later sessions start with.", _MEMORY_SCHEMA)
     async def write_memory(args: dict[str, Any]) -> dict[str, Any]:
         try:
             scope, content = str(args.get("scope")), str(args.get("content", ""))
-            return _text(await actions.write_memory(source, scope, content))
+            return tool_result(await actions.write_memory(source, scope, content))
         except ToolRefused as refusal:
-            return _text(str(refusal), error=True)
+            return tool_result(str(refusal), error=True)
 
     return [send_message, register_group, write_memory]
