@@ -215,6 +215,13 @@ class AgentPool:
             session = self._sessions[folder] = AgentSession(self._settings_for(folder))
         return session
 
+    def isolated(self, folder: str) -> AgentSession:
+        """A session apart from the group's own, for a scheduled task's fresh context."""
+        return AgentSession(self._settings_for(folder))
+
+    def warm_count(self) -> int:
+        return sum(session.warm for session in self._sessions.values())
+
     def is_warm(self, folder: str) -> bool:
         session = self._sessions.get(folder)
         return session is not None and session.warm

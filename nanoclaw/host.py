@@ -22,7 +22,8 @@ from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import host_mcp_tools
 from nanoclaw.matrix_channel import MatrixChannel
 from nanoclaw.memory import Memory
-from nanoclaw.router import Router
+from nanoclaw.notify import Notifier
+from nanoclaw.router import GroupState, Router
 from nanoclaw.sandbox_gateway import SandboxGateway
 from nanoclaw.sandbox_mcp import sandbox_mcp_tools
 from nanoclaw.store import Store
@@ -45,6 +46,7 @@ class Host:
         self.memory = Memory(config.data_dir)
         self._stopping = asyncio.Event()
         self._sandbox: SandboxGateway | None = None
+        self.notifier = Notifier()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -68,7 +70,9 @@ class Host:
             store,
             config.data_dir / "crypto" if config.matrix.encryption else None,
         )
-        pool = AgentPool(lambda folder: self._settings(folder), config.idle_timeout_seconds)
+        self._pool = pool = AgentPool(
+            lambda folder: self._settings(folder), config.idle_timeout_seconds
+        )
         self._groups = groups
         self.router = router = Router(config, store, groups, channel, pool, self.memory)
         try:
@@ -81,17 +85,22 @@ class Host:
                 first_sync.cancel()
                 sync.result()  # re-raise what stopped the sync loop
             log.info("synced; serving %d groups", len(groups.all()))
+            # Matrix is synced and the broker answered (SandboxGateway.open): ready.
+            self.notifier.send(READY="1", STATUS=self.status())
+            heartbeat = asyncio.create_task(self.notifier.heartbeat(self.status), name="heartbeat")
             router.kick_all()
             reaper = asyncio.create_task(self._reap(pool, router), name="reaper")
             stop = asyncio.create_task(self._stopping.wait())
             await asyncio.wait({sync, stop}, return_when=asyncio.FIRST_COMPLETED)
             log.info("stopping: draining runs in progress")
+            self.notifier.send(STOPPING="1", STATUS="stopping: " + self.status())
             sync.cancel()
             reaper.cancel()
             try:
                 await asyncio.wait_for(router.drain(), DRAIN_SECONDS)
             except TimeoutError:
                 log.warning("runs still busy after %.0f s; stopping anyway", DRAIN_SECONDS)
+            heartbeat.cancel()  # fed the watchdog through the drain
             if sync.done() and not sync.cancelled() and sync.exception():
                 raise sync.exception()  # type: ignore[misc]
         finally:
@@ -101,6 +110,15 @@ class Host:
             if self._sandbox is not None:
                 await self._sandbox.close()
             await self._credentials.close()
+
+    def status(self) -> str:
+        """systemd's one-line STATUS= (systemctl status nanoclaw)."""
+        states = list(self.router.states().values())
+        return (
+            f"{len(self._groups.all())} groups; runs: {states.count(GroupState.RUNNING)} "
+            f"running, {states.count(GroupState.WAITING)} waiting; "
+            f"warm sessions: {self._pool.warm_count()}"
+        )
 
     async def _reap(self, pool: AgentPool, router: Router) -> None:
         interval = min(REAPER_INTERVAL, self.config.idle_timeout_seconds / 2)
