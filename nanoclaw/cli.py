@@ -55,6 +55,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nanoclaw.doctor import doctor
+
+    _setup_logging("error")  # the report is the output
+    return asyncio.run(doctor(_config_path(args)))
+
+
 def cmd_policy_explain(args: argparse.Namespace) -> int:
     from nanoclaw.policy import load_policy
     from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
@@ -119,6 +126,7 @@ def parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("run", cmd_run, "run the agent host"),
         ("check-config", cmd_check_config, "validate the config file and its secrets, then exit"),
+        ("doctor", cmd_doctor, "check config, homeserver, broker, model key and data directory"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument(

@@ -27,9 +27,19 @@ class GroupGrant:
 
 
 @dataclass(frozen=True)
+class Enforcement:
+    """What the broker's start-up checks found: whether IPAddressDeny= holds, and whether
+    the port filter keeps domain groups to the proxy's port."""
+
+    ip_filtering: bool
+    proxy_port_filter: bool
+
+
+@dataclass(frozen=True)
 class PolicySummary:
     proxy: tuple[str, int] | None
     groups: dict[str, GroupGrant]
+    enforced: Enforcement | None = None  # None: a broker that does not say
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,16 @@ async def run_in_sandbox(
 async def describe_policy(socket_path: str) -> PolicySummary:
     reply = await _ask(socket_path, {"describe": True})
     proxy = reply["proxy"]
+    enforced = reply.get("enforced")
     return PolicySummary(
         proxy=None if proxy is None else (str(proxy["address"]), int(proxy["port"])),
         groups={
             name: GroupGrant(int(g["wall_seconds"]), tuple(map(str, g["domains"])))
             for name, g in reply["groups"].items()
         },
+        enforced=None
+        if enforced is None
+        else Enforcement(bool(enforced["ip_filtering"]), bool(enforced["proxy_port_filter"])),
     )
 
 

@@ -191,6 +191,11 @@ class Broker:
             data = parse_json(line)
             if data == {"describe": True}:
                 reply = describe_policy(self.policy)
+                # For `nanoclaw doctor`: what the start-up checks found here.
+                reply["enforced"] = {
+                    "ip_filtering": self.ip_filtering,
+                    "proxy_port_filter": self.proxy_port_filtered,
+                }
             else:
                 request, stdin = parse_request(data)
                 reply = await self.run(request, stdin, reader)

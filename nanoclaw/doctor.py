@@ -1,0 +1,215 @@
+"""`nanoclaw doctor`: can this installation serve? A line per check, and what to do.
+
+It asks each part the host relies on the way the host does: the config and its secrets,
+the homeserver and whoami with the bot's token, the broker's describe request (which
+also carries the broker's start-up checks of IP filtering), the model endpoint through
+the credential proxy exactly as the CLI reaches it, and the data directory's owner and
+mode. Nothing is changed; a failed check says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from nanoclaw.config import Config, ConfigError, check_secrets, load_config
+from nanoclaw.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.sandbox_client import PolicySummary, SandboxError, describe_policy
+
+TIMEOUT = aiohttp.ClientTimeout(total=15)
+# count_tokens needs a model; this one when the config leaves it to the CLI's default.
+PROBE_MODEL = "claude-sonnet-4-5"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # what to do, for a failed check
+
+
+def report(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{'ok' if check.ok else 'FAIL':<5} {check.name:<13} {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"{'':<19} fix: {check.fix}")
+    return "\n".join(lines)
+
+
+async def run_checks(path: Path, env: Mapping[str, str] = os.environ) -> list[Check]:
+    try:
+        config = load_config(path)
+        check_secrets(config, env)
+    except ConfigError as err:
+        fix = "correct it; `nanoclaw check-config` shows the same"
+        if "CREDENTIALS_DIRECTORY" in err.reason:
+            fix = (
+                "outside the service, point $CREDENTIALS_DIRECTORY at the directory that "
+                "holds the credentials (e.g. /etc/nanoclaw/secrets)"
+            )
+        return [Check("config", False, str(err), fix)]
+    groups = ", ".join(g.folder for g in config.groups) or "none"
+    checks = [Check("config", True, f"{path}: groups {groups}")]
+    checks += await _homeserver(config)
+    checks += await _broker(config)
+    checks += await _model(config, env)
+    checks.append(_data_dir(config.data_dir))
+    return checks
+
+
+async def _homeserver(config: Config) -> list[Check]:
+    matrix = config.matrix
+    token = matrix.access_token.read()
+    url = matrix.homeserver
+    try:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            async with session.get(f"{url}/_matrix/client/versions") as reply:
+                reachable = Check("homeserver", reply.status == 200, f"{url}: HTTP {reply.status}")
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(
+                f"{url}/_matrix/client/v3/account/whoami", headers=headers
+            ) as reply:
+                status, body = reply.status, await reply.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return [
+            Check(
+                "homeserver",
+                False,
+                f"{url}: unreachable ({exc or type(exc).__name__})",
+                "check matrix.homeserver, and that the homeserver runs and is reachable from here",
+            )
+        ]
+    if not reachable.ok:
+        return [reachable]
+    if status != 200:
+        fix = "log the bot in again and put the new access token where the config names it"
+        return [reachable, Check("matrix token", False, f"refused: {body.get('errcode')}", fix)]
+    user = body.get("user_id")
+    if user != matrix.user_id:
+        fix = "use the bot's own token, or correct matrix.user_id"
+        return [reachable, Check("matrix token", False, f"belongs to {user}", fix)]
+    return [reachable, Check("matrix token", True, f"valid for {user}")]
+
+
+async def _broker(config: Config) -> list[Check]:
+    if config.sandbox_socket is None:
+        return [Check("broker", True, "not configured (sandbox_socket): only the host tools")]
+    socket = str(config.sandbox_socket)
+    try:
+        summary = await describe_policy(socket)
+    except (SandboxError, OSError, ValueError, KeyError) as exc:
+        fix = (
+            "is nanoclaw-sandboxd.socket active (systemctl status nanoclaw-sandboxd.socket), "
+            "and does this user belong to group nanoclaw?"
+        )
+        return [Check("broker", False, str(exc), fix)]
+    broker = Check("broker", True, f"{socket}: {len(summary.groups)} groups in the policy")
+    return [broker, *_enforcement(summary)]
+
+
+def _enforcement(summary: PolicySummary) -> list[Check]:
+    restart = "then restart nanoclaw-sandboxd.service, whose start-up checks ask again"
+    if summary.enforced is None:
+        return [Check("ip filtering", False, "the broker does not say", "update nanoclaw-sandboxd")]
+    checks = [
+        Check("ip filtering", True, "IPAddressDeny= holds for tool units")
+        if summary.enforced.ip_filtering
+        else Check(
+            "ip filtering",
+            False,
+            "IPAddressDeny= is not enforced here: groups with egress are refused",
+            "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) on a kernel with cgroup "
+            f"BPF, {restart}",
+        )
+    ]
+    if any(grant.domains for grant in summary.groups.values()):
+        checks.append(
+            Check("port filter", True, "domain groups reach only the proxy's port")
+            if summary.enforced.proxy_port_filter
+            else Check(
+                "port filter",
+                False,
+                "the proxy's other ports are open to domain groups: they are refused",
+                f"start nanoclaw-port-filter.service, {restart}",
+            )
+        )
+    return checks
+
+
+async def _model(config: Config, env: Mapping[str, str]) -> list[Check]:
+    key = model_api_key(config.model, env)
+    default = config.model.base_url or default_endpoint(env)
+    endpoints = {default: config.model.name}
+    for group in config.groups:
+        if group.base_url:
+            endpoints.setdefault(group.base_url, group.model or config.model.name)
+    proxy = CredentialProxy(key, default)
+    await proxy.start()
+    try:
+        return [await _probe(proxy, endpoint, model) for endpoint, model in endpoints.items()]
+    finally:
+        await proxy.close()
+
+
+async def _probe(proxy: CredentialProxy, endpoint: str, model: str | None) -> Check:
+    """count_tokens through the credential proxy: authenticated, and free of charge."""
+    placeholder = proxy.issue("doctor", endpoint)
+    body = {"model": model or PROBE_MODEL, "messages": [{"role": "user", "content": "ping"}]}
+    headers = {"x-api-key": placeholder, "anthropic-version": "2023-06-01"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=TIMEOUT) as session,
+            session.post(
+                f"{proxy.url}/v1/messages/count_tokens", json=body, headers=headers
+            ) as reply,
+        ):
+            status, text = reply.status, await reply.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check("model", False, f"{endpoint}: {exc or type(exc).__name__}")
+    finally:
+        proxy.revoke(placeholder)
+    if status == 200:
+        return Check("model", True, f"{endpoint}: the key is accepted")
+    if status in (401, 403):
+        fix = "put a valid key in the file or credential that model.api_key_* names"
+        return Check("model", False, f"{endpoint}: the key is refused (HTTP {status})", fix)
+    if status == 502:
+        fix = "check model.base_url (or the group's base_url) and the network"
+        return Check("model", False, f"{endpoint}: unreachable", fix)
+    fix = "check the endpoint and model name; an endpoint without count_tokens cannot be checked"
+    return Check("model", False, f"{endpoint}: HTTP {status}: {text[:200]}", fix)
+
+
+def _data_dir(path: Path) -> Check:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        fix = f"create it for the service's user: install -d -m 0700 -o nanoclaw {path}"
+        return Check("data dir", False, f"{path} does not exist", fix)
+    except OSError as exc:
+        fix = "run doctor as the service's user"
+        return Check("data dir", False, f"{path}: {exc.strerror}", fix)
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISDIR(info.st_mode):
+        return Check("data dir", False, f"{path} is not a directory", "point data_dir at one")
+    if info.st_uid != os.geteuid():
+        fix = "run doctor as the service's user, or chown the directory to it"
+        return Check("data dir", False, f"{path} belongs to uid {info.st_uid}, not us", fix)
+    # Messages, sessions, the crypto store: group members may look, nobody else.
+    if mode & 0o027 or not os.access(path, os.W_OK | os.X_OK):
+        fix = f"chmod 0750 {path} (or 0700)"
+        return Check("data dir", False, f"{path} has mode {mode:04o}", fix)
+    return Check("data dir", True, f"{path}: mode {mode:04o}, ours")
+
+
+async def doctor(path: Path) -> int:
+    checks = await run_checks(path)
+    print(report(checks))
+    return 0 if all(check.ok for check in checks) else 1

@@ -1,0 +1,165 @@
+"""`nanoclaw doctor` against a real Synapse, the scripted model and the broker's own code.
+
+The broker serves describe requests from its real handler (no systemd is needed for
+those), with the start-up check results a test chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nanoclaw.policy import parse_policy
+from nanoclaw.sandboxd import Broker
+from tests.support.host_process import write_secret
+from tests.support.scripted_model import ScriptedModel
+from tests.support.world import API_KEY, World
+
+pytestmark = pytest.mark.integration
+
+BrokerFactory = Callable[[bool, bool], AbstractAsyncContextManager[Path]]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> BrokerFactory:
+    @asynccontextmanager
+    async def serve(ip_filtering: bool, port_filter: bool) -> AsyncIterator[Path]:
+        policy = parse_policy(
+            {
+                "version": 1,
+                "data_dir": str(tmp_path / "data"),
+                "proxy": {"address": "127.0.0.1", "port": 3128},
+                "groups": {
+                    "main": {"uid": 61000, "main": True},
+                    "web": {"uid": 61001, "egress": {"domains": ["example.org"]}},
+                },
+            },
+            str(tmp_path / "policy.json"),
+        )
+        path = tmp_path / "sandbox.sock"
+        handler = Broker(policy, None, os.getgid(), ip_filtering, port_filter)  # type: ignore[arg-type]
+        server = await asyncio.start_unix_server(handler.handle, str(path))
+        async with server:
+            yield path
+
+    return serve
+
+
+@pytest.fixture
+async def world(homeserver, scripted_model: ScriptedModel, tmp_path: Path) -> AsyncIterator[World]:
+    w = World(homeserver, scripted_model, tmp_path)
+    await w.setup()
+    scripted_model.api_key = API_KEY
+    (tmp_path / "data").mkdir(mode=0o700)
+    yield w
+    await w.close()
+
+
+async def doctor(
+    world: World, env: dict[str, str] | None = None, **overrides: Any
+) -> tuple[int, dict[str, list[str]]]:
+    """Run `nanoclaw doctor`; its exit status and its lines by check name."""
+    config = world.config_path(**overrides)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nanoclaw.cli",
+        "doctor",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), 60)
+    checks: dict[str, list[str]] = {}
+    name = ""
+    for line in stdout.decode().splitlines():
+        if line.startswith(("ok ", "FAIL ")):
+            name = line[6:19].strip()
+            checks[name] = [line]
+        else:
+            checks[name].append(line.strip())
+    assert process.returncode is not None
+    return process.returncode, checks
+
+
+def failed(checks: dict[str, list[str]]) -> set[str]:
+    return {name for name, lines in checks.items() if lines[0].startswith("FAIL")}
+
+
+async def test_everything_in_order_passes(world: World, broker: BrokerFactory) -> None:
+    async with broker(True, True) as socket:
+        status, checks = await doctor(world, sandbox_socket=str(socket))
+    assert failed(checks) == set(), checks
+    assert status == 0
+    assert list(checks) == [
+        "config",
+        "homeserver",
+        "matrix token",
+        "broker",
+        "ip filtering",
+        "port filter",
+        "model",
+        "data dir",
+    ]
+    assert world.bot.user_id in checks["matrix token"][0]
+    assert "2 groups in the policy" in checks["broker"][0]
+    assert "the key is accepted" in checks["model"][0]
+
+
+async def test_each_failure_is_named_with_what_to_do(
+    world: World, broker: BrokerFactory, tmp_path: Path
+) -> None:
+    world.settings["matrix"]["access_token_file"] = str(
+        write_secret(tmp_path / "secrets", "stale-token", "syt_not_a_valid_token")
+    )
+    world.model.api_key = "sk-ant-another-key"
+    (tmp_path / "data").chmod(0o777)
+    async with broker(False, False) as socket:
+        status, checks = await doctor(world, sandbox_socket=str(socket))
+    assert status == 1
+    assert failed(checks) == {"matrix token", "ip filtering", "port filter", "model", "data dir"}
+    assert "M_UNKNOWN_TOKEN" in checks["matrix token"][0]
+    assert "not enforced" in checks["ip filtering"][0]
+    assert "nanoclaw-port-filter.service" in checks["port filter"][1]
+    assert "the key is refused (HTTP 401)" in checks["model"][0]
+    assert "mode 0777" in checks["data dir"][0]
+    for name in failed(checks):
+        assert checks[name][1].startswith("fix: "), name
+    assert API_KEY not in str(checks) and "syt_not_a_valid_token" not in str(checks)
+
+
+async def test_what_cannot_be_reached_fails(world: World, tmp_path: Path) -> None:
+    world.settings["matrix"]["homeserver"] = "http://127.0.0.1:1"
+    world.settings["model"]["base_url"] = "http://127.0.0.1:1"
+    status, checks = await doctor(
+        world, sandbox_socket=str(tmp_path / "nothing.sock"), data_dir=str(tmp_path / "none")
+    )
+    assert status == 1
+    assert failed(checks) == {"homeserver", "broker", "model", "data dir"}
+    assert "unreachable" in checks["homeserver"][0]
+    assert "nanoclaw-sandboxd.socket" in checks["broker"][1]
+    assert "http://127.0.0.1:1: unreachable" in checks["model"][0]
+    assert "does not exist" in checks["data dir"][0]
+
+
+async def test_a_bad_config_stops_at_the_first_check(world: World, tmp_path: Path) -> None:
+    status, checks = await doctor(world, max_concurrent_runs=0)
+    assert status == 1 and list(checks) == ["config"]
+    assert "max_concurrent_runs" in checks["config"][0]
+
+    world.settings["model"].pop("api_key_file")
+    world.settings["model"]["api_key_credential"] = "anthropic-key"
+    status, checks = await doctor(world, env={"CREDENTIALS_DIRECTORY": ""})
+    assert status == 1 and "CREDENTIALS_DIRECTORY" in checks["config"][1]
+    # Pointed at the secrets, as the fix says, it passes.
+    credentials = str(tmp_path / "secrets")
+    status, checks = await doctor(world, env={"CREDENTIALS_DIRECTORY": credentials})
+    assert failed(checks) == set() and status == 0, checks
