@@ -57,6 +57,8 @@ log = logging.getLogger("nanoclaw.sandboxd")
 MAX_REQUEST_BYTES = 12 * 1024 * 1024  # argv (1 MiB) + base64 stdin (8 MiB) + framing
 MAX_STDIN_BYTES = 8 * 1024 * 1024
 SD_LISTEN_FDS_START = 3
+SO_PEERGROUPS = 59  # asm-generic/socket.h; Python's socket module does not name it
+PEER_GROUPS_BYTES = 1024  # the most socket.getsockopt allows: 256 groups
 KILL_GRACE_SECONDS = 5
 # The unit's stdio: indexes into the file descriptors passed with StartTransientUnit.
 PIPES: tuple[Property, ...] = (
@@ -82,11 +84,14 @@ def peer_of(sock: socket.socket) -> Peer:
     return Peer(*struct.unpack("3i", raw))
 
 
-def peer_groups(pid: int) -> set[int]:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Groups:"):
-            return {int(g) for g in line.split()[1:]}
-    return set()
+def peer_groups(sock: socket.socket) -> set[int]:
+    """The client's supplementary groups as the kernel recorded them at connect time
+    (SO_PEERGROUPS), not read from /proc, where the pid may by now be someone else's."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, PEER_GROUPS_BYTES)
+    except OSError:  # ERANGE: more groups than Python lets us ask for; the gid must do
+        return set()
+    return set(struct.unpack(f"{len(raw) // 4}I", raw))
 
 
 def parse_json(line: bytes) -> dict[str, Any]:
@@ -173,15 +178,16 @@ class Broker:
         self.ip_filtering = ip_filtering
         self.proxy_port_filtered = proxy_port_filtered
 
-    def authorize(self, peer: Peer) -> None:
-        if peer.uid == 0 or peer.gid == self.client_gid or self.client_gid in peer_groups(peer.pid):
+    def authorize(self, sock: socket.socket) -> None:
+        peer = peer_of(sock)
+        if peer.uid == 0 or peer.gid == self.client_gid or self.client_gid in peer_groups(sock):
             return
         raise Refused(f"uid {peer.uid} is not in the broker's client group")
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:
-            self.authorize(peer_of(sock))
+            self.authorize(sock)
             try:
                 line = await reader.readline()
             except ValueError:  # the stream's limit, MAX_REQUEST_BYTES, was passed

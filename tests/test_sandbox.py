@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -325,15 +326,31 @@ async def test_extra_request_fields_are_refused(machine: Machine) -> None:
     assert reply == {"ok": False, "error": "unknown request fields: properties"}
 
 
+def ask_as_nobody(machine: Machine, groups: str) -> str:
+    """The broker's reply to a describe request from uid/gid 65534 with `groups`."""
+    script = (
+        "import socket; s = socket.socket(socket.AF_UNIX); "
+        "s.connect('/run/nanoclaw/sandbox.sock'); "
+        "s.sendall(b'{\"describe\": true}\\n'); print(s.makefile().readline())"
+    )
+    return machine.succeed(
+        f"setpriv --reuid=65534 --regid=65534 {groups} python3 -c {shlex.quote(script)}"
+    )
+
+
 async def test_clients_outside_the_group_are_refused(machine: Machine) -> None:
     machine.succeed("chmod 0666 /run/nanoclaw/sandbox.sock")  # even past the file mode
-    reply = machine.execute(
-        'setpriv --reuid=65534 --regid=65534 --clear-groups python3 -c "import socket; '
-        "s=socket.socket(socket.AF_UNIX); s.connect('/run/nanoclaw/sandbox.sock'); "
-        "s.sendall(b'{}\\n'); print(s.makefile().readline())\""
-    )
-    machine.succeed("chmod 0660 /run/nanoclaw/sandbox.sock")
-    assert "not in the broker's client group" in reply[1]
+    try:
+        reply = ask_as_nobody(machine, "--clear-groups")
+    finally:
+        machine.succeed("chmod 0660 /run/nanoclaw/sandbox.sock")
+    assert "not in the broker's client group" in reply
+
+
+async def test_a_member_by_supplementary_group_may_ask(machine: Machine) -> None:
+    gid = machine.succeed("getent group nanoclaw | cut -d: -f3").strip()
+    reply = json.loads(ask_as_nobody(machine, f"--groups={gid}"))
+    assert reply["ok"] is True and "alpha" in reply["groups"], reply
 
 
 async def test_an_agent_turn_runs_its_tool_call_in_a_unit(
