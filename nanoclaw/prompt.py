@@ -1,4 +1,4 @@
-"""The prompt the agent sees for a batch of chat messages.
+"""The prompts the agent sees: a batch of chat messages, or a scheduled task's run.
 
 Messages are wrapped in XML-like elements so the model sees who said what, when, and in reply
 to what. Everything that came from the room -- bodies, display names, quotes, even IDs -- is
@@ -51,6 +51,17 @@ def build_prompt(
         lines.extend(_message(message, tz))
     lines.append("</messages>")
     return "\n".join(lines)
+
+
+def task_prompt(task_id: str, slot_ms: int, text: str, tz: ZoneInfo) -> str:
+    """The prompt of a scheduled task's run: the task's own text, marked as such."""
+    due = datetime.fromtimestamp(slot_ms / 1000, tz).strftime(TIME_FORMAT)
+    return (
+        f"<scheduled-task{_attribute('id', task_id)}{_attribute('due', due)}>\n"
+        f"{escape(_clean(text))}\n</scheduled-task>\n"
+        "This is a scheduled task, not a chat message: do what it asks now. "
+        "Your final answer is posted to the room."
+    )
 
 
 def _message(message: PromptMessage, tz: ZoneInfo) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +23,8 @@ from nanoclaw.formatting import render_message
 from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import ToolRefused
 from nanoclaw.memory import Memory, MemoryRefused
-from nanoclaw.prompt import PromptMessage, build_prompt
-from nanoclaw.store import OutboxEntry, Store, StoredMessage
+from nanoclaw.prompt import PromptMessage, build_prompt, task_prompt
+from nanoclaw.store import OutboxEntry, RunClaim, Store, StoredMessage, TaskRun
 from nanoclaw.triggers import is_triggered
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class Router:
         self._memory = memory
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._workers: dict[str, _Worker] = {}
+        self._claims: dict[str, deque[RunClaim]] = {}  # scheduled runs, before messages
 
     # --- scheduling -----------------------------------------------------------
 
@@ -149,6 +151,9 @@ class Router:
                     await self._slots.acquire()
                     holding = True
                 worker.state = GroupState.RUNNING
+                if isinstance(work, RunClaim):
+                    await self._run_task(folder, worker, work)
+                    continue
                 if not await self._run(folder, worker, work) and not worker.dirty:
                     return  # failed: wait for new messages or a restart, do not spin
         except Exception:
@@ -158,7 +163,10 @@ class Router:
             if holding:
                 self._slots.release()
 
-    def _next_work(self, folder: str) -> Batch | Command | None:
+    def _next_work(self, folder: str) -> RunClaim | Batch | Command | None:
+        claims = self._claims.get(folder)
+        if claims:
+            return claims.popleft()
         group = self._groups.get(folder)
         if group is None:
             return None
@@ -209,58 +217,117 @@ class Router:
             self._config.timezone,
             self._channel.room_name(group.room_id),
         )
-        attempts = self._config.model.max_attempts
         started = datetime.now()
         log.info("agent run starts with %d messages", len(batch.messages), extra={"group": folder})
         try:
             async with self._channel.typing(group.room_id):
-                for attempt in range(1, attempts + 1):
-                    row = self._store.group(folder)
-                    try:
-                        reply = await self._pool.session(folder).ask(
-                            prompt,
-                            row.session_id if row else None,
-                            self._config.model.run_timeout_seconds,
-                        )
-                    except UnknownSession as exc:
-                        log.warning(
-                            "session no longer known to the CLI, starting a fresh one: %s",
-                            exc,
-                            extra={"group": folder},
-                        )
-                        self._store.set_session(folder, None)
-                        continue
-                    except AgentError as exc:
-                        final = run.sent or not exc.retryable or attempt == attempts
-                        log.warning(
-                            "agent run failed (attempt %d of %d): %s",
-                            attempt,
-                            attempts,
-                            exc,
-                            extra={"group": folder},
-                        )
-                        if final:
-                            await self._fail(run, str(exc))
-                            return False
-                        await asyncio.sleep(
-                            self._config.model.retry_base_seconds * 2 ** (attempt - 1)
-                        )
-                        continue
-                    self._store.set_session(folder, reply.session_id)
-                    await self._post(run, reply.text, room_id=group.room_id)
-                    self._store.advance_cursor(folder, run.last_seq)
-                    self._store.record_run(folder, "ok")
-                    elapsed = (datetime.now() - started).total_seconds()
-                    log.info(
-                        "agent run done in %.2f s",
-                        elapsed,
-                        extra={"group": folder, "duration_ms": round(elapsed * 1000)},
-                    )
-                    return True
-                await self._fail(run, "the session could not be resumed")
-                return False
+                try:
+                    text = await self._ask(run, prompt, isolated=False)
+                except AgentError as exc:
+                    await self._fail(run, str(exc))
+                    return False
+                await self._post(run, text, room_id=group.room_id)
+                self._store.advance_cursor(folder, run.last_seq)
+                self._store.record_run(folder, "ok")
+                elapsed = (datetime.now() - started).total_seconds()
+                log.info("agent run done in %.2f s", elapsed, extra={"group": folder})
+                return True
         finally:
             worker.active = None
+
+    async def _ask(self, run: ActiveRun, prompt: str, isolated: bool) -> str:
+        """One agent turn with the configured retries; raises AgentError once it gives up.
+
+        The group's own session is resumed from the store and its new id kept; an isolated
+        turn gets a fresh session of its own, closed afterwards.
+        """
+        folder = run.folder
+        session = self._pool.isolated(folder) if isolated else self._pool.session(folder)
+        attempts = self._config.model.max_attempts
+        try:
+            for attempt in range(1, attempts + 1):
+                row = self._store.group(folder)
+                resume = None if isolated or row is None else row.session_id
+                try:
+                    reply = await session.ask(
+                        prompt, resume, self._config.model.run_timeout_seconds
+                    )
+                except UnknownSession as exc:
+                    log.warning(
+                        "session no longer known to the CLI, starting a fresh one: %s",
+                        exc,
+                        extra={"group": folder},
+                    )
+                    self._store.set_session(folder, None)
+                    continue
+                except AgentError as exc:
+                    log.warning(
+                        "agent run failed (attempt %d of %d): %s",
+                        attempt,
+                        attempts,
+                        exc,
+                        extra={"group": folder},
+                    )
+                    if run.sent or not exc.retryable or attempt == attempts:
+                        raise
+                    await asyncio.sleep(self._config.model.retry_base_seconds * 2 ** (attempt - 1))
+                    continue
+                if not isolated:
+                    self._store.set_session(folder, reply.session_id)
+                return reply.text
+            raise AgentError("the session could not be resumed")
+        finally:
+            if isolated:
+                await session.close()
+
+    # --- scheduled tasks: the scheduler's Runner -------------------------------
+
+    def start(self, claim: RunClaim) -> None:
+        """Queue a claimed slot for its group's worker, ahead of chat messages."""
+        self._claims.setdefault(claim.task.spec.folder, deque()).append(claim)
+        self.kick(claim.task.spec.folder)
+
+    async def interrupted(self, run: TaskRun) -> None:
+        task = self._store.task(run.task_id)
+        group = self._groups.get(task.spec.folder) if task else None
+        note = (
+            f"⚠️ Scheduled task {run.task_id} was interrupted by a restart and is not run "
+            "again for this time; it goes on at its next time."
+        )
+        room_id = group.room_id if group else ""
+        contents = render_message(note, None) if group else []
+        error = "the host stopped during the run"
+        entries = self._store.finish_run(run.id, "interrupted", room_id, contents, error=error)
+        await self._channel.deliver(entries)
+
+    async def _run_task(self, folder: str, worker: _Worker, claim: RunClaim) -> None:
+        task, group = claim.task, self._groups.get(folder)
+        context = {"group": folder, "task_id": task.id}
+        if group is None:
+            self._store.finish_run(claim.run_id, "error", "", [], error="the group is gone")
+            return
+        run = worker.active = ActiveRun(folder, group.room_id, 0, None)
+        prompt = task_prompt(task.id, claim.slot, task.spec.prompt, self._config.timezone)
+        log.info("task run starts (%s context)", task.spec.context, extra=context)
+        status, error = "ok", None
+        try:
+            async with self._channel.typing(group.room_id):
+                text = await self._ask(run, prompt, isolated=task.spec.context == "isolated")
+        except AgentError as exc:
+            status, error = "error", str(exc)
+            text = f"⚠️ Scheduled task {task.id} failed: {exc}"
+        finally:
+            worker.active = None
+        entries = self._store.finish_run(
+            claim.run_id,
+            status,
+            group.room_id,
+            render_message(text, None),
+            summary=text[:200] if status == "ok" else None,
+            error=error,
+        )
+        log.info("task run %s", status, extra=context)
+        await self._channel.deliver(entries)
 
     async def _fail(self, run: ActiveRun, reason: str) -> None:
         self._store.record_run(run.folder, f"error: {reason}"[:500])
