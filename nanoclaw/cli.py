@@ -110,6 +110,50 @@ async def _exec(socket: str, group: str, command: list[str], timeout: int) -> Sa
         await gateway.close()
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """Tasks in the data directory's store, while the host may be running: each change is
+    one SQLite transaction (WAL; a busy host is waited for), and slots are claimed by
+    compare-and-set, so a change and a claim never both win. The running host is woken
+    to see it at once."""
+    from nanoclaw.scheduler import poke
+    from nanoclaw.store import Store
+    from nanoclaw.tasks import TaskRefused, TaskService
+
+    config = load_config(_config_path(args))
+    database = config.data_dir / "nanoclaw.db"
+    if not database.exists():
+        print(f"nanoclaw: no {database}: the host has not run here yet", file=sys.stderr)
+        return 1
+    store = Store(database)
+    try:
+        tasks = TaskService(store, config.timezone, lambda _: None, lambda: None)
+        if args.action == "list":
+            print(tasks.list_text(None))
+            return 0
+        if args.task_id is None:
+            print(
+                f"nanoclaw tasks {args.action}: give a task id (see nanoclaw tasks list)",
+                file=sys.stderr,
+            )
+            return 2
+        actions = {
+            "run": lambda: tasks.run_now(args.task_id),
+            "pause": lambda: tasks.pause(None, args.task_id),
+            "resume": lambda: tasks.resume(None, args.task_id),
+            "cancel": lambda: tasks.cancel(None, args.task_id),
+        }
+        try:
+            print(actions[args.action]())
+        except TaskRefused as refusal:
+            print(f"nanoclaw: {refusal}", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    if not poke(config.data_dir):
+        print("(the host is not running: it sees this when it starts)")
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from nanoclaw.quickstart import quickstart
 
@@ -149,6 +193,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=int, default=60)
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_exec)
+    tasks = sub.add_parser("tasks", help="list, run, pause, resume or cancel scheduled tasks")
+    tasks.add_argument("action", choices=("list", "run", "pause", "resume", "cancel"))
+    tasks.add_argument("task_id", nargs="?", help="the id `nanoclaw tasks list` shows")
+    tasks.add_argument(
+        "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
+    )
+    tasks.set_defaults(func=cmd_tasks)
     up = sub.add_parser("up", help="start a local homeserver, accounts, a main room and the host")
     up.add_argument("--data-dir", default=str(Path.home() / ".local/share/nanoclaw"))
     up.add_argument("--port", type=int, default=8008, help="homeserver port on 127.0.0.1")

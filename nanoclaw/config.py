@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nanoclaw.config_reader import ConfigError as ConfigError
 from nanoclaw.config_reader import Table, describe, key_part, parse_json_object, read_text
+from nanoclaw.schedule import Schedule, ScheduleError, parse_schedule
 
 FOLDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # DATA/global holds the memory shared by all groups, so no group may live there.
@@ -55,6 +56,7 @@ _TOP_KEYS = (
     "matrix",
     "model",
     "groups",
+    "tasks",
 )
 _MATRIX_KEYS = (
     "homeserver",
@@ -73,6 +75,9 @@ _MODEL_KEYS = (
     "retry_base_seconds",
     "run_timeout_seconds",
 )
+_TASK_KEYS = ("group", "prompt", "cron", "every", "at", "context")
+_TASK_SCHEDULE_KEYS = {"cron": "cron", "every": "interval", "at": "once"}
+_TASK_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
 _GROUP_KEYS = (
     "room_id",
     "main",
@@ -172,6 +177,17 @@ class GroupConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """A task declared in the file; its name is its id, so a restart finds it again."""
+
+    name: str
+    group: str
+    prompt: str
+    schedule: Schedule
+    context: str
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path
     timezone: ZoneInfo
@@ -186,6 +202,7 @@ class Config:
     # The broker's socket: when set, groups get the sandboxed tools (bash, read, ...).
     sandbox_socket: Path | None = None
     tool_timeout_seconds: int = 120
+    tasks: tuple[TaskConfig, ...] = ()
 
     @property
     def main_group(self) -> GroupConfig | None:
@@ -222,7 +239,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     )
     return Config(
         data_dir=Path(top.string("data_dir", _PATH_WHAT, _is_absolute) or "/var/lib/nanoclaw"),
-        timezone=_timezone(top),
+        timezone=(timezone := _timezone(top)),
         assistant_name=assistant_name,
         max_concurrent_runs=top.integer("max_concurrent_runs", 5, 1, 64),
         idle_timeout_seconds=top.number("idle_timeout_seconds", 1800),
@@ -233,10 +250,56 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         or "info",
         matrix=_matrix(top.table("matrix", _MATRIX_KEYS, required=True)),
         model=_model(top.table("model", _MODEL_KEYS, required=False)),
-        groups=_groups(top, assistant_name),
+        groups=(groups := _groups(top, assistant_name)),
         sandbox_socket=_optional_path(top.string("sandbox_socket", _PATH_WHAT, _is_absolute)),
         tool_timeout_seconds=top.integer("tool_timeout_seconds", 120, 1, 86400),
+        tasks=_tasks(top, groups, timezone),
     )
+
+
+def _tasks(top: Table, groups: tuple[GroupConfig, ...], tz: ZoneInfo) -> tuple[TaskConfig, ...]:
+    tables = top.data.get("tasks", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError("tasks", f"must be a table of tasks by name, not {describe(tables)}")
+    tasks = []
+    for name, data in tables.items():
+        key = "tasks." + key_part(name)
+        if not re.fullmatch(_TASK_NAME, name):
+            raise ConfigError(
+                key,
+                f"task name must match {_TASK_NAME} (starting with a letter: numbers "
+                "are the ids of tasks the agent schedules)",
+            )
+        table = Table(data, key, _TASK_KEYS)
+        group = table.require("group", "the folder of a group in [groups]", bool)
+        if not any(g.folder == group for g in groups):
+            known = ", ".join(g.folder for g in groups) or "none"
+            raise ConfigError(table.at("group"), f"no group {group!r} here; groups: {known}")
+        kinds = [k for k in _TASK_SCHEDULE_KEYS if k in table.data]
+        if len(kinds) != 1:
+            raise ConfigError(
+                key,
+                "set exactly one of cron, every or at "
+                + (f"({', '.join(kinds)} are set)" if kinds else "(none is set)"),
+            )
+        value = table.require(kinds[0], "a string", lambda _: True)
+        try:
+            schedule = parse_schedule(_TASK_SCHEDULE_KEYS[kinds[0]], value, tz)
+        except ScheduleError as exc:
+            raise ConfigError(table.at(kinds[0]), str(exc)) from None
+        tasks.append(
+            TaskConfig(
+                name=name,
+                group=group,
+                prompt=table.require("prompt", "the text the agent gets when it runs", _is_text),
+                schedule=schedule,
+                context=table.string(
+                    "context", "group or isolated", ("group", "isolated").__contains__
+                )
+                or "isolated",
+            )
+        )
+    return tuple(tasks)
 
 
 def _optional_path(value: str | None) -> Path | None:
@@ -426,6 +489,10 @@ def _is_credential(value: str) -> bool:
 
 def _is_model_id(value: str) -> bool:
     return re.fullmatch(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}", value) is not None
+
+
+def _is_text(value: str) -> bool:
+    return bool(value.strip())
 
 
 def _is_line(value: str) -> bool:

@@ -26,7 +26,10 @@ from nanoclaw.notify import Notifier
 from nanoclaw.router import GroupState, Router
 from nanoclaw.sandbox_gateway import SandboxGateway
 from nanoclaw.sandbox_mcp import sandbox_mcp_tools
+from nanoclaw.scheduler import Scheduler
 from nanoclaw.store import Store
+from nanoclaw.task_tools import task_mcp_tools
+from nanoclaw.tasks import TaskService
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,9 @@ class Host:
         )
         self._groups = groups
         self.router = router = Router(config, store, groups, channel, pool, self.memory)
+        scheduler = Scheduler(store, config.timezone, router, config.data_dir)
+        self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)
+        self._tasks.declare(config.tasks)
         try:
             await self._credentials.start()
             await channel.connect(config.assistant_name)
@@ -89,12 +95,14 @@ class Host:
             self.notifier.send(READY="1", STATUS=self.status())
             heartbeat = asyncio.create_task(self.notifier.heartbeat(self.status), name="heartbeat")
             router.kick_all()
+            scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
             reaper = asyncio.create_task(self._reap(pool, router), name="reaper")
             stop = asyncio.create_task(self._stopping.wait())
             await asyncio.wait({sync, stop}, return_when=asyncio.FIRST_COMPLETED)
             log.info("stopping: draining runs in progress")
             self.notifier.send(STOPPING="1", STATUS="stopping: " + self.status())
             sync.cancel()
+            scheduling.cancel()  # runs already started finish in the drain
             reaper.cancel()
             try:
                 await asyncio.wait_for(router.drain(), DRAIN_SECONDS)
@@ -131,7 +139,7 @@ class Host:
         if group is None:
             raise LookupError(f"unknown group {folder}")
         self.memory.prepare(folder)
-        tools = host_mcp_tools(folder, self.router)
+        tools = host_mcp_tools(folder, self.router) + task_mcp_tools(folder, self._tasks)
         if self._sandbox is not None:
             tools += sandbox_mcp_tools(self._sandbox, folder)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)

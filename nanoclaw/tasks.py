@@ -8,11 +8,11 @@ changed or removed only there. Every refusal is a TaskRefused whose text is show
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from nanoclaw.config import GroupConfig
+from nanoclaw.config import GroupConfig, TaskConfig
 from nanoclaw.schedule import ScheduleError, first_slot, parse_schedule
 from nanoclaw.scheduler import to_datetime, to_ms
 from nanoclaw.store import Store, TaskRow, TaskSpec, now_ms
@@ -56,6 +56,14 @@ class TaskService:
         task_id = self._store.add_task(spec, self._first_due(spec))
         self._wake()
         return f"scheduled task {task_id}: " + self._line(self._get(source, task_id))
+
+    def declare(self, declared: Sequence[TaskConfig]) -> None:
+        """Write the config file's tasks into the store (see Store.declare_tasks)."""
+        specs = [
+            (t.name, TaskSpec(t.group, t.prompt, t.schedule.kind, t.schedule.value, t.context))
+            for t in declared
+        ]
+        self._store.declare_tasks([(name, spec, self._first_due(spec)) for name, spec in specs])
 
     def list_text(self, source: str | None) -> str:
         folder = None if self._is_main(source) else source

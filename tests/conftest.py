@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Synapse per test session, a scripted model per test."""
+"""Shared fixtures: one real Synapse per test session, a scripted model and a world per test."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from nanoclaw.homeserver import EmbeddedHomeserver
 from tests.support.net import free_port
 from tests.support.scripted_model import ScriptedModel
+from tests.support.world import World, echo
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,14 @@ async def homeserver(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 def scripted_model() -> Iterator[ScriptedModel]:
     with ScriptedModel() as model:
         yield model
+
+
+@pytest.fixture
+async def world(
+    homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> AsyncIterator[World]:
+    """A test's accounts, main room and host, answering with `echo` unless told otherwise."""
+    scripted_model.script = echo
+    w = World(homeserver, scripted_model, tmp_path)
+    yield w
+    await w.close()

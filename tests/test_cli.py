@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nanoclaw.store import Store, TaskSpec
+
 GOOD = """\
 data_dir = "{data}"
 [matrix]
@@ -75,3 +77,27 @@ def test_policy_explain_prints_the_units_properties() -> None:
     assert "proxy" not in family.stdout.lower(), "no domains, no proxy variables"
     missing = nanoclaw("policy", "explain", "nope", "--policy", example)
     assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_tasks_for_the_operator(tmp_path: Path) -> None:
+    config = write(tmp_path, GOOD)
+    missing = nanoclaw("tasks", "list", "--config", str(config))
+    assert missing.returncode == 1 and "the host has not run here yet" in missing.stderr
+    (tmp_path / "data").mkdir()
+    Store(tmp_path / "data" / "nanoclaw.db").close()
+    listed = nanoclaw("tasks", "list", "--config", str(config))
+    assert listed.returncode == 0 and listed.stdout.strip() == "no scheduled tasks"
+    store = Store(tmp_path / "data" / "nanoclaw.db")
+    store.declare_tasks([("plants", TaskSpec("main", "water", "interval", "1d", "isolated"), 1)])
+    store.close()
+    for action, expected in (
+        ("pause", "paused task plants"),
+        ("resume", "resumed task plants [main] active, every 1d"),
+        ("run", "task plants will run now"),
+    ):
+        done = nanoclaw("tasks", action, "plants", "--config", str(config))
+        assert done.returncode == 0 and done.stdout.startswith(expected), done.stderr
+        assert "the host is not running: it sees this when it starts" in done.stdout
+    refused = nanoclaw("tasks", "cancel", "plants", "--config", str(config))
+    assert refused.returncode == 1 and "declared in the config file" in refused.stderr
+    assert nanoclaw("tasks", "pause", "--config", str(config)).returncode == 2

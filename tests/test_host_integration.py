@@ -9,29 +9,29 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.scripted_model import ModelError, ModelRequest, ScriptedModel, ToolCall
-from tests.support.world import API_KEY, World, echo, prompt_messages
+from tests.support.scripted_model import ModelError, ModelRequest, ToolCall
+from tests.support.world import API_KEY, World, prompt_messages
 
 pytestmark = pytest.mark.integration
 
-TOOLS = [
-    "mcp__nanoclaw__register_group",
-    "mcp__nanoclaw__send_message",
-    "mcp__nanoclaw__write_memory",
-]
-
-
-@pytest.fixture
-async def world(homeserver, scripted_model: ScriptedModel, tmp_path: Path) -> AsyncIterator[World]:
-    scripted_model.script = echo
-    w = World(homeserver, scripted_model, tmp_path)
-    yield w
-    await w.close()
+TOOLS = sorted(
+    "mcp__nanoclaw__" + name
+    for name in (
+        "register_group",
+        "send_message",
+        "write_memory",
+        "schedule_task",
+        "list_tasks",
+        "pause_task",
+        "resume_task",
+        "cancel_task",
+        "update_task",
+    )
+)
 
 
 async def settle(seconds: float = 1.5) -> None:
