@@ -98,7 +98,8 @@ class Host:
             scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
             reaper = asyncio.create_task(self._reap(pool, router), name="reaper")
             stop = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({sync, stop}, return_when=asyncio.FIRST_COMPLETED)
+            # A failed scheduler stops the host too: systemd restarts it, nothing is silent.
+            await asyncio.wait({sync, stop, scheduling}, return_when=asyncio.FIRST_COMPLETED)
             log.info("stopping: draining runs in progress")
             self.notifier.send(STOPPING="1", STATUS="stopping: " + self.status())
             sync.cancel()
@@ -109,8 +110,9 @@ class Host:
             except TimeoutError:
                 log.warning("runs still busy after %.0f s; stopping anyway", DRAIN_SECONDS)
             heartbeat.cancel()  # fed the watchdog through the drain
-            if sync.done() and not sync.cancelled() and sync.exception():
-                raise sync.exception()  # type: ignore[misc]
+            for loop in (sync, scheduling):
+                if loop.done() and not loop.cancelled() and loop.exception():
+                    raise loop.exception()  # type: ignore[misc]
         finally:
             await pool.close_all()
             await channel.close()
