@@ -85,7 +85,12 @@ let
     restartTriggers = [ cfg.configFile ];
     serviceConfig =
       {
-        Type = "simple";
+        # READY=1 after the first sync and the broker's answer; the event loop pets the
+        # watchdog, so a hung loop is restarted (units/nanoclaw.service has the same).
+        Type = "notify";
+        NotifyAccess = "main";
+        WatchdogSec = 30;
+        TimeoutStartSec = 300;
         User = "nanoclaw";
         Group = "nanoclaw";
         ExecStartPre = "${cfg.package}/bin/nanoclaw check-config --config ${cfg.configFile}";
