@@ -11,6 +11,7 @@ let
   cfg = config.services.nanoclaw;
   settingsFormat = pkgs.formats.toml { };
   policyPath = "/etc/nanoclaw/policy.json";
+  hardening = import ./hardening.nix;
   socketPath = "/run/nanoclaw/sandbox.sock";
 
   # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool), the
@@ -107,7 +108,7 @@ let
         Restart = "on-failure";
         RestartSec = 5;
       }
-      // lib.mapAttrs (_: lib.mkDefault) (import ./hardening.nix)
+      // lib.mapAttrs (_: lib.mkDefault) hardening.host
       // lib.optionalAttrs (cfg.dataDir != "/var/lib/nanoclaw") {
         ReadWritePaths = [ cfg.dataDir ];
       }
@@ -129,39 +130,13 @@ let
     wants = [ "nanoclaw-port-filter.service" ];
     partOf = [ "nanoclaw-port-filter.service" ];
     restartTriggers = [ policyFile ];
-    serviceConfig = lib.mapAttrs (_: lib.mkDefault) {
-      Type = "simple";
-      ExecStart = "${cfg.package}/bin/nanoclaw-sandboxd --policy ${policyPath}";
-      ProtectSystem = "strict";
-      ProtectHome = true;
-      PrivateTmp = true;
-      PrivateDevices = true;
-      NoNewPrivileges = true;
-      ProtectKernelTunables = true;
-      ProtectKernelModules = true;
-      ProtectKernelLogs = true;
-      ProtectControlGroups = true;
-      ProtectClock = true;
-      ProtectHostname = true;
-      RestrictNamespaces = true;
-      RestrictRealtime = true;
-      RestrictSUIDSGID = true;
-      LockPersonality = true;
-      MemoryDenyWriteExecute = true;
-      SystemCallArchitectures = "native";
-      SystemCallFilter = [
-        "@system-service"
-        "~@privileged @resources"
-      ];
-      RestrictAddressFamilies = [
-        "AF_UNIX"
-        "AF_INET"
-        "AF_INET6"
-      ];
-      # systemd lets a caller manage units when it holds CAP_SYS_ADMIN; nothing else.
-      CapabilityBoundingSet = "CAP_SYS_ADMIN";
-      UMask = "0077";
-    };
+    serviceConfig = lib.mapAttrs (_: lib.mkDefault) (
+      hardening.broker
+      // {
+        Type = "simple";
+        ExecStart = "${cfg.package}/bin/nanoclaw-sandboxd --policy ${policyPath}";
+      }
+    );
   };
 
   # units/nanoclaw-port-filter.service: one nftables table, from the same policy.
@@ -183,38 +158,7 @@ let
       ExecReload = "${cfg.package}/bin/nanoclaw-port-filter --policy ${policyPath}";
       ExecStop = "${cfg.package}/bin/nanoclaw-port-filter --remove";
     }
-    // lib.mapAttrs (_: lib.mkDefault) {
-      CapabilityBoundingSet = "CAP_NET_ADMIN";
-      RestrictAddressFamilies = [
-        "AF_NETLINK"
-        "AF_UNIX"
-      ];
-      ProtectSystem = "strict";
-      ProtectHome = true;
-      PrivateTmp = true;
-      PrivateDevices = true;
-      PrivateIPC = true;
-      NoNewPrivileges = true;
-      ProtectKernelTunables = true;
-      ProtectKernelModules = true;
-      ProtectKernelLogs = true;
-      ProtectControlGroups = true;
-      ProtectClock = true;
-      ProtectHostname = true;
-      ProtectProc = "invisible";
-      ProcSubset = "pid";
-      RestrictNamespaces = true;
-      RestrictRealtime = true;
-      RestrictSUIDSGID = true;
-      LockPersonality = true;
-      MemoryDenyWriteExecute = true;
-      SystemCallArchitectures = "native";
-      SystemCallFilter = [
-        "@system-service"
-        "~@privileged @resources"
-      ];
-      UMask = "0077";
-    };
+    // lib.mapAttrs (_: lib.mkDefault) hardening.portFilter;
   };
 
   toolUser = name: "nanoclaw-tool-${name}";

@@ -1,43 +1,75 @@
-# The hardening of units/nanoclaw.service, key by key: default.nix sets each with mkDefault,
-# and services.nanoclaw.serviceOverrides replaces what a setup must loosen.
+# The hardening of the units in units/, key by key; default.nix sets each with mkDefault,
+# and services.nanoclaw.serviceOverrides replaces what a setup must loosen in the host's.
+let
+  # What all three services share.
+  common = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateIPC = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged @resources"
+    ];
+    UMask = "0077";
+  };
+in
 {
-  UMask = "0027";
-  NoNewPrivileges = true;
-  CapabilityBoundingSet = "";
-  AmbientCapabilities = "";
-  ProtectSystem = "strict";
-  ProtectHome = true;
-  PrivateTmp = true;
-  PrivateDevices = true;
-  PrivateIPC = true;
-  PrivateUsers = true;
-  ProtectKernelTunables = true;
-  ProtectKernelModules = true;
-  ProtectKernelLogs = true;
-  ProtectControlGroups = true;
-  ProtectClock = true;
-  ProtectHostname = true;
-  ProtectProc = "invisible";
-  ProcSubset = "pid";
-  RestrictNamespaces = true;
-  RestrictRealtime = true;
-  RestrictSUIDSGID = true;
-  RemoveIPC = true;
-  LockPersonality = true;
-  DevicePolicy = "closed";
-  # The bundled CLI is a JIT-compiled JavaScript runtime: it needs writable executable
-  # memory, so MemoryDenyWriteExecute= stays off.
-  MemoryDenyWriteExecute = false;
-  SystemCallArchitectures = "native";
-  SystemCallFilter = [
-    "@system-service"
-    "~@privileged @resources"
-  ];
-  SystemCallErrorNumber = "EPERM";
-  RestrictAddressFamilies = [
-    "AF_UNIX"
-    "AF_INET"
-    "AF_INET6"
-    "AF_NETLINK"
-  ];
+  # units/nanoclaw.service: no capabilities, a user namespace of its own.
+  host = common // {
+    UMask = "0027";
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    PrivateUsers = true;
+    RemoveIPC = true;
+    DevicePolicy = "closed";
+    # The bundled CLI is a JIT-compiled JavaScript runtime: it needs writable executable
+    # memory, so MemoryDenyWriteExecute= stays off.
+    MemoryDenyWriteExecute = false;
+    SystemCallErrorNumber = "EPERM";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+  };
+
+  # units/nanoclaw-sandboxd.service: root, to start units with any User=; systemd lets a
+  # caller manage units when it holds CAP_SYS_ADMIN, and that is all it keeps. Tool units'
+  # mounts are PID 1's work, and clients are known by SO_PEERCRED and SO_PEERGROUPS.
+  broker = common // {
+    PrivateMounts = true;
+    CapabilityBoundingSet = "CAP_SYS_ADMIN";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+    ];
+  };
+
+  # units/nanoclaw-port-filter.service: root with CAP_NET_ADMIN and netlink, for one table.
+  portFilter = common // {
+    CapabilityBoundingSet = "CAP_NET_ADMIN";
+    RestrictAddressFamilies = [
+      "AF_NETLINK"
+      "AF_UNIX"
+    ];
+  };
 }
