@@ -47,6 +47,15 @@ write_memory. The global memory below is shared by all groups.
 """
 
 
+# What the room is told when the host has no key for Anthropic's API.
+NO_MODEL_KEY = (
+    "no model API key is configured. Give the host one: model.api_key_file or "
+    "model.api_key_credential in its config (with `scripts/up`: stop it, then start it "
+    "again with ANTHROPIC_API_KEY set or with --api-key-file FILE), or point model.base_url "
+    "at an Anthropic-compatible endpoint that needs none (`scripts/up --base-url URL`)."
+)
+
+
 class AgentError(Exception):
     """A run failed; `retryable` says whether trying again can help."""
 
@@ -147,6 +156,8 @@ class AgentSession:
     async def ask(self, prompt: str, resume: str | None, timeout: float) -> AgentReply:
         """One turn: send the prompt, wait for the result. Raises AgentError."""
         self.last_used = time.monotonic()
+        if self.settings.credentials.needs_key(self.settings.base_url):
+            raise AgentError(NO_MODEL_KEY, retryable=False)  # said at once, never retried
         try:
             async with asyncio.timeout(timeout):
                 result = await self._turn(prompt, resume)

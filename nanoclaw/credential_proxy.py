@@ -108,6 +108,10 @@ class CredentialProxy:
         self._session: ClientSession | None = None
         self.url = ""
 
+    def needs_key(self, endpoint: str | None) -> bool:
+        """Whether a CLI for `endpoint` would reach Anthropic's API without a key to give it."""
+        return not self._key and (endpoint or self._default).rstrip("/") == ANTHROPIC_API
+
     def issue(self, group: str, endpoint: str | None) -> str:
         """A fresh placeholder for one CLI process of `group`, valid until revoked."""
         placeholder = "sk-nanoclaw-" + secrets.token_urlsafe(32)

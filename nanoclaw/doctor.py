@@ -160,6 +160,9 @@ async def _model(config: Config, env: Mapping[str, str]) -> list[Check]:
 
 async def _probe(proxy: CredentialProxy, endpoint: str, model: str | None) -> Check:
     """count_tokens through the credential proxy: authenticated, and free of charge."""
+    if proxy.needs_key(endpoint):
+        fix = "set model.api_key_file or model.api_key_credential, or a base_url without keys"
+        return Check("model", False, f"{endpoint}: no API key is configured", fix)
     placeholder = proxy.issue("doctor", endpoint)
     body = {"model": model or PROBE_MODEL, "messages": [{"role": "user", "content": "ping"}]}
     headers = {"x-api-key": placeholder, "anthropic-version": "2023-06-01"}
