@@ -1,4 +1,4 @@
-"""The `nanoclaw` command: run the host, check a config file, bring up the quickstart."""
+"""The `nanoclaw` command: run the host, check a config file, bring up the appliance, chat."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from nanoclaw.appliance_machine import ApplianceError
 from nanoclaw.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.journal import log_handler
 from nanoclaw.policy import UnknownGroup
@@ -155,11 +156,37 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from nanoclaw.quickstart import quickstart
+    from nanoclaw.appliance import up
 
-    _setup_logging("info")
-    asyncio.run(quickstart(Path(args.data_dir), args.port))
-    return 0
+    _setup_logging("warning")
+    key_file = Path(args.api_key_file) if args.api_key_file else None
+    return asyncio.run(up(Path(args.data_dir), args.port, key_file, args.base_url))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from nanoclaw.appliance import down
+
+    return down(Path(args.data_dir))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from nanoclaw.appliance import logs
+
+    return logs(Path(args.data_dir), args.journalctl)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nanoclaw.appliance import LOG_UNITS, enter
+
+    units = [u for u in LOG_UNITS if u != "-u"]
+    return enter(Path(args.data_dir), ["systemctl", "--no-pager", "status", *units])
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from nanoclaw.chat import chat
+
+    _setup_logging("error")
+    return asyncio.run(chat(Path(args.data_dir), args.group, args.wait))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,21 +227,51 @@ def parser() -> argparse.ArgumentParser:
         "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
     )
     tasks.set_defaults(func=cmd_tasks)
-    up = sub.add_parser("up", help="start a local homeserver, accounts, a main room and the host")
-    up.add_argument("--data-dir", default=str(Path.home() / ".local/share/nanoclaw"))
-    up.add_argument("--port", type=int, default=8008, help="homeserver port on 127.0.0.1")
-    up.set_defaults(func=cmd_up)
+    data_dir = str(Path.home() / ".local/share/nanoclaw")
+    appliance = {
+        "up": (cmd_up, "the whole appliance: Synapse, and a systemd machine running the host"),
+        "down": (cmd_down, "stop the appliance that `up` started, keeping its data"),
+        "logs": (cmd_logs, "the appliance's journal (journalctl in its machine)"),
+        "status": (cmd_status, "systemctl status of the appliance's units"),
+        "chat": (cmd_chat, "talk to the agent in a terminal, as the appliance's owner"),
+    }
+    for name, (func, text) in appliance.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--data-dir", default=data_dir, help=f"the appliance's data ({data_dir})")
+        p.set_defaults(func=func)
+        if name == "up":
+            p.add_argument("--port", type=int, default=8008, help="Synapse's port on 127.0.0.1")
+            p.add_argument("--api-key-file", help="a file holding the model API key")
+            p.add_argument("--base-url", help="an Anthropic-compatible model endpoint")
+        elif name == "logs":
+            p.usage = "nanoclaw logs [--data-dir DATA_DIR] [JOURNALCTL-ARGS...], e.g. -f"
+        elif name == "chat":
+            p.add_argument("group", nargs="?", default="main", help="main (default) or example")
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=300.0,
+                help="at the end of input, wait this long for the agent's last answer",
+            )
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, rest = top.parse_known_args(argv)
+    if args.command == "logs":  # journalctl's own options pass through
+        args.journalctl = rest
+    elif rest:
+        top.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return int(args.func(args))
     except ConfigError as err:
         print(f"nanoclaw: invalid configuration: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except (UnknownGroup, SandboxError, RequestError) as err:  # unknown group, refusals
+        print(f"nanoclaw: {err}", file=sys.stderr)
+        return 1
+    except ApplianceError as err:
         print(f"nanoclaw: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

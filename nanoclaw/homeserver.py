@@ -186,6 +186,9 @@ class EmbeddedHomeserver:
                 stdout=log,
                 stderr=log,
                 preexec_fn=_die_with_parent,
+                # Not in our process group: a Ctrl-C meant for the Quickstart must not stop
+                # Synapse before the host has drained (the Quickstart stops it last).
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:

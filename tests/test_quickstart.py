@@ -1,105 +1,177 @@
-"""`nanoclaw up`, as a newcomer runs it: up, talk, stop with Ctrl-C, up again on the same data."""
+"""The Quickstart, as a newcomer runs it: `scripts/up`, then `nanoclaw chat`, then down and up.
+
+The appliance is the real one: Synapse here, a systemd booted with systemd-nspawn from the
+cached rootfs, and in it the port filter, the broker and the host as the units of units/.
+The model is the scripted server, given as an Anthropic-compatible base URL with a key that
+it insists on, so every answer also proves the key went in as a credential and through the
+host's credential proxy. Needs root, like tests/test_sandbox.py (NANOCLAW_ALLOW_NO_MACHINE=1
+turns that into a loud skip).
+
+The story, in one test to boot the appliance only three times:
+1. Up without a key: everything runs, and the bot says what to configure.
+2. Up again with the base URL and key: `nanoclaw chat` (stdin in, replies out) asks each
+   group to run `id -u; pwd`; the answers show the group's own tool user and
+   /workspace/group, so the command ran in a transient unit of the broker, not in the host.
+3. `scripts/up down`, then up with no model settings at all (they are kept): the same
+   session is resumed and the model sees the earlier conversation.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import signal
+import sqlite3
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nanoclaw.homeserver import Account
-from tests.support.matrix_human import Human
+from nanoclaw.agent import NO_MODEL_KEY
+from tests.support.machine import require_machine
 from tests.support.net import free_port
-from tests.support.scripted_model import ScriptedModel
-from tests.support.world import echo
+from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 
-STARTED: list[asyncio.subprocess.Process] = []
+REPO = Path(__file__).resolve().parent.parent
+KEY = "sk-quickstart-0123456789"
+UIDS = {"main": 61000, "example": 61001}
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def script(request: ModelRequest) -> str | ToolCall:
+    if request.tool_results:
+        return "tool said: " + request.tool_results[-1]["content"]
+    if "run it" in request.last_user_text:
+        return ToolCall("mcp__nanoclaw__bash", {"command": "id -u; pwd"})
+    if "do you remember" in request.last_user_text:
+        earlier = request.all_text.replace(request.last_user_text, "")
+        return "I remember: run it" if "run it" in earlier else "I remember nothing"
+    return "hello from the model"
 
 
 @pytest.fixture(autouse=True)
 def stop_leftovers() -> Iterator[None]:
-    """A failed assertion must not leave `nanoclaw up` (and its Synapse) running."""
+    """A failed assertion must not leave the appliance (its machine, its Synapse) running."""
     yield
     for process in STARTED:
-        if process.returncode is None:
-            process.kill()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(150)
+            except subprocess.TimeoutExpired:
+                process.kill()  # the machine and Synapse die with it (PR_SET_PDEATHSIG)
+                process.wait()
     STARTED.clear()
 
 
-async def start_up(
-    data: Path, port: int, model: ScriptedModel, log: Path, run: int
-) -> asyncio.subprocess.Process:
-    env = {
-        "ANTHROPIC_API_KEY": "sk-quickstart",
-        "ANTHROPIC_BASE_URL": model.url,
-        "PATH": "/usr/bin:/bin",
-    }
-    handle = log.open("ab")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nanoclaw.cli",
-        "up",
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        stdout=handle,
-        stderr=handle,
-        env=env,
-    )
-    handle.close()
+def newcomer_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "NANOCLAW_UP"))}
+    return {**env, **extra}
+
+
+def up(data: Path, port: int, log: Path, env: dict[str, str], timeout: float = 900) -> str:
+    """`scripts/up` in the background; its output once it says it is up."""
+    began = time.monotonic()
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [str(REPO / "scripts/up"), "--data-dir", str(data), "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     STARTED.append(process)
-    for _ in range(1200):
-        text = log.read_text()
-        if text.count("synced; serving") >= run:
-            return process
-        if process.returncode is not None:
-            raise AssertionError(text)
-        await asyncio.sleep(0.05)
-    raise AssertionError("nanoclaw up did not come up:\n" + log.read_text())
+    while time.monotonic() - began < timeout:
+        text = log.read_bytes()[offset:].decode(errors="replace")
+        if "Stop:   Ctrl-C" in text:
+            print(f"\nscripts/up was up in {time.monotonic() - began:.1f} s")
+            return text
+        if process.poll() is not None:
+            raise AssertionError(f"scripts/up exited with {process.returncode}:\n{text}")
+        time.sleep(0.2)
+    raise AssertionError("scripts/up did not come up:\n" + log.read_text(errors="replace"))
 
 
-async def test_up_talk_stop_and_up_again(tmp_path: Path) -> None:
+def chat(data: Path, *lines: str, group: str = "main") -> str:
+    """`nanoclaw chat`, driven as a pipe: the lines in, the replies out."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nanoclaw.cli", "chat", "--data-dir", str(data), "--wait", "120"]
+        + ([group] if group != "main" else []),
+        input="".join(line + "\n" for line in lines).encode(),
+        capture_output=True,
+        timeout=180,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, f"chat: {done.returncode}\n{out}\n{done.stderr.decode()}"
+    return out
+
+
+def down(data: Path, log: Path) -> None:
+    done = subprocess.run(
+        [str(REPO / "scripts/up"), "down", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=newcomer_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    process = STARTED.pop()
+    assert process.wait(30) == 0, log.read_text(errors="replace")
+
+
+def session_of(data: Path, folder: str) -> str:
+    database = sqlite3.connect(data / "machine/state/nanoclaw.db")
+    try:
+        row = database.execute("SELECT session_id FROM groups WHERE folder = ?", (folder,))
+        return str(row.fetchone()[0])
+    finally:
+        database.close()
+
+
+def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
+    require_machine()
     data, port, log = tmp_path / "data", free_port(), tmp_path / "up.log"
-    with ScriptedModel(echo) as model:
-        process = await start_up(data, port, model, log, run=1)
+    with ScriptedModel(script) as model:
+        model.api_key = KEY
+
+        banner = up(data, port, log, newcomer_env())
         state = json.loads((data / "quickstart.json").read_text())
         assert oct((data / "quickstart.json").stat().st_mode & 0o777) == "0o600"
-        owner, bot = Account(**state["owner"]), Account(**state["nanoclaw"])
-        assert f"log in as   {owner.user_id}  password {owner.password}" in log.read_text()
-        human = await Human(f"http://127.0.0.1:{port}", owner).start()
-        try:
-            await human.wait_joined(state["room_id"], bot.user_id)
-            await human.send(state["room_id"], "hello from the quickstart")
-            replies = await human.wait_for_replies(bot.user_id, state["room_id"])
-            assert replies[0]["content"]["body"] == "echo: hello from the quickstart"
-            assert model.requests[-1].headers["x-api-key"] == "sk-quickstart"
-        finally:
-            await human.close()
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), 60) == 0
+        owner = state["owner"]
+        assert f"homeserver http://127.0.0.1:{port}" in banner
+        assert f"user {owner['user_id']}  password {owner['password']}" in banner
+        assert "nanoclaw.service               active (running)" in banner
+        assert "nanoclaw-sandboxd.socket       active (running)" in banner
+        assert "IPAddressDeny=" in banner and "NO KEY" in banner
+        reply = chat(data, "hello")
+        assert NO_MODEL_KEY.split(".")[0] in reply, reply
+        assert not model.requests, "no key: the model is never asked"
+        down(data, log)
 
-        process = await start_up(data, port, model, log, run=2)
-        assert json.loads((data / "quickstart.json").read_text()) == state, (
-            "accounts and room reused"
-        )
-        human = await Human(f"http://127.0.0.1:{port}", owner).start()
-        try:
-            await human.send(state["room_id"], "second run")
-            await human.wait_for(
-                lambda: any(
-                    e["content"]["body"] == "echo: second run"
-                    for e in human.messages_from(bot.user_id, state["room_id"])
-                ),
-                30,
-                "the reply after a restart",
-            )
-        finally:
-            await human.close()
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), 60) == 0
+        up(data, port, log, newcomer_env(ANTHROPIC_BASE_URL=model.url, ANTHROPIC_API_KEY=KEY))
+        for group, uid in UIDS.items():
+            reply = chat(data, "please run it", group=group)
+            assert f"tool said: {uid}\n/workspace/group" in reply, reply
+        assert all(r.headers["x-api-key"] == KEY for r in model.requests)
+        journal = subprocess.run(
+            [str(REPO / "scripts/up"), "logs", "--data-dir", str(data), "-o", "cat"],
+            capture_output=True,
+            text=True,
+            env=newcomer_env(),
+        ).stdout
+        assert "agent run done" in journal and "nanoclaw-tool-main-" in journal, journal[-3000:]
+        session = session_of(data, "main")
+        down(data, log)
+
+        began = time.monotonic()
+        up(data, port, log, newcomer_env())  # the base URL and key are kept
+        assert time.monotonic() - began < 60, "a second start reuses everything"
+        reply = chat(data, "do you remember?")
+        assert "I remember: run it" in reply, reply
+        assert session_of(data, "main") == session
+        down(data, log)
+    assert "stopped; the data stays" in log.read_text()
