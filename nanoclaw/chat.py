@@ -15,6 +15,7 @@ came, 1 when none did.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 import threading
 import time
@@ -62,7 +63,11 @@ class Chat:
         self.typing: set[str] = set()
 
     async def connect(self) -> None:
-        response = await self.client.sync(timeout=0, full_state=True)
+        # Synapse answers an identical sync request from a cache for a while, so a second
+        # chat within minutes would get the first one's stale token and show old messages
+        # as new. The timeout is part of the cache's key and an initial sync never waits:
+        # a timeout of its own makes the request new.
+        response = await self.client.sync(timeout=secrets.randbelow(10**9) + 1, full_state=True)
         if isinstance(response, SyncError):
             raise ApplianceError(f"the homeserver refused the owner's login: {response.message}")
         await maintain_keys(self.client)
