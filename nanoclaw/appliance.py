@@ -129,7 +129,7 @@ def render_policy() -> str:
     policy = {
         "version": 1,
         "data_dir": "/var/lib/nanoclaw",
-        "protected_paths": ["/etc/nanoclaw", "/opt/nanoclaw-src"],
+        "protected_paths": ["/etc/nanoclaw"],
         "groups": groups,
     }
     return json.dumps(policy, indent=2) + "\n"
@@ -180,12 +180,13 @@ def fetch_wheels(directory: Path) -> None:
     (directory / "requirements.txt").write_text("\n".join(requirements()) + "\n")
     if sys.version_info[:2] == (3, 11):
         command = ["wheel", "--wheel-dir", str(directory)]
-    else:  # binary wheels for the machine's interpreter, whatever this one is
-        command = [
-            "download", "--dest", str(directory), "--only-binary=:all:",
-            "--python-version", "3.11", "--implementation", "cp",
-            "--platform", "manylinux_2_36_x86_64", "--platform", "manylinux2014_x86_64",
-        ]  # fmt: skip
+    else:  # binary wheels for the machine's interpreter (CPython 3.11, glibc 2.36)
+        legacy = ("manylinux2014", "manylinux2010", "manylinux1")
+        platforms = [f"manylinux_2_{minor}" for minor in range(36, 4, -1)] + list(legacy)
+        command = ["download", "--dest", str(directory), "--only-binary=:all:"]
+        command += ["--python-version", "3.11", "--implementation", "cp"]
+        for platform in platforms:  # pip takes each tag literally: list every one that fits
+            command += ["--platform", f"{platform}_x86_64"]
     say("fetching nanoclaw's dependencies for the machine (once; about a minute)")
     done = subprocess.run(
         [sys.executable, "-m", "pip", *command, "--quiet", "--disable-pip-version-check",
@@ -253,8 +254,6 @@ def model_settings(data: Path, api_key_file: Path | None, base_url: str | None) 
 
 def write_machine_files(data: Path, state: QuickstartState, model: ModelSettings) -> None:
     etc = data / "machine/etc"
-    for sub in ("etc", "state", "opt"):
-        (data / "machine" / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(etc, 0o755)
     (etc / "config.toml").write_text(render_config(state, model))
     (etc / "policy.json").write_text(render_policy())
@@ -286,11 +285,11 @@ class Appliance:
 
     async def start(self) -> None:
         began = time.monotonic()
-        say(f"starting Synapse on 127.0.0.1:{self.port}")
-        await self.homeserver.start()
-        self.state = state = await prepare(self.homeserver, self.data)
-        write_machine_files(self.data, state, self.model)
         image = rootfs()
+        say(f"starting Synapse on 127.0.0.1:{self.port}")
+        await self.homeserver.spawn()  # it starts while the wheels come or the machine boots
+        for sub in ("etc", "state", "opt"):
+            (self.data / "machine" / sub).mkdir(parents=True, exist_ok=True)
         wheels: Path | None = None
         stamp_file = self.data / "machine/opt/venv/.stamp"
         stamp = venv_stamp(_machine_python(image))
@@ -319,6 +318,9 @@ class Appliance:
         finally:
             if wheels is not None:
                 shutil.rmtree(wheels, ignore_errors=True)
+        await self.homeserver.wait_ready()
+        self.state = state = await prepare(self.homeserver, self.data)
+        write_machine_files(self.data, state, self.model)
         run(machine, setup_script())
         say("starting the units: port filter, broker, host")
         # The port filter cannot load nftables here (see limitations): report, go on.
@@ -439,15 +441,16 @@ async def up(
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.close()
         raise ApplianceError(f"already running on {data}; `scripts/up down` stops it") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     appliance = Appliance(data, port, model_settings(data, api_key_file, base_url))
+    starting = asyncio.create_task(appliance.start())
+    stopped = asyncio.create_task(stop.wait())
     try:
-        starting = asyncio.create_task(appliance.start())
-        stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
             say("interrupted while starting")

@@ -172,6 +172,11 @@ class EmbeddedHomeserver:
 
     async def start(self, timeout: float = 30) -> None:
         """Start Synapse and wait until its client API answers."""
+        await self.spawn()
+        await self.wait_ready(timeout)
+
+    async def spawn(self) -> None:
+        """Start Synapse; `wait_ready` waits for it (other work may be done meanwhile)."""
         self.prepare()
         # Config errors and crashes before logging is set up only reach stderr.
         with open(self.log_file, "ab") as log:
@@ -190,6 +195,10 @@ class EmbeddedHomeserver:
                 # Synapse before the host has drained (the Quickstart stops it last).
                 start_new_session=True,
             )
+
+    async def wait_ready(self, timeout: float = 30) -> None:
+        """Wait until the client API of the Synapse that `spawn` started answers."""
+        assert self._process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
