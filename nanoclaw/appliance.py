@@ -371,8 +371,8 @@ nanoclaw doctor (in the machine, as the service's user):
 {_indent(doctor, 2)}
 Model: {model}
 
-Chat:   .venv/bin/nanoclaw chat{data_flag}            (the main room)
-        .venv/bin/nanoclaw chat{data_flag} example    (the example group)
+Chat:   {me} chat{data_flag}            (the main room)
+        {me} chat{data_flag} example    (the example group)
         or any Matrix client: homeserver {state.homeserver}
         user {owner.user_id}  password {owner.password}
 Logs:   {me} logs{data_flag} [-f] [JOURNALCTL-ARGS]   (journalctl in the machine)

@@ -55,7 +55,7 @@ class Chat:
             owner.user_id,
             device_id=owner.device_id,
             store_path=str(store),
-            config=AsyncClientConfig(encryption_enabled=True, max_limit_exceeded=0),
+            config=AsyncClientConfig(encryption_enabled=True, max_limit_exceeded=0, max_timeouts=2),
         )
         self.client.restore_login(owner.user_id, owner.device_id, owner.access_token)
         self.last_sent = 0.0  # monotonic times
@@ -67,7 +67,13 @@ class Chat:
         # chat within minutes would get the first one's stale token and show old messages
         # as new. The timeout is part of the cache's key and an initial sync never waits:
         # a timeout of its own makes the request new.
-        response = await self.client.sync(timeout=secrets.randbelow(10**9) + 1, full_state=True)
+        try:
+            response = await self.client.sync(timeout=secrets.randbelow(10**9) + 1, full_state=True)
+        except (TimeoutError, OSError, ClientError) as err:
+            raise ApplianceError(
+                f"the homeserver {self.client.homeserver} does not answer "
+                f"({err or type(err).__name__}): is the appliance up (`scripts/up`)?"
+            ) from None
         if isinstance(response, SyncError):
             raise ApplianceError(f"the homeserver refused the owner's login: {response.message}")
         await maintain_keys(self.client)
