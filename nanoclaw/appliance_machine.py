@@ -34,7 +34,6 @@ How a machine runs:
 from __future__ import annotations
 
 import atexit
-import ctypes
 import io
 import itertools
 import os
@@ -49,9 +48,9 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from nanoclaw.child_process import dies_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
-PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
 # The environment of every command run in a machine: nothing of the host's leaks in.
 CLEAN_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -179,15 +178,8 @@ class NspawnMachine:
             option = "--bind" if writable else "--bind-ro"
             command.append(f"{option}={_escape(str(host))}:{_escape(inside)}")
         procs = [str(cgroup / "cgroup.procs") for cgroup in self._cgroups]
-        parent = os.getpid()
-        prctl = _LIBC.prctl
 
-        def in_child() -> None:
-            # Between fork and exec, with other threads possibly holding locks: system calls
-            # only, nothing that imports, logs or takes a lock.
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # the parent died before prctl took effect
-                os._exit(1)
+        def join_cgroups() -> None:  # in the child: system calls only (child_process.py)
             for path in procs:
                 fd = os.open(path, os.O_WRONLY)
                 os.write(fd, b"%d" % os.getpid())
@@ -199,7 +191,7 @@ class NspawnMachine:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=in_child,
+                preexec_fn=dies_with_parent(join_cgroups),
                 start_new_session=True,
                 cwd="/",
             )

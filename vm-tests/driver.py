@@ -46,7 +46,6 @@ import atexit
 import base64
 import compileall
 import contextlib
-import ctypes
 import http.server
 import io
 import itertools
@@ -73,6 +72,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from vm-tests/: tests.support lives above
+from nanoclaw.child_process import dies_with_parent  # noqa: E402
 from tests.support.driver_api import DriverApi  # noqa: E402
 
 SCENARIOS = REPO / "vm-tests" / "scenarios"
@@ -91,8 +91,6 @@ COMMAND_TIMEOUT = 120.0  # seconds, for execute/succeed/fail
 WAIT_TIMEOUT = 120.0  # seconds, for the wait_* methods (a failing wait costs CI this much)
 BOOT_TIMEOUT = 300.0  # seconds, for start
 READY_LINE = b"nanoclaw-backdoor-ready"
-PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _GUEST_PATH = re.compile(r"^/[^\0\n]*$")
 
@@ -932,15 +930,6 @@ def _make_ext4(directory: Path, image: Path, label: str) -> None:
 
 def _spawn(command: list[str], log_path: Path, workdir: Path) -> subprocess.Popen[bytes]:
     """Start QEMU in a session of its own, killed when this thread dies."""
-    parent = os.getpid()
-    prctl = _LIBC.prctl
-
-    def in_child() -> None:
-        # Between fork and exec: system calls only, nothing that imports or takes a lock.
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
     env = dict(os.environ, TMPDIR=str(workdir))  # where snapshot=on puts its overlay
     with open(log_path, "wb") as out:
         return subprocess.Popen(
@@ -948,7 +937,7 @@ def _spawn(command: list[str], log_path: Path, workdir: Path) -> subprocess.Pope
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=in_child,
+            preexec_fn=dies_with_parent(),
             start_new_session=True,
             cwd=workdir,
             env=env,
