@@ -230,7 +230,11 @@ class Router:
                 self._store.advance_cursor(folder, run.last_seq)
                 self._store.record_run(folder, "ok")
                 elapsed = (datetime.now() - started).total_seconds()
-                log.info("agent run done in %.2f s", elapsed, extra={"group": folder})
+                log.info(
+                    "agent run done in %.2f s",
+                    elapsed,
+                    extra={"group": folder, "duration_ms": round(elapsed * 1000)},
+                )
                 return True
         finally:
             worker.active = None

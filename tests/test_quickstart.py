@@ -126,6 +126,17 @@ def down(data: Path, log: Path) -> None:
     assert process.wait(30) == 0, log.read_text(errors="replace")
 
 
+def appliance(data: Path, *args: str) -> list[str]:
+    """The output lines of `scripts/up ARGS` for the running appliance."""
+    done = subprocess.run(
+        [str(REPO / "scripts/up"), *args[:1], "--data-dir", str(data), *args[1:]],
+        capture_output=True,
+        text=True,
+        env=newcomer_env(),
+    )
+    return done.stdout.splitlines()
+
+
 def session_of(data: Path, folder: str) -> str:
     database = sqlite3.connect(data / "machine/state/nanoclaw.db")
     try:
@@ -167,6 +178,14 @@ def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
             env=newcomer_env(),
         ).stdout
         assert "agent run done" in journal and "nanoclaw-tool-main-" in journal, journal[-3000:]
+        # The real journald got the host's native-protocol fields: one group's lines only.
+        entries = [json.loads(line) for line in appliance(data, "logs", "-o", "json", "GROUP=main")]
+        assert entries and {entry["GROUP"] for entry in entries} == {"main"}, entries[-3:]
+        runs = [e for e in entries if "agent run done" in e["MESSAGE"]]
+        assert runs and all("DURATION_MS" in e for e in runs), runs
+        # Type=notify under a real systemd: READY=1 came (it is running) and STATUS= shows.
+        status = "\n".join(appliance(data, "status"))
+        assert 'Status: "2 groups; runs:' in status, status
         session = session_of(data, "main")
         down(data, log)
 
