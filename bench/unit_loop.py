@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.policy import load_policy
+from nanoclaw.policy_file import load_policy
 from nanoclaw.sandbox_client import run_in_sandbox
 from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
 

@@ -64,7 +64,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from nanoclaw.policy import load_policy
+    from nanoclaw.policy_file import load_policy
     from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
 
     policy = load_policy(Path(args.policy))

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from nanoclaw.config_reader import ConfigError
-from nanoclaw.policy import Policy, load_policy
+from nanoclaw.policy import Policy
+from nanoclaw.policy_file import load_policy
 
 TABLE = "inet nanoclaw"
 

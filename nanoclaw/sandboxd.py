@@ -48,7 +48,8 @@ from typing import Any
 
 from nanoclaw.config_reader import ConfigError
 from nanoclaw.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
-from nanoclaw.policy import Policy, UnknownGroup, load_policy
+from nanoclaw.policy import Policy, UnknownGroup
+from nanoclaw.policy_file import load_policy
 from nanoclaw.systemd_bus import BusError, Property, Systemd
 from nanoclaw.unit_properties import RequestError, ToolRequest, compile_unit
 

@@ -1,5 +1,5 @@
 # Evaluation-time checks of services.nanoclaw, as assertions whose messages say what to
-# change. The same rules as nanoclaw/policy.py, which checks the built policy file again
+# change. The same rules as nanoclaw/policy_file.py, which checks the built policy file again
 # (with symlinks resolved and IPv6 host bits, which Nix cannot see).
 { lib, cfg }:
 let

@@ -1,4 +1,4 @@
-# The policy's limits (nanoclaw/policy.py _LIMITS), by option name: the policy key, its
+# The policy's limits (nanoclaw/policy.py LIMIT_RANGES), by option name: the policy key, its
 # bounds and what it is.
 {
   memoryMaxBytes = {

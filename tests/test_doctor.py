@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.policy import parse_policy
+from nanoclaw.policy_file import parse_policy
 from nanoclaw.sandboxd import Broker
 from tests.support.host_process import write_secret
 from tests.support.scripted_model import ScriptedModel

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from nanoclaw.config import parse_config
-from nanoclaw.policy import parse_policy
+from nanoclaw.policy_file import parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 NIX_ENV = {**os.environ, "NIX_CONFIG": "build-users-group ="}

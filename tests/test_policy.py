@@ -28,9 +28,8 @@ from nanoclaw.policy import (
     blocked_component,
     domain_allowed,
     is_domain,
-    load_policy,
-    parse_policy,
 )
+from nanoclaw.policy_file import load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "policies" / "example.json"

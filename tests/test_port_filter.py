@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.policy import parse_policy
+from nanoclaw.policy_file import parse_policy
 from nanoclaw.port_filter import main, ruleset
 from tests.test_policy import FULL, IPV6_PROXY, MINIMAL, POLICY_PATH, at
 

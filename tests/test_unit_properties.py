@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.policy import ALWAYS_HIDDEN, Policy, parse_policy
+from nanoclaw.policy import ALWAYS_HIDDEN, Policy
+from nanoclaw.policy_file import parse_policy
 from nanoclaw.unit_properties import (
     AF_INET,
     AF_INET6,
