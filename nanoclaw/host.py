@@ -39,7 +39,8 @@ REAPER_INTERVAL = 30.0
 MAIN_PROMPT = """\
 This is the main group: its owner trusts you fully here. You may send messages to other
 groups' rooms (send_message with target_group), register new rooms as groups
-(register_group) and write the global memory (write_memory with scope "global").
+(register_group), write the global memory (write_memory with scope "global"), and see
+and schedule tasks for any group (schedule_task with target_group).
 """
 
 

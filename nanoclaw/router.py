@@ -408,8 +408,13 @@ class Router:
                 f"- waiting: {', '.join(waiting) if waiting else 'none'}",
                 f"- session: `{session}` ({warm})",
                 f"- last run: {last}",
+                f"- tasks: {self._task_counts(folder)}",
             ]
         )
+
+    def _task_counts(self, folder: str) -> str:
+        statuses = [task.status for task in self._store.tasks(folder)]
+        return f"{statuses.count('active')} active, {statuses.count('paused')} paused"
 
     # --- host tools (called by the agent, on behalf of `source`) ---------------
 

@@ -256,9 +256,8 @@ async def test_session_resumes_across_a_restart_and_new_resets_it(world: World) 
 
     await world.alice.send(world.main_room, "/status")
     replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=5)
-    assert (
-        "session:" in replies[4]["content"]["body"] and "last run:" in replies[4]["content"]["body"]
-    )
+    status = replies[4]["content"]["body"]
+    assert "session:" in status and "last run:" in status and "tasks: 0 active" in status
 
 
 async def test_unknown_session_is_dropped_and_a_fresh_one_started(world: World) -> None:
