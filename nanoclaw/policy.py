@@ -78,7 +78,7 @@ ENV_FILE_PREFIX = ".env"  # .env.local, .envrc, .env-prod: all dotenv files hold
 
 # C0 and C1 controls (NUL and newlines among them) and the Unicode line separators.
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-PATH_MAX = 4095  # bytes, without the terminating NUL
+_PATH_MAX = 4095  # bytes, without the terminating NUL
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
@@ -182,24 +182,24 @@ class Policy:
         symlink on the way changes, so the broker is to re-run this at unit start.
         """
         path = absolute_path(value, key)
-        resolved = resolve_path(path, key)
+        resolved = _resolve(path, key)
         for candidate in dict.fromkeys((path, resolved)):
             if candidate == "/":
-                raise ConfigError(key, f"{shown(path, resolved)} is the whole host file system")
+                raise ConfigError(key, f"{_shown(path, resolved)} is the whole host file system")
             for what, sealed in self.sealed_paths():
-                for form in dict.fromkeys((sealed, resolve_path(sealed, key))):
+                for form in dict.fromkeys((sealed, _resolve(sealed, key))):
                     relation = path_relation(candidate, form)
                     if relation:
                         raise ConfigError(
                             key,
-                            f"{shown(path, resolved)} {relation} {form}, {what}, "
+                            f"{_shown(path, resolved)} {relation} {form}, {what}, "
                             "which tool units must not see",
                         )
             hit = blocked_component(candidate, self.blocked_patterns)
             if hit:
                 raise ConfigError(
                     key,
-                    f"{shown(path, resolved)} has the component {hit[0]!r}, which matches "
+                    f"{_shown(path, resolved)} has the component {hit[0]!r}, which matches "
                     f"the blocked pattern {hit[1]!r} (credentials are never mounted)",
                 )
         return resolved
@@ -261,15 +261,15 @@ def absolute_path(value: object, key: str) -> str:
         raise ConfigError(key, f"must be an absolute path, not {describe(value)}")
     if CONTROL_CHARACTERS.search(value):
         raise ConfigError(key, "must not contain control characters (NUL, newline, ...)")
-    if not is_text(value) or len(value.encode()) > PATH_MAX:
-        raise ConfigError(key, f"must be valid Unicode text of at most {PATH_MAX} bytes")
+    if not is_text(value) or len(value.encode()) > _PATH_MAX:
+        raise ConfigError(key, f"must be valid Unicode text of at most {_PATH_MAX} bytes")
     parts = [part for part in value.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise ConfigError(key, "must not contain a '..' component")
     return "/" + "/".join(parts)
 
 
-def resolve_path(path: str, key: str) -> str:
+def _resolve(path: str, key: str) -> str:
     try:
         return os.path.realpath(path, strict=False)
     except OSError as exc:  # a link it may not read, like /proc/1/root
@@ -289,7 +289,7 @@ def path_relation(path: str, other: str) -> str:
     return ""
 
 
-def shown(path: str, resolved: str) -> str:
+def _shown(path: str, resolved: str) -> str:
     return path if path == resolved else f"{path} (resolved: {resolved})"
 
 
