@@ -6,8 +6,10 @@ every unit hides, the rules for host paths, blocked patterns and domains);
 both and nothing from the agent side.
 
 Host paths are checked after resolving symlinks, and their components against the blocked
-patterns (see `blocked_component` for the exact rule). Paths can change after the policy
-is read, so the broker must re-run `Policy.check_host_path` at unit start.
+patterns (see `blocked_component` for the exact rule). A path to bind must also have no
+ancestor a tool user can write (`nanoclaw.mount_sources` says why that makes the broker's
+re-check race-free). Paths can change after the policy is read, so the broker re-runs
+`Policy.check_binds` at every unit start.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from nanoclaw.config_reader import (
     ConfigError,
     describe,
+    key_part,
 )
+from nanoclaw.mount_sources import ToolUser, tool_user, writable_ancestor
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -38,6 +42,10 @@ WORKSPACE = "/workspace"
 GROUP_SANDBOX = "/workspace/group"
 GLOBAL_SANDBOX = "/workspace/global"
 RESERVED_SANDBOX = (GROUP_SANDBOX, GLOBAL_SANDBOX)
+# Under data_dir: each group's workspace, its tool user's own and bound at GROUP_SANDBOX;
+# and the global memory, written by the host alone and bound read-only at GLOBAL_SANDBOX.
+WORKSPACES = "groups"
+GLOBAL_MEMORY = "memory/global"
 
 # Made inaccessible in every unit (beside data_dir, protected_paths and the policy file);
 # so no mount may expose them under another name either. /run is replaced by an empty
@@ -50,6 +58,10 @@ ALWAYS_HIDDEN = (
     "/var/log",
     "/root",
 )
+# Each unit's own writable scratch places, each a tmpfs of the group's limits.tmp_bytes:
+# PrivateTmp= would give it a directory of its own on the host's /tmp file system, which
+# one group could fill for every other group and the host.
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 # A bind of these would bypass PrivateDevices=, ProtectProc= and ProtectKernelTunables=.
 KERNEL_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
 
@@ -101,6 +113,7 @@ LIMIT_RANGES = (
     ("cpu_quota_percent", 100, 1, 6400),
     ("wall_seconds", 300, 1, 86400),
     ("output_bytes", MiB, KiB, 64 * MiB),
+    ("tmp_bytes", 256 * MiB, MiB, 64 * GiB),
 )
 
 
@@ -111,6 +124,9 @@ class Limits:
     cpu_quota_percent: int  # of one CPU; 200 is two CPUs
     wall_seconds: int  # the longest timeout a request may ask for
     output_bytes: int  # kept of stdout and of stderr each; the rest is dropped
+    # Each of the unit's own /tmp, /var/tmp and /dev/shm: a tmpfs of this size, so no
+    # group can fill a file system another group or the host writes to.
+    tmp_bytes: int
 
 
 DEFAULT_LIMITS = Limits(**{name: default for name, default, _, _ in LIMIT_RANGES})
@@ -121,6 +137,9 @@ class Mount:
     host: str  # resolved when the policy was read
     sandbox: str  # under /workspace/
     writable: bool
+    # Hide what the owner's own tools load from inside it (and secrets) from every unit;
+    # see nanoclaw.mount_covers. False is the policy's explicit opt-out.
+    protect: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +182,24 @@ class Policy:
         except (KeyError, TypeError):  # TypeError: an unhashable name from a bad request
             raise UnknownGroup(str(name)) from None
 
+    def tool_users(self) -> dict[str, ToolUser]:
+        """Every group's tool user, as the user database knows it now."""
+        return {name: tool_user(group.uid) for name, group in self.groups.items()}
+
+    def check_binds(self, group: GroupPolicy, users: Mapping[str, ToolUser]) -> None:
+        """ConfigError unless every path bound into `group`'s units still resolves to
+        itself and has no ancestor a tool user can write."""
+        for key, path in bind_sources(group):
+            if self.check_host_path(path, key) != path:
+                raise ConfigError(key, f"{path} now resolves elsewhere")
+            why = writable_ancestor(path, users)
+            if why:
+                raise ConfigError(
+                    key,
+                    f"{path}: {why}; bind only directories that no tool user can reach "
+                    "from above (only root or their owner may write their parents)",
+                )
+
     def sealed_paths(self) -> tuple[tuple[str, str], ...]:
         """(what, path) for every path no mount may be inside, equal to, or a parent of."""
         return (
@@ -203,6 +240,15 @@ class Policy:
                     f"the blocked pattern {hit[1]!r} (credentials are never mounted)",
                 )
         return resolved
+
+
+def bind_sources(group: GroupPolicy) -> Iterator[tuple[str, str]]:
+    """(policy key, host path) of everything the policy binds into the group's units."""
+    key = "groups." + key_part(group.name)
+    for index, mount in enumerate(group.mounts):
+        yield f"{key}.mounts[{index}].host", mount.host
+    for index, path in enumerate(group.read_only_paths):
+        yield f"{key}.read_only_paths[{index}]", path
 
 
 def blocked_component(path: str, patterns: Sequence[str]) -> tuple[str, str] | None:

@@ -38,6 +38,7 @@ from nanoclaw.policy import (
     NOBODY_UID,
     RESERVED_GROUPS,
     RESERVED_SANDBOX,
+    SCRATCH,
     WORKSPACE,
     Egress,
     GroupPolicy,
@@ -73,7 +74,7 @@ _GROUP_KEYS = (
     "limits",
 )
 
-_MOUNT_KEYS = ("host", "sandbox", "writable")
+_MOUNT_KEYS = ("host", "sandbox", "writable", "protect")
 
 _EGRESS_KEYS = ("cidrs", "domains")
 
@@ -128,7 +129,12 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
             'the proxy; add "proxy": {"address": "127.0.0.1", "port": 3128}',
         )
     _check_read_only_overlaps(groups)
-    return dataclasses.replace(policy, groups=MappingProxyType(groups))
+    _check_nested_mounts(groups)
+    policy = dataclasses.replace(policy, groups=MappingProxyType(groups))
+    users = policy.tool_users()
+    for group in groups.values():
+        policy.check_binds(group, users)
+    return policy
 
 
 def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, GroupPolicy]:
@@ -226,7 +232,7 @@ def _empty_paths(table: Table, policy: Policy) -> tuple[str, ...]:
     decided = (
         *policy.sealed_paths(),
         ("the workspace", WORKSPACE),
-        ("the unit's private /tmp", "/tmp"),
+        *(("a scratch place of the unit's own", path) for path in SCRATCH),
     )
     for index, path in enumerate(result):
         key = f"{table.at('empty_paths')}[{index}]"
@@ -248,6 +254,7 @@ def _mount(value: object, key: str, policy: Policy) -> Mount:
         host=policy.check_host_path(table.data["host"], table.at("host")),
         sandbox=_sandbox_path(table.data["sandbox"], table.at("sandbox")),
         writable=table.flag("writable", False),
+        protect=table.flag("protect", True),
     )
 
 
@@ -339,6 +346,25 @@ def _check_read_only_overlaps(groups: Mapping[str, GroupPolicy]) -> None:
                             f"{path} overlaps groups.{other.name}.mounts[{number}].host "
                             f"{mount.host}, which every unit hides",
                         )
+
+
+def _check_nested_mounts(groups: Mapping[str, GroupPolicy]) -> None:
+    # A mount inside another's host path is writable through the outer one when that is,
+    # and its source can be swapped by whoever writes the outer one. Two groups may share
+    # one directory; a group needs it only once.
+    mounts = [(g, index, m) for g in groups.values() for index, m in enumerate(g.mounts)]
+    for number, (group, index, mount) in enumerate(mounts):
+        for other, other_index, earlier in mounts[:number]:
+            relation = path_relation(mount.host, earlier.host)
+            if relation == "is" and other is not group:
+                continue
+            if relation:
+                raise ConfigError(
+                    f"groups.{key_part(group.name)}.mounts[{index}].host",
+                    f"{mount.host} {relation} groups.{other.name}.mounts[{other_index}].host "
+                    f"{earlier.host}; mounts may not nest (one would be reachable, and "
+                    "perhaps writable, through the other): mount one directory once",
+                )
 
 
 def _table(value: object, key: str, allowed: tuple[str, ...]) -> Table:
