@@ -7,6 +7,16 @@ group `nanoclaw` can open, to run argv for a group. Every unit property comes fr
 root-owned policy file through `compile_unit`; the request names only the group, argv,
 working directory, stdin and a timeout within the policy's bound.
 
+Who may start a unit: root, and the main process of the host's unit (`--host-unit`, as
+systemd records it), nobody else. The host's user runs more than the host: the agent CLI
+the host starts and anything that starts (the first red-team pass got a hook to run there
+and ask for the main group's sandbox). All of them are in group `nanoclaw`, so membership
+cannot tell them apart, but only one of them is the unit's MainPID. The peer's pid is the
+one the kernel recorded at connect time (SO_PEERCRED); where the kernel can also give a
+pidfd for it (SO_PEERPIDFD, Linux 6.5), the broker checks that this very process is
+still alive, so a pid reused after the host's restart cannot pass. Members of the group
+may still ask for the policy's description, which holds nothing secret.
+
 Protocol, one request per connection. The client sends one line of JSON:
   {"group": "family", "argv": ["/bin/sh", "-c", "ls"], "cwd": "/workspace/group",
    "timeout": 30, "stdin": "<base64, optional>", "proxy_token": "<optional>"}
@@ -30,12 +40,14 @@ import argparse
 import asyncio
 import base64
 import binascii
+import errno
 import grp
 import json
 import logging
 import os
 import pwd
 import secrets
+import signal
 import socket
 import struct
 import sys
@@ -48,17 +60,24 @@ from typing import Any
 
 from nanoclaw.config_reader import ConfigError
 from nanoclaw.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
-from nanoclaw.policy import Policy, UnknownGroup
+from nanoclaw.mount_covers import TooManyCovers, scan_mount
+from nanoclaw.policy import GroupPolicy, Policy, UnknownGroup
 from nanoclaw.policy_file import load_policy
 from nanoclaw.systemd_bus import BusError, Property, Systemd
-from nanoclaw.unit_properties import RequestError, ToolRequest, compile_unit
+from nanoclaw.unit_properties import (
+    PRIVATE_PIDS_SINCE,
+    RequestError,
+    ToolRequest,
+    compile_unit,
+)
 
 log = logging.getLogger("nanoclaw.sandboxd")
 
 MAX_REQUEST_BYTES = 12 * 1024 * 1024  # argv (1 MiB) + base64 stdin (8 MiB) + framing
 MAX_STDIN_BYTES = 8 * 1024 * 1024
 SD_LISTEN_FDS_START = 3
-SO_PEERGROUPS = 59  # asm-generic/socket.h; Python's socket module does not name it
+SO_PEERGROUPS = 59  # asm-generic/socket.h; Python's socket module names neither
+SO_PEERPIDFD = 77  # Linux 6.5 and later
 PEER_GROUPS_BYTES = 1024  # the most socket.getsockopt allows: 256 groups
 KILL_GRACE_SECONDS = 5
 # The unit's stdio: indexes into the file descriptors passed with StartTransientUnit.
@@ -93,6 +112,24 @@ def peer_groups(sock: socket.socket) -> set[int]:
     except OSError:  # ERANGE: more groups than Python lets us ask for; the gid must do
         return set()
     return set(struct.unpack(f"{len(raw) // 4}I", raw))
+
+
+def peer_pidfd(sock: socket.socket) -> int | None:
+    """A pidfd of the very process that connected, or None where the kernel has none."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as error:
+        if error.errno == errno.ENOPROTOOPT:  # before Linux 6.5
+            return None
+        return -1  # ESRCH: it has exited already, and no check can pass for it
+
+
+def _alive(pidfd: int) -> bool:
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def parse_json(line: bytes) -> dict[str, Any]:
@@ -172,23 +209,45 @@ class Broker:
         client_gid: int,
         ip_filtering: bool,
         proxy_port_filtered: bool,
+        host_unit: str = "nanoclaw.service",
+        private_pids: bool = False,
     ) -> None:
         self.policy = policy
         self.systemd = systemd
         self.client_gid = client_gid
         self.ip_filtering = ip_filtering
         self.proxy_port_filtered = proxy_port_filtered
+        self.host_unit = host_unit
+        self.private_pids = private_pids
 
-    def authorize(self, sock: socket.socket) -> None:
+    def admit(self, sock: socket.socket) -> Peer:
+        """Root and members of the client group may talk to the broker at all."""
         peer = peer_of(sock)
         if peer.uid == 0 or peer.gid == self.client_gid or self.client_gid in peer_groups(sock):
-            return
+            return peer
         raise Refused(f"uid {peer.uid} is not in the broker's client group")
+
+    async def authorize_run(self, sock: socket.socket, peer: Peer) -> None:
+        """Only root and the host's main process may start tool units (see the top)."""
+        if peer.uid == 0:
+            return
+        pidfd = peer_pidfd(sock)
+        try:
+            main = await self.systemd.main_pid(self.host_unit)
+            same = peer.pid == main and (pidfd is None or (pidfd >= 0 and _alive(pidfd)))
+        finally:
+            if pidfd is not None and pidfd >= 0:
+                os.close(pidfd)
+        if not same:
+            raise Refused(
+                f"pid {peer.pid} may not start tool units: only root and the main process "
+                f"of {self.host_unit} may"
+            )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         try:
-            self.authorize(sock)
+            peer = self.admit(sock)
             try:
                 line = await reader.readline()
             except ValueError:  # the stream's limit, MAX_REQUEST_BYTES, was passed
@@ -204,6 +263,7 @@ class Broker:
                     "proxy_port_filter": self.proxy_port_filtered,
                 }
             else:
+                await self.authorize_run(sock, peer)
                 request, stdin = parse_request(data)
                 reply = await self.run(request, stdin, reader)
         except Refused as refusal:
@@ -240,12 +300,19 @@ class Broker:
                 f"systemd needs; create both (sysusers: u nanoclaw-tool-{group.name} "
                 f"{group.uid}:{group.uid})"
             ) from None
-        # A symlink can change after the policy was checked: resolve and check again now.
-        for index, mount in enumerate(group.mounts):
-            key = f"groups.{group.name}.mounts[{index}].host"
-            if self.policy.check_host_path(mount.host, key) != mount.host:
-                raise Refused(f"{key}: {mount.host} now resolves elsewhere; refusing the mount")
-        plan = compile_unit(self.policy, request, secrets.token_hex(8))
+        # The owner may have changed a path since the policy was read; no tool can change
+        # one between this check and the bind (nanoclaw.mount_sources says why).
+        try:
+            self.policy.check_binds(group, self.policy.tool_users())
+        except ConfigError as error:
+            raise Refused(f"{error}; refusing the mount") from None
+        plan = compile_unit(
+            self.policy,
+            request,
+            secrets.token_hex(8),
+            covers=_covers(group, self.policy.blocked_patterns),
+            private_pids=self.private_pids,
+        )
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -292,6 +359,19 @@ class Broker:
             "truncated": out_cut or err_cut,
             "duration_ms": int((time.monotonic() - started) * 1000),
         }
+
+
+def _covers(group: GroupPolicy, blocked_patterns: tuple[str, ...]) -> tuple[str, ...]:
+    covers: list[str] = []
+    for mount in group.mounts:
+        try:
+            scan = scan_mount(mount, blocked_patterns)
+        except TooManyCovers as error:
+            raise Refused(f"group {group.name}: {error}") from None
+        if not scan.complete:
+            log.warning("walked only part of %s for entries to hide from tools", mount.host)
+        covers.extend(scan.covers)
+    return tuple(covers)
 
 
 async def _holds(check: Coroutine[Any, Any, bool]) -> bool:
@@ -344,7 +424,17 @@ async def serve(args: argparse.Namespace) -> None:
     port_filtered = enforced and await _holds(proxy_port_filtered(systemd, policy))
     if enforced and not port_filtered:
         log.warning("the proxy's other ports are open to tools: groups with domains refused")
-    broker = Broker(policy, systemd, client_gid, enforced, port_filtered)
+    private_pids = await systemd.version() >= PRIVATE_PIDS_SINCE
+    if not private_pids:
+        log.warning(
+            "PID isolation is not available (systemd before %d has no PrivatePIDs=): a "
+            "tool unit can tell which PIDs exist on this machine, though it sees none of "
+            "their processes (ProtectProc=invisible)",
+            PRIVATE_PIDS_SINCE,
+        )
+    broker = Broker(
+        policy, systemd, client_gid, enforced, port_filtered, args.host_unit, private_pids
+    )
     server = await asyncio.start_unix_server(
         broker.handle, sock=listening_socket(args.socket), limit=MAX_REQUEST_BYTES
     )
@@ -357,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanoclaw-sandboxd", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="/etc/nanoclaw/policy.json")
     parser.add_argument("--client-group", default="nanoclaw")
+    parser.add_argument(
+        "--host-unit",
+        default="nanoclaw.service",
+        help="the unit whose main process (besides root) may start tool units",
+    )
     parser.add_argument("--socket", help="bind this path instead of using socket activation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

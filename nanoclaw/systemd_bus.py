@@ -101,6 +101,21 @@ class Systemd:
         assert isinstance(value, Variant)
         return value.value
 
+    async def version(self) -> int:
+        """The manager's major version ("252.30-1~deb12u2" is 252; 0 if it says none)."""
+        text = str(await self._get(MANAGER_PATH, MANAGER, "Version"))
+        digits = text.split(".")[0].removeprefix("v")
+        return int(digits) if digits.isdigit() else 0
+
+    async def main_pid(self, unit: str) -> int:
+        """The main process of `unit`, or 0 when it is not running (or not loaded)."""
+        try:
+            (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [unit])
+        except BusError:  # NoSuchUnit: never started since the last reload
+            return 0
+        pid = await self._get(str(path), SERVICE, "MainPID")
+        return pid if isinstance(pid, int) else 0
+
     async def wait_inactive(self, path: str, poll: float = 0.005) -> UnitOutcome:
         """Wait until the unit has stopped, then read how its main process ended."""
         delay = poll

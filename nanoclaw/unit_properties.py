@@ -24,10 +24,13 @@ from types import MappingProxyType
 
 from nanoclaw.policy import (
     ALWAYS_HIDDEN,
+    GLOBAL_MEMORY,
     GLOBAL_SANDBOX,
     GROUP_SANDBOX,
     RUN,
+    SCRATCH,
     WORKSPACE,
+    WORKSPACES,
     GroupPolicy,
     Policy,
     UnknownGroup,
@@ -61,7 +64,7 @@ SIGNATURES: Mapping[str, str] = MappingProxyType(
         "CPUQuotaPerSecUSec": "t",
         "ProtectSystem": "s",
         "ProtectHome": "s",
-        "PrivateTmp": "b",
+        "PrivatePIDs": "b",  # systemd 257 and later
         "PrivateDevices": "b",
         "PrivateIPC": "b",
         "TemporaryFileSystem": "a(ss)",  # (path, mount options)
@@ -93,6 +96,10 @@ SIGNATURES: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# systemd 257 gave units a PID namespace of their own (PrivatePIDs=); before, a unit can
+# tell which PIDs exist on the machine (kill(pid, 0) says EPERM or ESRCH).
+PRIVATE_PIDS_SINCE = 257
+
 # Linux's values: IPAddress*= takes raw families, not systemd-run's keywords like "any".
 AF_INET = 2
 AF_INET6 = 10
@@ -123,6 +130,12 @@ SYSCALL_DENY = (
     "request_key",
     "ptrace",
     "userfaultfd",
+    # io_uring works around the filter: IORING_OP_SOCKET opened AF_INET, AF_NETLINK and
+    # AF_VSOCK sockets in a unit restricted to AF_UNIX (seen), and its other operations
+    # are as unchecked. @system-service allows it.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
 )
 BASE_ENVIRONMENT = (
     f"HOME={GROUP_SANDBOX}",
@@ -173,12 +186,21 @@ def compile_unit(
     policy: Policy,
     request: ToolRequest,
     unit_id: str,
+    covers: tuple[str, ...] = (),
+    private_pids: bool = False,
 ) -> UnitPlan:
     """The unit for one tool call. RequestError for a request the policy does not allow;
-    ValueError for a bad unit_id, which is the broker's own."""
+    ValueError for a bad unit_id, which is the broker's own.
+
+    `covers` are the sandbox paths inside the group's mounts to make inaccessible (the
+    broker finds them: nanoclaw.mount_covers); `private_pids` says whether this systemd
+    can give the unit a PID namespace of its own."""
     if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
         raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
     group = _group(policy, request.group)
+    for path in covers:  # the broker's own: a bug there must not hide or show elsewhere
+        if not any(path.startswith(mount.sandbox + "/") for mount in group.mounts):
+            raise ValueError(f"cover {path!r} is not inside one of {group.name}'s mounts")
     argv = _argv(request.argv)
     cwd = _cwd(request.cwd, group)
     timeout = _timeout(request.timeout_seconds, group)
@@ -205,19 +227,24 @@ def compile_unit(
         ("CPUQuotaPerSecUSec", group.limits.cpu_quota_percent * USEC_PER_SECOND // 100),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
-        ("PrivateTmp", True),
         ("PrivateDevices", True),
         ("PrivateIPC", True),
+        *([("PrivatePIDs", True)] if private_pids else []),
         # PrivateDevices= binds the host's /dev/shm into the unit: shared by every unit and
-        # the host, it would be a channel between groups. Each unit gets its own instead,
-        # and an empty /run (cheaper than hiding what is in it path by path).
+        # the host, it would be a channel between groups. Each unit gets its own bounded
+        # scratch places instead (SCRATCH), and an empty /run (cheaper than hiding what is
+        # in it path by path).
         (
             "TemporaryFileSystem",
-            ((WORKSPACE, "mode=0755"), ("/dev/shm", "mode=1777"), (RUN, "mode=0755")),
+            (
+                (WORKSPACE, "mode=0755"),
+                (RUN, "mode=0755"),
+                *((path, f"mode=1777,size={group.limits.tmp_bytes}") for path in SCRATCH),
+            ),
         ),
         *_empty_paths(group),
         *_binds(policy, group),
-        ("InaccessiblePaths", _hidden(policy)),
+        ("InaccessiblePaths", _hidden(policy) + tuple("-" + path for path in covers)),
         ("NoNewPrivileges", True),
         ("CapabilityBoundingSet", 0),
         ("AmbientCapabilities", 0),
@@ -369,10 +396,12 @@ def _proxy_environment(policy: Policy, group: GroupPolicy, token: object) -> tup
 
 
 def _binds(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
-    own = (posixpath.join(policy.data_dir, "groups", group.name), GROUP_SANDBOX, False, BIND_FLAGS)
-    shared = (posixpath.join(policy.data_dir, "global"), GLOBAL_SANDBOX, False, BIND_FLAGS)
-    writable = [own, *([shared] if group.main else [])]
-    read_only = [] if group.main else [shared]
+    own = (posixpath.join(policy.data_dir, WORKSPACES, group.name), GROUP_SANDBOX)
+    # Read-only for the main group too: the host reads it into every group's prompt, so
+    # only write_memory, in the host, changes it.
+    shared = (posixpath.join(policy.data_dir, GLOBAL_MEMORY), GLOBAL_SANDBOX)
+    writable = [(*own, False, BIND_FLAGS)]
+    read_only = [(*shared, True, BIND_FLAGS)]  # the host makes it with its first session
     for mount in group.mounts:
         (writable if mount.writable else read_only).append(
             (mount.host, mount.sandbox, False, BIND_FLAGS)

@@ -92,7 +92,13 @@ def test_the_broker_side_imports_nothing_from_the_agent_side() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert loaded.strip() == str(
-        ["nanoclaw", "nanoclaw.config_reader", "nanoclaw.policy", "nanoclaw.unit_properties"]
+        [
+            "nanoclaw",
+            "nanoclaw.config_reader",
+            "nanoclaw.mount_sources",
+            "nanoclaw.policy",
+            "nanoclaw.unit_properties",
+        ]
     )
 
 
@@ -142,13 +148,18 @@ def test_a_group_without_egress_gets_exactly_this_unit(policy: Policy) -> None:
         ("CPUQuotaPerSecUSec", "t", 1_000_000),
         ("ProtectSystem", "s", "strict"),
         ("ProtectHome", "s", "yes"),
-        ("PrivateTmp", "b", True),
         ("PrivateDevices", "b", True),
         ("PrivateIPC", "b", True),
         (
             "TemporaryFileSystem",
             "a(ss)",
-            (("/workspace", "mode=0755"), ("/dev/shm", "mode=1777"), ("/run", "mode=0755")),
+            (
+                ("/workspace", "mode=0755"),
+                ("/run", "mode=0755"),
+                ("/tmp", "mode=1777,size=268435456"),
+                ("/var/tmp", "mode=1777,size=268435456"),
+                ("/dev/shm", "mode=1777,size=268435456"),
+            ),
         ),
         (
             "BindPaths",
@@ -162,7 +173,7 @@ def test_a_group_without_egress_gets_exactly_this_unit(policy: Policy) -> None:
             "BindReadOnlyPaths",
             "a(ssbt)",
             (
-                ("/var/lib/nanoclaw/global", "/workspace/global", False, 0),
+                ("/var/lib/nanoclaw/memory/global", "/workspace/global", True, 0),
                 ("/srv/photos", "/workspace/photos", False, 0),
             ),
         ),
@@ -196,6 +207,7 @@ def test_the_syscall_deny_list_is_the_briefs() -> None:
         "@privileged", "@resources", "@mount", "@debug", "@cpu-emulation", "@obsolete",
         "@raw-io", "@reboot", "@swap", "@module", "@clock",
         "bpf", "keyctl", "add_key", "request_key", "ptrace", "userfaultfd",
+        "io_uring_setup", "io_uring_enter", "io_uring_register",
     )  # fmt: skip
 
 
@@ -230,36 +242,70 @@ def test_limits_become_cgroup_values(policy: Policy) -> None:
     assert main["RuntimeMaxUSec"] == 600_000_000
 
 
-def test_the_main_group_writes_the_global_memory_and_others_only_read_it(policy: Policy) -> None:
+def test_every_group_reads_the_global_memory_and_none_writes_it(policy: Policy) -> None:
+    global_memory = ("/var/lib/nanoclaw/memory/global", "/workspace/global", True, 0)
     main = compiled(policy, "main")
     assert main["BindPaths"] == (
         ("/var/lib/nanoclaw/groups/main", "/workspace/group", False, 0),
-        ("/var/lib/nanoclaw/global", "/workspace/global", False, 0),
         ("/srv/project", "/workspace/project", False, 0),
     )
     assert main["BindReadOnlyPaths"] == (
+        global_memory,
         ("/nix/store/abc-ripgrep", "/nix/store/abc-ripgrep", False, 0),
     )
     family = compiled(policy, "family")
-    assert ("/var/lib/nanoclaw/global", "/workspace/global", False, 0) in family[
-        "BindReadOnlyPaths"
-    ]
+    assert global_memory in family["BindReadOnlyPaths"]
     assert all(dst != "/workspace/global" for _, dst, _, _ in family["BindPaths"])
 
 
-def test_a_main_group_with_nothing_read_only_has_no_read_only_binds() -> None:
+def test_a_group_with_nothing_read_only_still_reads_the_global_memory() -> None:
     data = at(FULL, ("groups", "main", "read_only_paths"), [])
-    assert "BindReadOnlyPaths" not in compiled(parse_policy(data, POLICY_PATH), "main")
+    binds = compiled(parse_policy(data, POLICY_PATH), "main")["BindReadOnlyPaths"]
+    assert [destination for _, destination, _, _ in binds] == ["/workspace/global"]
 
 
-def test_binds_are_not_recursive_and_never_ignore_a_missing_source(policy: Policy) -> None:
+def test_binds_are_not_recursive_and_only_the_global_memory_may_be_missing(
+    policy: Policy,
+) -> None:
     for group in policy.groups:
         unit = compiled(policy, group)
         for source, destination, ignore_missing, flags in unit["BindPaths"] + unit.get(
             "BindReadOnlyPaths", ()
         ):
-            assert flags == 0 and ignore_missing is False
+            assert flags == 0
+            assert ignore_missing is (destination == "/workspace/global")  # made by the host
             assert source.startswith("/") and destination.startswith("/")
+
+
+def test_covers_are_hidden_after_everything_else_and_may_have_gone(policy: Policy) -> None:
+    covers = ("/workspace/inbox/.git", "/workspace/photos/a/.env")
+    plan = compile_unit(policy, request(), UNIT_ID, covers=covers)
+    hidden = props(plan)["InaccessiblePaths"]
+    base = props(compile_unit(policy, request(), UNIT_ID))["InaccessiblePaths"]
+    assert hidden == (*base, "-/workspace/inbox/.git", "-/workspace/photos/a/.env")
+
+
+@pytest.mark.parametrize(
+    "cover",
+    ["/workspace/inbox", "/workspace/group/.git", "/workspace/inboxes/.git", "/etc/.git"],
+)
+def test_a_cover_outside_the_groups_mounts_is_the_brokers_bug(policy: Policy, cover: str) -> None:
+    with pytest.raises(ValueError, match="not inside one of family's mounts"):
+        compile_unit(policy, request(), UNIT_ID, covers=(cover,))
+
+
+def test_private_pids_only_where_systemd_has_them(policy: Policy) -> None:
+    assert "PrivatePIDs" not in props(compile_unit(policy, request(), UNIT_ID))
+    plan = compile_unit(policy, request(), UNIT_ID, private_pids=True)
+    assert props(plan)["PrivatePIDs"] is True
+    assert "PrivatePIDs=yes" in explain(plan).splitlines()
+
+
+def test_each_scratch_place_is_a_tmpfs_of_the_groups_size() -> None:
+    data = at(FULL, ("groups", "family", "limits"), {"tmp_bytes": 8 * 1024**2})
+    scratch = dict(compiled(parse_policy(data, POLICY_PATH))["TemporaryFileSystem"])
+    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+        assert scratch[path] == "mode=1777,size=8388608"
 
 
 def test_a_groups_path_goes_before_the_default_one() -> None:
@@ -666,11 +712,13 @@ def test_explain_shows_one_unit_file_line_per_property(policy: Policy) -> None:
         "CPUQuota=50%",
         "ProtectSystem=strict",
         "ProtectHome=yes",
-        "TemporaryFileSystem=/workspace:mode=0755 /dev/shm:mode=1777 /run:mode=0755",
+        "TemporaryFileSystem=/workspace:mode=0755 /run:mode=0755"
+        " /tmp:mode=1777,size=268435456 /var/tmp:mode=1777,size=268435456"
+        " /dev/shm:mode=1777,size=268435456",
         "BindPaths=/var/lib/nanoclaw/groups/main:/workspace/group:norbind"
-        " /var/lib/nanoclaw/global:/workspace/global:norbind"
         " /srv/project:/workspace/project:norbind",
-        "BindReadOnlyPaths=/nix/store/abc-ripgrep:/nix/store/abc-ripgrep:norbind",
+        "BindReadOnlyPaths=-/var/lib/nanoclaw/memory/global:/workspace/global:norbind"
+        " /nix/store/abc-ripgrep:/nix/store/abc-ripgrep:norbind",
         "CapabilityBoundingSet=",
         "AmbientCapabilities=",
         "RestrictNamespaces=yes",
