@@ -139,12 +139,11 @@ def setup_script() -> str:
     """Run as root in the machine at every boot (its root is fresh each time): users,
     directories and commands as the NixOS module would make them, then the units."""
     tool_users = "".join(f"u nanoclaw-tool-{g} {uid} - -\n" for g, uid in GROUP_UIDS.items())
-    main_user = f"nanoclaw-tool-{next(iter(GROUP_UIDS))}"
-    # Each group's folder: its tool user's (owner) and the host's (group, for its memory).
+    # Each group's workspace is its tool user's alone: the host never reads or writes it.
     folders = "d /var/lib/nanoclaw/groups 0750 nanoclaw nanoclaw -\n"
-    folders += f"d /var/lib/nanoclaw/global 2775 {main_user} nanoclaw -\n"
     folders += "".join(
-        f"d /var/lib/nanoclaw/groups/{g} 2770 nanoclaw-tool-{g} nanoclaw -\n" for g in GROUP_UIDS
+        f"d /var/lib/nanoclaw/groups/{g} 0700 nanoclaw-tool-{g} nanoclaw-tool-{g} -\n"
+        for g in GROUP_UIDS
     )
     links = "".join(f"ln -sfn {VENV}/bin/{name} /usr/local/bin/{name}\n" for name in SCRIPTS)
     units = " ".join(f"{SOURCE}/units/{unit}" for unit in UNITS)

@@ -148,10 +148,10 @@ class Host:
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
         if group.main:
             prompt += "\n" + MAIN_PROMPT
+        prompt += "\n<group-memory>\n" + self.memory.read(folder) + "\n</group-memory>\n"
         prompt += "\n<global-memory>\n" + self.memory.read_global() + "\n</global-memory>\n"
         return AgentSettings(
             folder=folder,
-            workdir=self.memory.workdir(folder),
             state_dir=self.config.data_dir / "sessions" / folder,
             model=group.model or self.config.model.name,
             base_url=group.base_url or self.config.model.base_url,

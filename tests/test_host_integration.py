@@ -210,19 +210,19 @@ async def test_main_group_privileges_and_their_refusal_elsewhere(world: World) -
     assert "only the main group may write the global memory" in replies[2]["content"]["body"]
     await world.alice.send(other_room, "remember group family-fact")
     await world.alice.wait_for_replies(world.bot.user_id, other_room, count=4)
-    assert (data / "groups" / "family" / "CLAUDE.md").read_text() == "family-fact"
-    assert "family-fact" not in (data / "global" / "CLAUDE.md").read_text()
+    assert (data / "memory" / "groups" / "family.md").read_text() == "family-fact"
+    assert "family-fact" not in (data / "memory" / "global" / "CLAUDE.md").read_text()
 
     # The main group may do all three, and a new group answers at once.
     await world.alice.send(world.main_room, "remember global main-fact")
     await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
-    assert (data / "global" / "CLAUDE.md").read_text() == "main-fact"
+    assert (data / "memory" / "global" / "CLAUDE.md").read_text() == "main-fact"
     await world.alice.send(other_room, "/new")
     await world.alice.send(other_room, "hello")
     await world.alice.wait_for_replies(world.bot.user_id, other_room, count=6)
     request = world.model.requests[-1]
     assert "main-fact" in request.system_text, "every group reads the global memory"
-    assert "family-fact" in request.all_text, "and its own CLAUDE.md"
+    assert "family-fact" in request.system_text, "and its own memory"
 
     await world.alice.send(world.main_room, "register ops")
     first = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=2)
