@@ -129,6 +129,8 @@ def _alive(pidfd: int) -> bool:
         signal.pidfd_send_signal(pidfd, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # without CAP_KILL, EPERM: it exists, and is not ours to signal
+        return True
     return True
 
 
@@ -272,6 +274,9 @@ class Broker:
         except (RequestError, UnknownGroup, BusError, ConfigError) as exc:
             reply = {"ok": False, "error": str(exc)}
             log.warning("refused: %s", exc)
+        except Exception:  # a bug of ours: the client hears of it instead of hanging
+            log.exception("failed to handle a request")
+            reply = {"ok": False, "error": "the broker failed; see its journal"}
         with suppress(ConnectionError):
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
