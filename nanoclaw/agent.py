@@ -101,6 +101,11 @@ class AgentSettings:
             "CLAUDE_CODE_MAX_RETRIES": "0",
             # Without tool search the model is offered exactly our tools, no placeholder.
             "ENABLE_TOOL_SEARCH": "false",
+            # The CLI obeys cwd/.claude/scheduled_tasks.json even with no setting sources
+            # (seen with strace); cwd is the host's, and the scheduler is nanoclaw's own.
+            "CLAUDE_CODE_DISABLE_CRON": "1",
+            # Its scratch files beside its state, not in a /tmp/claude-<uid> shared by all.
+            "CLAUDE_CODE_TMPDIR": str(self.state_dir / "tmp"),
             # The CLI holds a placeholder only; the proxy puts the real key on its requests.
             "ANTHROPIC_BASE_URL": self.credentials.url,
             "ANTHROPIC_API_KEY": placeholder,
@@ -110,7 +115,7 @@ class AgentSettings:
         return env
 
     def options(self, resume: str | None, placeholder: str) -> ClaudeAgentOptions:
-        for directory in (self.cwd, self.state_dir / "claude", self.state_dir / "home"):
+        for directory in (self.cwd, *(self.state_dir / name for name in ("claude", "home", "tmp"))):
             directory.mkdir(parents=True, exist_ok=True)
         return ClaudeAgentOptions(
             tools=[],

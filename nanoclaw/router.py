@@ -377,7 +377,7 @@ class Router:
             await self._pool.reset(folder)
             self._store.set_session(folder, None)
             cursor = (folder, item.seq)
-            text = "Started a new session. The conversation so far is forgotten; CLAUDE.md stays."
+            text = "Started a new session. The conversation so far is forgotten; the memory stays."
             log.info("session reset by /new", extra={"group": folder})
         else:
             text = self.status_text(folder)
