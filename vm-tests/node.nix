@@ -95,8 +95,6 @@ let
     alpha = {
       uid = 61001;
       main = true;
-      # The room the conversation scenario makes: its ID exists only at run time.
-      roomId = "!alpha:localhost";
       mounts = [
         { host = "/srv/shared"; sandbox = "/workspace/shared"; writable = false; }
         { host = "/srv/scratch"; sandbox = "/workspace/scratch"; writable = true; }
@@ -133,7 +131,8 @@ in
     # Written by node/matrix_setup.py before the host starts.
     accessTokenFile = "${runtime}/matrix-token";
     apiKeyFile = "${runtime}/anthropic-key";
-    settings.groups = lib.mapAttrs (name: _: { room_id = lib.mkDefault "!${name}:localhost"; }) groups;
+    # Placeholders: the conversation scenario's room gets its ID only at run time.
+    settings.groups = lib.mapAttrs (name: _: { room_id = "!${name}:localhost"; }) groups;
 
     dataDir = "/var/lib/nanoclaw";
     protectedPaths = [ "/etc/nanoclaw" ];
