@@ -17,7 +17,7 @@ COMMAND = "id -un; pwd"
 
 def reply(request: ModelRequest) -> str | ToolCall:
     if request.tool_results:
-        return "the tool printed: " + request.tool_results[-1]["content"]
+        return f"the tool printed: {request.tool_results[-1]['content']}"
     if "run it" in request.last_user_text:
         return ToolCall("mcp__nanoclaw__bash", {"command": COMMAND})
     return "ask me to run it"
