@@ -25,8 +25,11 @@
 
       nixosModules.default = import ./nixos-module;
 
-      # The VM isolation scenarios (vm-tests/scenarios) as NixOS tests: nix flake check.
-      checks.${system} = import ./vm-tests { inherit pkgs self; };
+      # nix flake check: the package (its runtime dependency and import checks) and every
+      # VM scenario (vm-tests/) as a NixOS test, whose node builds the policy file.
+      checks.${system} = import ./vm-tests { inherit pkgs self; } // {
+        package = self.packages.${system}.default;
+      };
 
       nixosConfigurations.demo = nixpkgs.lib.nixosSystem {
         inherit system;

@@ -21,11 +21,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nanoclaw.config_reader import ConfigError as ConfigError
 from nanoclaw.config_reader import Table, describe, key_part, parse_json_object, read_text
+from nanoclaw.policy import GROUP_PATTERN, RESERVED_GROUPS
 from nanoclaw.schedule import Schedule, ScheduleError, parse_schedule
 
-FOLDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-# DATA/global holds the memory shared by all groups, so no group may live there.
-RESERVED_FOLDERS = frozenset({"global"})
+# A group's folder is its name in the sandbox policy: the same rule, and the same reserved names.
+FOLDER_PATTERN = f"^{GROUP_PATTERN}$"
+RESERVED_FOLDERS = RESERVED_GROUPS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # A server name per the spec grammar: a DNS name or IPv4 address, or an [IPv6] literal,

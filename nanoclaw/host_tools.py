@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from claude_agent_sdk import SdkMcpTool, tool
 
+from nanoclaw.config import FOLDER_PATTERN
+
 
 class ToolRefused(Exception):
     """A tool call the caller may not make; the message is shown to the model."""
@@ -41,7 +43,7 @@ _REGISTER_SCHEMA = {
     "properties": {
         "folder": {
             "type": "string",
-            "description": "New group's folder: ^[a-z0-9][a-z0-9_-]{0,63}$",
+            "description": f"New group's folder: {FOLDER_PATTERN}",
         },
         "room_id": {"type": "string", "description": "Matrix room ID, e.g. !abc:example.org"},
         "trigger": {"type": "string", "description": "Prefix that wakes the agent there."},

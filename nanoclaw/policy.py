@@ -31,7 +31,12 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-GROUP_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+# A group's tool units run as user and group nanoclaw-tool-<name>, and a user name may have
+# at most 31 characters (NixOS refuses longer ones): so a group name has at most 17.
+TOOL_USER_PREFIX = "nanoclaw-tool-"
+MAX_USER_NAME = 31
+MAX_GROUP_NAME = MAX_USER_NAME - len(TOOL_USER_PREFIX)
+GROUP_PATTERN = rf"[a-z0-9][a-z0-9_-]{{0,{MAX_GROUP_NAME - 1}}}"
 RESERVED_GROUPS = frozenset({"global"})  # DATA/global is the memory all groups share
 MIN_UID, MAX_UID = 1000, 2147483646
 NOBODY_UID = 65534

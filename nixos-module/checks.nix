@@ -1,95 +1,32 @@
 # Evaluation-time checks of services.nanoclaw, as assertions whose messages say what to
-# change. The same rules as nanoclaw/policy_file.py, which checks the built policy file again
-# (with symlinks resolved and IPv6 host bits, which Nix cannot see).
-{ lib, cfg }:
+# change, with nanoclaw's rules (rules.json and predicates.nix). Building the policy file
+# runs nanoclaw/policy_file.py on it again, with symlinks resolved and IPv6 host bits,
+# which Nix cannot see.
+{
+  lib,
+  cfg,
+  rules,
+}:
 let
-  inherit (lib) concatLists mapAttrsToList imap0 optional hasPrefix toLower;
+  inherit (lib)
+    concatLists
+    mapAttrsToList
+    imap0
+    optional
+    hasPrefix
+    toLower
+    ;
 
-  # nanoclaw/policy.py GROUP_PATTERN, RESERVED_GROUPS and DEFAULT_BLOCKED_PATTERNS.
-  groupPattern = "[a-z0-9][a-z0-9_-]{0,63}";
-  defaultBlockedPatterns = [
-    ".ssh"
-    ".gnupg"
-    ".gpg"
-    ".aws"
-    ".azure"
-    ".gcloud"
-    ".kube"
-    ".docker"
-    "credentials"
-    ".env"
-    ".netrc"
-    ".npmrc"
-    ".pypirc"
-    "id_rsa"
-    "id_ed25519"
-    "private_key"
-    ".secret"
-  ];
-  patterns = defaultBlockedPatterns ++ cfg.blockedPatterns;
-
-  absolute = path: hasPrefix "/" path && !(lib.elem ".." (lib.splitString "/" path));
-  components = path: lib.filter (c: c != "" && c != ".") (lib.splitString "/" path);
-
-  # policy.blocked_component: equal to a pattern, or the pattern and a dot, or any .env*.
-  blockedComponent =
-    path:
-    lib.findFirst (
-      component:
-      let
-        folded = toLower component;
-      in
-      hasPrefix ".env" folded
-      || lib.any (
-        pattern:
-        let
-          wanted = toLower pattern;
-        in
-        folded == wanted || hasPrefix (wanted + ".") folded
-      ) patterns
-    ) null (components path);
-
-  octets = "([0-9]{1,3})\\.([0-9]{1,3})\\.([0-9]{1,3})\\.([0-9]{1,3})";
-  # An IPv4 network without host bits, or an IPv6 one (its host bits are the build's check).
-  cidrProblem =
-    cidr:
-    let
-      v4 = builtins.match "${octets}(/([0-9]{1,2}))?" cidr;
-      v6 = builtins.match "([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)(/([0-9]{1,3}))?" cidr;
-    in
-    if v4 != null then
-      let
-        bytes = map lib.toInt (lib.sublist 0 4 v4);
-        prefix = if lib.elemAt v4 5 == null then 32 else lib.toInt (lib.elemAt v4 5);
-        address = lib.foldl (acc: byte: acc * 256 + byte) 0 bytes;
-        size = lib.foldl (acc: _: acc * 2) 1 (lib.range 1 (32 - prefix));
-      in
-      if lib.any (byte: byte > 255) bytes || prefix > 32 then
-        "is not an IPv4 network"
-      else if address - (address / size) * size != 0 then
-        "has host bits set below /${toString prefix}"
-      else
-        null
-    else if v6 != null then
-      if lib.elemAt v6 2 != null && lib.toInt (lib.elemAt v6 2) > 128 then
-        "has a prefix longer than 128"
-      else
-        null
-    else
-      "is not an IP network like 140.82.112.0/20 or 2001:db8::/32";
-
-  label = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
-  # policy._is_domain_pattern: a lowercase DNS name, or *. and one of at least two labels.
-  domainOk =
-    domain:
-    let
-      name = lib.removePrefix "*." domain;
-      labels = lib.splitString "." name;
-    in
-    builtins.stringLength name <= 253
-    && builtins.match "${label}(\\.${label})*" name != null
-    && builtins.match "[0-9]+" (lib.last labels) == null
-    && (name == domain || lib.length labels >= 2);
+  inherit (import ./predicates.nix {
+    inherit lib rules;
+    inherit (cfg) blockedPatterns;
+  })
+    absolute
+    components
+    blockedComponent
+    cidrProblem
+    domainOk
+    ;
 
   # Keys and values that look like secrets; *_file and *_credential only name them.
   secretKey =
@@ -124,14 +61,22 @@ let
     name: group:
     let
       at = "${option}.groups.${name}";
+      room = cfg.settings.groups.${name} or { };
     in
     [
-      (check (builtins.match groupPattern name != null && name != "global") ''
-        ${at}: the group name must match ${groupPattern} (lowercase letters, digits, '_' or '-')
-        and not be "global" (the memory all groups share).'')
-      (check (group.uid != 65534) "${at}.uid: must not be 65534 (nobody), which others share.")
-      (check (group.roomId != null || (cfg.settings.groups.${name} or { }) ? room_id) ''
+      (check (builtins.match rules.group.pattern name != null && !lib.elem name rules.group.reserved) ''
+        ${at}: the group name must match ${rules.group.pattern} (lowercase letters, digits, '_' or
+        '-'; at most ${toString rules.group.max_length} characters, so that its user
+        ${rules.group.tool_user_prefix}${name} fits the ${toString rules.group.max_user_name} characters a user
+        name may have), and not be ${lib.concatStringsSep " or " rules.group.reserved}.'')
+      (check (group.uid != rules.uid.nobody)
+        "${at}.uid: must not be ${toString rules.uid.nobody} (nobody), which others share."
+      )
+      (check (room ? room_id) ''
         ${at}.roomId: the group needs its Matrix room: set roomId (or settings.groups.${name}.room_id).'')
+      (check ((room.main or false) == group.main) ''
+        ${option}.settings.groups.${name}.main: must be ${lib.boolToString group.main}, as ${at}.main
+        (the sandbox policy's) says.'')
       (check (group.egress.domains == [ ] || cfg.proxy != null) ''
         ${at}.egress.domains: are reached only through the egress proxy; set ${option}.proxy,
         e.g. { address = "127.0.0.9"; port = 3128; }.'')
@@ -152,13 +97,15 @@ let
             blocked pattern: credentials are never mounted.'')
           (check (
             absolute mount.sandbox
-            && hasPrefix "/workspace/" mount.sandbox
+            && hasPrefix "${rules.workspace}/" mount.sandbox
             && builtins.match ".*:.*" mount.sandbox == null
-            && builtins.match "/workspace/+(group|global)(/.*)?" mount.sandbox == null
-            && components mount.sandbox != [ "workspace" ]
+            && components mount.sandbox != components rules.workspace
+            && !lib.any (
+              place: lib.take (lib.length (components place)) (components mount.sandbox) == components place
+            ) rules.reserved_sandbox
           ) ''
-            ${mountAt}.sandbox: must be an absolute path under /workspace/ without ':' or '..', and
-            not /workspace/group or /workspace/global (the broker's), not "${mount.sandbox}".'')
+            ${mountAt}.sandbox: must be an absolute path under ${rules.workspace}/ without ':' or '..', and
+            not ${lib.concatStringsSep " or " rules.reserved_sandbox} (the broker's), not "${mount.sandbox}".'')
         ]
       ) group.mounts
     )
@@ -176,9 +123,14 @@ let
         github.com, or *.example.com for the names below it (no IPs, ports, schemes or *.com).''
     ) group.egress.domains;
 
-  uids = mapAttrsToList (name: group: { inherit name; inherit (group) uid; }) cfg.groups;
+  uids = mapAttrsToList (name: group: {
+    inherit name;
+    inherit (group) uid;
+  }) cfg.groups;
   mains = lib.attrNames (lib.filterAttrs (_: group: group.main) cfg.groups);
   secrets = secretsIn "${option}.settings" cfg.settings;
+  strays = lib.attrNames (removeAttrs cfg.settings.groups (lib.attrNames cfg.groups));
+  socket = cfg.settings.sandbox_socket;
 in
 concatLists (mapAttrsToList groupChecks cfg.groups)
 ++ map (
@@ -194,23 +146,26 @@ concatLists (mapAttrsToList groupChecks cfg.groups)
   (check (lib.length mains <= 1)
     "${option}.groups: only one group may be main, not ${lib.concatStringsSep ", " mains}."
   )
+  (check (strays == [ ]) ''
+    ${option}.settings.groups: ${lib.concatStringsSep ", " strays} has no sandbox: declare it in
+    ${option}.groups (with its uid), which puts it into settings.groups.'')
   (check (secrets == [ ]) ''
     ${option}.settings: ${lib.concatStringsSep ", " secrets} looks like a secret. The settings go
     into the world-readable Nix store: give secrets as files with accessTokenFile and apiKeyFile
     (delivered with LoadCredential=).'')
-  (check (cfg.owners != [ ])
-    "${option}.owners: list at least one Matrix user ID: the people the bot serves."
+  (check (!(cfg.settings.matrix ? access_token_file) && !(cfg.settings.model ? api_key_file)) ''
+    ${option}.settings: the module hands the host its secrets as credentials: set accessTokenFile
+    and apiKeyFile instead of matrix.access_token_file and model.api_key_file.'')
+  (check (cfg.settings.matrix.owners != [ ])
+    "${option}.settings.matrix.owners: list at least one Matrix user ID: the people the bot serves."
   )
+  (check (absolute socket && hasPrefix "/run/" socket && socket != "/run/") ''
+    ${option}.settings.sandbox_socket: must be a path under /run/ (which every tool unit sees
+    empty, and only root may write), not "${socket}".'')
   (check (absolute cfg.dataDir && cfg.dataDir != "/")
-    "${option}.dataDir: must be an absolute path other than /, not \"${cfg.dataDir}\"."
+    "${option}.dataDir: must be an absolute path other than / without '..', not \"${cfg.dataDir}\"."
   )
   (check (lib.all absolute cfg.protectedPaths)
     "${option}.protectedPaths: every entry must be an absolute path without '..'."
-  )
-  (check (absolute cfg.accessTokenFile)
-    "${option}.accessTokenFile: must be an absolute path to a file readable by root."
-  )
-  (check (cfg.apiKeyFile == null || absolute cfg.apiKeyFile)
-    "${option}.apiKeyFile: must be an absolute path to a file readable by root."
   )
 ]

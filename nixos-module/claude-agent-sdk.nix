@@ -5,10 +5,13 @@
 # That CLI is a Bun single-file executable: the JavaScript lives in an ELF section (.bun)
 # that strip removes, and it has version definitions (DT_VERDEF) that patchelf does not
 # move when it must grow the headers for a store interpreter. So its bytes stay as
-# published, and it runs on NixOS through nix-ld's /lib64/ld-linux-x86-64.so.2, which the
-# module turns on (programs.nix-ld.enable); it needs nothing but glibc.
+# published, and _bundled/claude becomes claude-loader.sh, which starts it with glibc's
+# loader from the store: no /lib64 loader (nix-ld) is needed on the system.
 {
   lib,
+  stdenv,
+  runtimeShell,
+  python,
   buildPythonPackage,
   fetchurl,
   anyio,
@@ -33,8 +36,20 @@ buildPythonPackage rec {
     sniffio
   ];
 
-  # The bundled CLI's code is an ELF section strip would drop.
+  # The bundled CLI's code is an ELF section that strip would drop, and patchelf must not
+  # rewrite its headers either.
   dontStrip = true;
+  dontPatchELF = true;
+
+  postInstall = ''
+    bundled=$out/${python.sitePackages}/claude_agent_sdk/_bundled
+    mv "$bundled/claude" "$bundled/claude-unwrapped"
+    substitute ${./claude-loader.sh} "$bundled/claude" \
+      --subst-var-by shell ${runtimeShell} \
+      --subst-var-by loader ${stdenv.cc.bintools.dynamicLinker} \
+      --subst-var-by cli "$bundled/claude-unwrapped"
+    chmod +x "$bundled/claude"
+  '';
 
   pythonImportsCheck = [ "claude_agent_sdk" ];
 

@@ -9,21 +9,38 @@
 }:
 let
   cfg = config.services.nanoclaw;
+  rules = lib.importJSON ./rules.json;
   settingsFormat = pkgs.formats.toml { };
   policyPath = "/etc/nanoclaw/policy.json";
   hardening = import ./hardening.nix;
-  socketPath = "/run/nanoclaw/sandbox.sock";
+  toolUser = name: "${rules.group.tool_user_prefix}${name}";
+  confined = lib.filterAttrs (_: group: group.confineStore) cfg.groups;
 
-  # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool), the
-  # CA bundle; and, without their closure, the /etc links into the store.
-  confinedRoots = [
+  # What a confined group's units read of /etc. On NixOS /etc/hosts links to
+  # /etc/static/hosts, /etc/static to the /etc tree in the store, and that to the file: but
+  # that tree holds this policy, so the policy can never name it (Nix stops with an
+  # infinite recursion). These entries link straight to their files instead
+  # ("direct-symlink", as NixOS links /etc/localtime), and the files join each confined
+  # group's closure. Other /etc links into the store stay dangling in such units.
+  unitEtc = [
+    "hosts"
+    "nsswitch.conf"
+    "zoneinfo"
+  ]
+  ++ lib.optionals config.security.pki.installCACerts [
+    "ssl/certs/ca-certificates.crt"
+    "ssl/certs/ca-bundle.crt"
+  ];
+
+  # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool) and
+  # the files of unitEtc, with each group's packages.
+  confinedRoots = lib.filter (path: path != null) [
     config.environment.binsh
     config.environment.usrbinenv
-    pkgs.cacert
-  ];
-  confinedExtras = [ "${config.system.build.etc}" ];
+  ]
+  ++ map (name: config.environment.etc.${name}.source) unitEtc;
 
-  basePolicy = import ./policy.nix { inherit lib cfg confinedExtras; };
+  basePolicy = import ./policy.nix { inherit lib cfg; };
 
   # A file naming the store paths a group's closure starts from (strings with context, as
   # systemd-confinement does), and that closure.
@@ -36,7 +53,7 @@ let
         ))
       ];
     };
-  closures = lib.mapAttrs closureOf (lib.filterAttrs (_: group: group.confineStore) cfg.groups);
+  closures = lib.mapAttrs closureOf confined;
 
   # The policy file: each confined group's closure joins its read_only_paths (the roots
   # file itself left out), then nanoclaw's own validator reads it and compiles each
@@ -98,8 +115,11 @@ let
         ExecStart = "${cfg.package}/bin/nanoclaw run --config ${cfg.configFile}";
         # Read by systemd as root and handed over; the files never enter the store.
         LoadCredential = [
-          "matrix-token:${cfg.accessTokenFile}"
-        ] ++ lib.optional (cfg.apiKeyFile != null) "anthropic-key:${cfg.apiKeyFile}";
+          "${cfg.settings.matrix.access_token_credential}:${cfg.accessTokenFile}"
+        ]
+        ++ lib.optional (
+          cfg.apiKeyFile != null
+        ) "${cfg.settings.model.api_key_credential}:${cfg.apiKeyFile}";
         StateDirectory = lib.mkIf (cfg.dataDir == "/var/lib/nanoclaw") "nanoclaw";
         StateDirectoryMode = "0750";
         # SIGTERM drains runs in progress for up to 60 s; then the rest of the cgroup is killed.
@@ -161,24 +181,20 @@ let
     // lib.mapAttrs (_: lib.mkDefault) hardening.portFilter;
   };
 
-  toolUser = name: "nanoclaw-tool-${name}";
-  mainGroups = lib.filterAttrs (_: group: group.main) cfg.groups;
 in
 {
   imports = [ ./options.nix ];
 
   config = lib.mkIf cfg.enable {
-    assertions = import ./checks.nix { inherit lib cfg; };
-    warnings =
-      lib.optional (lib.hasPrefix builtins.storeDir cfg.accessTokenFile)
-        "services.nanoclaw.accessTokenFile is in the Nix store, which every user can read."
-      ++ lib.optional (cfg.apiKeyFile != null && lib.hasPrefix builtins.storeDir cfg.apiKeyFile)
-        "services.nanoclaw.apiKeyFile is in the Nix store, which every user can read.";
+    assertions = import ./checks.nix { inherit lib cfg rules; };
 
     services.nanoclaw = {
       settings = import ./settings.nix { inherit lib cfg; };
       policy = basePolicy;
-      configFile = settingsFormat.generate "nanoclaw-config.toml" cfg.settings;
+      # TOML has no null: a declared key left null is left out.
+      configFile = settingsFormat.generate "nanoclaw-config.toml" (
+        lib.filterAttrsRecursive (_: value: value != null) cfg.settings
+      );
     };
 
     environment.etc = {
@@ -188,72 +204,66 @@ in
         source = policyFile;
         mode = "0444";
       };
-    };
+    }
+    // lib.optionalAttrs (confined != { }) (
+      lib.genAttrs unitEtc (_: {
+        mode = lib.mkDefault "direct-symlink";
+      })
+    );
     environment.systemPackages = [ cfg.package ];
-    # The SDK's bundled CLI is run as published (claude-agent-sdk.nix): nix-ld gives it
-    # the /lib64 loader it names.
-    programs.nix-ld.enable = lib.mkDefault true;
 
-    users.users =
-      {
-        nanoclaw = {
-          isSystemUser = true;
-          group = "nanoclaw";
-          home = cfg.dataDir;
-          description = "nanoclaw agent host";
-        };
+    users.users = {
+      nanoclaw = {
+        isSystemUser = true;
+        group = "nanoclaw";
+        home = cfg.dataDir;
+        description = "nanoclaw agent host";
+      };
+    }
+    // lib.mapAttrs' (
+      name: group:
+      lib.nameValuePair (toolUser name) {
+        isSystemUser = true;
+        inherit (group) uid;
+        group = toolUser name;
+        description = "nanoclaw tool units of group ${name}";
       }
-      // lib.mapAttrs' (
-        name: group:
-        lib.nameValuePair (toolUser name) {
-          isSystemUser = true;
-          inherit (group) uid;
-          group = toolUser name;
-          description = "nanoclaw tool units of group ${name}";
-        }
-      ) cfg.groups;
+    ) cfg.groups;
     # Members of nanoclaw may use the broker's socket: the host only.
-    users.groups =
-      {
-        nanoclaw = { };
-      }
-      // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups;
+    users.groups = {
+      nanoclaw = { };
+    }
+    // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups;
 
-    # Each group's folder is its tool units' (owner) and the host's (group nanoclaw, for
-    # its memory); the shared memory the main group's, or the host's alone.
-    systemd.tmpfiles.settings."10-nanoclaw" =
-      {
-        ${cfg.dataDir}.d = {
-          mode = "0750";
-          user = "nanoclaw";
-          group = "nanoclaw";
-        };
-        "${cfg.dataDir}/groups".d = {
-          mode = "0750";
-          user = "nanoclaw";
-          group = "nanoclaw";
-        };
-        "${cfg.dataDir}/global".d = {
-          mode = "2775";
-          user = if mainGroups == { } then "nanoclaw" else toolUser (lib.head (lib.attrNames mainGroups));
-          group = "nanoclaw";
+    # Each group's folder is its tool units' alone; the host keeps its memory and sessions
+    # in directories of its own, which it makes.
+    systemd.tmpfiles.settings."10-nanoclaw" = {
+      ${cfg.dataDir}.d = {
+        mode = "0750";
+        user = "nanoclaw";
+        group = "nanoclaw";
+      };
+      "${cfg.dataDir}/groups".d = {
+        mode = "0750";
+        user = "nanoclaw";
+        group = "nanoclaw";
+      };
+    }
+    // lib.mapAttrs' (
+      name: _:
+      lib.nameValuePair "${cfg.dataDir}/groups/${name}" {
+        d = {
+          mode = "0700";
+          user = toolUser name;
+          group = toolUser name;
         };
       }
-      // lib.mapAttrs' (
-        name: _:
-        lib.nameValuePair "${cfg.dataDir}/groups/${name}" {
-          d = {
-            mode = "2770";
-            user = toolUser name;
-            group = "nanoclaw";
-          };
-        }
-      ) cfg.groups;
+    ) cfg.groups;
 
     systemd.sockets.nanoclaw-sandboxd = {
       description = "nanoclaw sandbox broker socket";
       wantedBy = [ "sockets.target" ];
-      listenStreams = [ socketPath ];
+      listenStreams = [ cfg.settings.sandbox_socket ];
       # Only the agent host's group may ask for tool units.
       socketConfig = {
         SocketUser = "root";
@@ -264,10 +274,13 @@ in
       };
     };
 
+    # The broker serves the main process of nanoclaw.service only: keep that name.
     systemd.services = {
       nanoclaw = hostService;
       nanoclaw-sandboxd = brokerService;
       nanoclaw-port-filter = portFilterService;
     };
   };
+
+  meta.doc = ./README.md;
 }

@@ -32,9 +32,11 @@
 
   services.nanoclaw = {
     enable = true;
-    homeserverUrl = "https://matrix.example.org";
-    userId = "@nanoclaw:example.org";
-    owners = [ "@me:example.org" ];
+    settings.matrix = {
+      homeserver = "https://matrix.example.org";
+      user_id = "@nanoclaw:example.org";
+      owners = [ "@me:example.org" ];
+    };
     accessTokenFile = "/etc/nanoclaw-secrets/matrix-token";
     apiKeyFile = "/etc/nanoclaw-secrets/anthropic-key";
     protectedPaths = [

@@ -1,8 +1,23 @@
 # The options of services.nanoclaw. What they turn into is in default.nix (units, users),
-# settings.nix (the host's config file) and policy.nix (the sandbox policy).
-{ lib, pkgs, ... }:
+# settings.nix (the host's config file) and policy.nix (the sandbox policy). The rules they
+# are checked against (rules.json) are written by nanoclaw/rules.py from the Python code.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
-  inherit (lib) mkOption mkEnableOption types literalExpression;
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    types
+    literalExpression
+    ;
+  cfg = config.services.nanoclaw;
+  rules = lib.importJSON ./rules.json;
+  limits = import ./limits.nix { inherit lib; };
+  settingsFormat = pkgs.formats.toml { };
 
   limitsOption =
     what:
@@ -10,7 +25,9 @@ let
       default = { };
       description = ''
         Resource limits of ${what}'s tool units. A limit left `null` is
-        ${if what == "every group" then "nanoclaw's built-in default" else "the one in `defaults.limits`"}.
+        ${
+          if what == "every group" then "nanoclaw's built-in default" else "the one in `defaults.limits`"
+        }.
       '';
       example = {
         memoryMaxBytes = 1073741824;
@@ -18,19 +35,13 @@ let
       };
       type = types.submodule {
         options = lib.mapAttrs (
-          name:
-          {
-            low,
-            high,
-            text,
-            ...
-          }:
+          _: limit:
           mkOption {
-            type = types.nullOr (types.ints.between low high);
+            type = types.nullOr (types.ints.between limit.min limit.max);
             default = null;
-            description = "${text} (${toString low} to ${toString high}).";
+            description = "${limit.text} (${toString limit.min} to ${toString limit.max}; nanoclaw's default: ${toString limit.default}).";
           }
-        ) (import ./limits.nix);
+        ) limits;
       };
     };
 
@@ -48,12 +59,23 @@ let
       sandbox = mkOption {
         type = types.str;
         example = "/workspace/project";
-        description = "Where the tool units see it: under `/workspace/`, not `/workspace/group` or `/workspace/global`.";
+        description = "Where the tool units see it: under `${rules.workspace}/`, not ${
+          lib.concatMapStringsSep " or " (place: "`${place}`") rules.reserved_sandbox
+        }.";
       };
       writable = mkOption {
         type = types.bool;
         default = false;
         description = "Whether tool units may write there; read-only otherwise.";
+      };
+      protect = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether the broker hides, inside this mount, what the owner's own tools load
+          and the secrets kept there (`.git`, `.claude`, `.vscode`, `.env*`, ...) from every
+          tool unit. `false` shows the directory as it is.
+        '';
       };
     };
   };
@@ -63,52 +85,49 @@ let
     {
       options = {
         uid = mkOption {
-          type = types.ints.between 1000 2147483646;
+          type = types.ints.between rules.uid.min rules.uid.max;
           example = 61001;
           description = ''
             The user and group ID of this group's tool units, distinct per group. The module
-            creates user and group `nanoclaw-tool-${name}` with it.
+            creates user and group `${rules.group.tool_user_prefix}${name}` with it.
           '';
         };
         main = mkOption {
           type = types.bool;
           default = false;
           description = ''
-            Whether this is the owners' room (at most one group): it needs no trigger, may
-            manage the other groups and write the memory all groups share.
+            Whether this is the owners' room (at most one group): it needs no trigger and
+            may manage the other groups.
           '';
         };
         roomId = mkOption {
           type = types.nullOr types.str;
           default = null;
           example = "!abcdefghijklmnop:example.org";
-          description = ''
-            The Matrix room of this group. Required here or as
-            `settings.groups.${name}.room_id`.
-          '';
+          description = "The Matrix room of this group (`settings.groups.${name}.room_id`).";
         };
         trigger = mkOption {
           type = types.nullOr types.str;
           default = null;
           example = "@Andy";
-          description = "What a message must start with to wake the agent; `null`: \"@\" and the assistant's name.";
+          description = "What a message must start with to wake the agent (`settings.groups.${name}.trigger`); `null`: \"@\" and the assistant's name.";
         };
         requiresTrigger = mkOption {
           type = types.nullOr types.bool;
           default = null;
-          description = "Whether messages need the trigger (or a mention or a reply); `null`: not in the main group, yes elsewhere.";
+          description = "Whether messages need the trigger, a mention or a reply (`settings.groups.${name}.requires_trigger`); `null`: not in the main group, yes elsewhere.";
         };
         allowedSenders = mkOption {
           type = types.listOf types.str;
           default = [ ];
           example = [ "@me:example.org" ];
-          description = "Matrix users who may wake the agent here; empty: anyone in the room (in the main room: the owners).";
+          description = "Matrix users who may wake the agent here (`settings.groups.${name}.allowed_senders`); empty: anyone in the room (in the main room: the owners).";
         };
         model = mkOption {
           type = types.nullOr types.str;
           default = null;
           example = "claude-opus-4-1";
-          description = "A model for this group only; `null`: the service's `model`.";
+          description = "A model for this group only (`settings.groups.${name}.model`); `null`: `settings.model.name`.";
         };
         mounts = mkOption {
           type = types.listOf mountType;
@@ -120,7 +139,7 @@ let
               writable = true;
             }
           ];
-          description = "Host directories the group's tool units see under `/workspace/`.";
+          description = "Host directories the group's tool units see under `${rules.workspace}/`.";
         };
         egress = {
           cidrs = mkOption {
@@ -156,17 +175,83 @@ let
           type = types.bool;
           default = true;
           description = ''
-            Whether the tool units see only the closure of `packages` (with `/bin/sh`,
-            `/usr/bin/env`, the CA certificates and the `/etc` files that link into the
-            store) under `/nix/store`, bound read-only into an empty tmpfs as
-            systemd-confinement does. `false` leaves them the whole store, as every
-            service sees it.
+            Whether the tool units see only the closure of `packages` under `/nix/store`
+            (with `/bin/sh`, `/usr/bin/env` and the files `/etc/hosts`,
+            `/etc/nsswitch.conf`, `/etc/zoneinfo` and the CA certificates link to), bound
+            read-only into an empty tmpfs as systemd-confinement does. `false` leaves them
+            the whole store, as every service sees it.
           '';
         };
         limits = limitsOption "this group";
       };
     }
   );
+
+  # Declared for their documentation and checks; the rest of `settings` is free-form.
+  settingsType = types.submodule {
+    freeformType = settingsFormat.type;
+    options = {
+      matrix = {
+        homeserver = mkOption {
+          type = types.str;
+          example = "https://matrix.example.org";
+          description = "The Matrix homeserver's client API URL.";
+        };
+        user_id = mkOption {
+          type = types.str;
+          example = "@nanoclaw:example.org";
+          description = "The bot's own Matrix account.";
+        };
+        owners = mkOption {
+          type = types.listOf types.str;
+          example = [ "@me:example.org" ];
+          description = "The Matrix users the bot serves: only they may invite it and talk in the main room.";
+        };
+        access_token_credential = mkOption {
+          type = types.str;
+          readOnly = true;
+          default = "matrix-token";
+          description = "The systemd credential holding `accessTokenFile`, which the module hands to the host.";
+        };
+      };
+      model = {
+        name = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "claude-sonnet-4-5";
+          description = "The model id; `null`: the Claude CLI's default.";
+        };
+        base_url = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "https://api.anthropic.com";
+          description = "An Anthropic-compatible endpoint; `null`: Anthropic's own API.";
+        };
+        api_key_credential = mkOption {
+          type = types.nullOr types.str;
+          readOnly = true;
+          default = if cfg.apiKeyFile != null then "anthropic-key" else null;
+          defaultText = literalExpression ''if apiKeyFile != null then "anthropic-key" else null'';
+          description = "The systemd credential holding `apiKeyFile`, which the module hands to the host.";
+        };
+      };
+      data_dir = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = cfg.dataDir;
+        defaultText = literalExpression "config.services.nanoclaw.dataDir";
+        description = "Set by `dataDir`.";
+      };
+      sandbox_socket = mkOption {
+        type = types.str;
+        default = "/run/nanoclaw/sandbox.sock";
+        description = ''
+          The broker's socket, where `nanoclaw-sandboxd.socket` listens and the host asks
+          for tool units. Under `/run/`, which every tool unit sees empty.
+        '';
+      };
+    };
+  };
 in
 {
   options.services.nanoclaw = {
@@ -180,39 +265,32 @@ in
     };
 
     settings = mkOption {
-      type = (pkgs.formats.toml { }).type;
+      type = settingsType;
       default = { };
       example = {
+        matrix = {
+          homeserver = "https://matrix.example.org";
+          user_id = "@nanoclaw:example.org";
+          owners = [ "@me:example.org" ];
+          encryption = true;
+        };
+        model.name = "claude-sonnet-4-5";
         timezone = "Europe/Berlin";
         assistant_name = "Andy";
         max_concurrent_runs = 3;
-        matrix.encryption = true;
       };
       description = ''
         The host's configuration file, `/etc/nanoclaw/config.toml` (see
-        `units/config.example.toml`), on top of what the options here set. Secrets never go
-        here: the file is in the world-readable Nix store, and evaluation stops at a key
-        or value that looks like one. Use `accessTokenFile` and `apiKeyFile`.
+        `units/config.example.toml`): the keys declared here, and any other. The module
+        adds `groups.<name>` from `groups` (as defaults a setting here overrides), and the
+        credentials of `accessTokenFile` and `apiKeyFile`. Secrets never go here: the file
+        is in the world-readable Nix store, and evaluation stops at a key or value that
+        looks like one.
       '';
     };
 
-    homeserverUrl = mkOption {
-      type = types.str;
-      example = "https://matrix.example.org";
-      description = "The Matrix homeserver's client API URL.";
-    };
-    userId = mkOption {
-      type = types.str;
-      example = "@nanoclaw:example.org";
-      description = "The bot's own Matrix account.";
-    };
-    owners = mkOption {
-      type = types.listOf types.str;
-      example = [ "@me:example.org" ];
-      description = "The Matrix users the bot serves: only they may invite it and talk in the main room.";
-    };
     accessTokenFile = mkOption {
-      type = types.str;
+      type = types.externalPath;
       example = "/run/keys/nanoclaw-matrix-token";
       description = ''
         A file holding the bot's Matrix access token, readable by root only. It is handed to
@@ -220,28 +298,16 @@ in
       '';
     };
     apiKeyFile = mkOption {
-      type = types.nullOr types.str;
+      type = types.nullOr types.externalPath;
       default = null;
       example = "/run/keys/anthropic-api-key";
       description = "A file holding the model API key, readable by root only (`LoadCredential=`); `null`: none.";
     };
-    model = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "claude-sonnet-4-5";
-      description = "The model id; `null`: the Claude CLI's default.";
-    };
-    baseUrl = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "https://api.anthropic.com";
-      description = "An Anthropic-compatible endpoint; `null`: Anthropic's own API.";
-    };
 
     dataDir = mkOption {
-      type = types.str;
+      type = types.externalPath;
       default = "/var/lib/nanoclaw";
-      description = "The database, crypto store and each group's memory and workspace; hidden from every tool unit.";
+      description = "The database, the sessions, the memory and each group's workspace; hidden from every tool unit.";
     };
     protectedPaths = mkOption {
       type = types.listOf types.str;
@@ -259,7 +325,9 @@ in
         ".password-store"
         "wallet.dat"
       ];
-      description = "Path components never mounted, besides the built-in `.ssh`, `.gnupg`, `.aws`, `.env*`, `credentials`, `id_rsa`, ...";
+      description = "Path components never mounted, besides the built-in ${
+        lib.concatMapStringsSep ", " (pattern: "`${pattern}`") rules.blocked_patterns
+      } and `${rules.env_file_prefix}*`.";
     };
     proxy = mkOption {
       default = null;
@@ -294,8 +362,11 @@ in
       type = types.attrsOf groupType;
       default = { };
       description = ''
-        The groups, by folder name (`[a-z0-9][a-z0-9_-]{0,63}`, not `global`): one Matrix
-        room each, with its own memory, workspace and sandbox.
+        The groups, by folder name (`${rules.group.pattern}`: at most
+        ${toString rules.group.max_length} characters, so that the user
+        `${rules.group.tool_user_prefix}<name>` fits the ${toString rules.group.max_user_name}
+        a user name may have; not ${lib.concatStringsSep " or " rules.group.reserved}): one
+        Matrix room each, with its own memory, workspace and sandbox.
       '';
     };
 
@@ -322,8 +393,8 @@ in
       readOnly = true;
       description = ''
         The sandbox policy the module renders (`policies/README.md`), as written to
-        `/etc/nanoclaw/policy.json` except that there each group's store closure is added
-        to its `read_only_paths`.
+        `/etc/nanoclaw/policy.json` except that there each confined group's store closure
+        is added to its `read_only_paths`.
       '';
     };
     configFile = mkOption {

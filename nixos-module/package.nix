@@ -5,11 +5,26 @@
   python3Packages,
 }:
 let
+  project = (lib.importTOML ../pyproject.toml).project;
   claude-agent-sdk = python3Packages.callPackage ./claude-agent-sdk.nix { };
+
+  # pyproject.toml's dependencies, each by its nixpkgs attribute (the normalised name
+  # PEP 503 gives it), with the extras it names: "matrix-nio[e2e]>=0.26" is matrix-nio
+  # and matrix-nio.optional-dependencies.e2e. Versions are checked when the package is
+  # built (pythonRuntimeDepsCheck).
+  requirement =
+    text:
+    let
+      parts = builtins.match "([A-Za-z0-9][A-Za-z0-9._-]*)(\\[([A-Za-z0-9_,-]+)])?.*" text;
+      name = lib.toLower (lib.concatStringsSep "-" (lib.filter builtins.isString (builtins.split "[-_.]+" (lib.head parts))));
+      extras = if lib.elemAt parts 2 == null then [ ] else lib.splitString "," (lib.elemAt parts 2);
+      package = if name == "claude-agent-sdk" then claude-agent-sdk else python3Packages.${name};
+    in
+    [ package ] ++ lib.concatMap (extra: package.optional-dependencies.${extra}) extras;
 in
 python3Packages.buildPythonApplication {
   pname = "nanoclaw";
-  version = (lib.importTOML ../pyproject.toml).project.version;
+  inherit (project) version;
   pyproject = true;
 
   src = lib.fileset.toSource {
@@ -23,16 +38,7 @@ python3Packages.buildPythonApplication {
 
   build-system = [ python3Packages.setuptools ];
 
-  dependencies =
-    with python3Packages;
-    [
-      claude-agent-sdk
-      matrix-nio
-      aiohttp
-      markdown-it-py
-      dbus-next
-    ]
-    ++ matrix-nio.optional-dependencies.e2e;
+  dependencies = lib.concatMap requirement project.dependencies;
 
   pythonImportsCheck = [
     "nanoclaw.cli"

@@ -1,36 +1,38 @@
 # The sandbox policy (policies/README.md) from the options, as it is at evaluation time:
-# each group's store closure joins its read_only_paths when the file is built (default.nix).
-{
-  lib,
-  cfg,
-  # Bound read-only, without their closure, for groups with confineStore: the store paths
-  # /etc links into (hosts, nsswitch.conf, the CA bundle), which the tmpfs would hide.
-  confinedExtras ? [ ],
-}:
+# each confined group's store closure joins its read_only_paths when the file is built
+# (default.nix).
+{ lib, cfg }:
 let
-  limits = import ./limits.nix;
+  limits = import ./limits.nix { inherit lib; };
 
   renderLimits =
     values:
     lib.listToAttrs (
       lib.concatLists (
         lib.mapAttrsToList (
-          name: spec: lib.optional (values.${name} != null) (lib.nameValuePair spec.key values.${name})
+          option: limit: lib.optional (values.${option} != null) (lib.nameValuePair limit.name values.${option})
         ) limits
       )
     );
 
   nonEmpty = attrs: lib.filterAttrs (_: value: value != [ ] && value != { }) attrs;
 
+  # Like `main`, `protect` is written only where it differs from the policy's default.
+  mount =
+    mount:
+    {
+      inherit (mount) host sandbox writable;
+    }
+    // lib.optionalAttrs (!mount.protect) { protect = false; };
+
   group =
     _: g:
     nonEmpty {
       inherit (g) uid;
-      mounts = map (mount: { inherit (mount) host sandbox writable; }) g.mounts;
+      mounts = map mount g.mounts;
       egress = nonEmpty { inherit (g.egress) cidrs domains; };
       path = map (package: "${lib.getBin package}/bin") g.packages;
       empty_paths = lib.optional g.confineStore "/nix/store";
-      read_only_paths = lib.optionals g.confineStore confinedExtras;
       limits = renderLimits g.limits;
     }
     // lib.optionalAttrs g.main { main = true; };

@@ -1,9 +1,10 @@
 """Every .nix file parses, and every VM scenario is also a NixOS test.
 
-nixpkgs cannot be fetched here, so the NixOS tests (vm-tests/*.nix) cannot run or fully
-evaluate: Nix (Debian's nix-bin, installed by scripts/host-deps) parses every file, and
-evaluates vm-tests/default.nix against a stand-in for nixpkgs far enough to check each
-test's name and its testScript (our driver's globals, prelude.py, the scenario).
+nixpkgs cannot be fetched here, so the NixOS tests (vm-tests/*.nix) cannot run: Nix
+(Debian's nix-bin, installed by scripts/host-deps) parses every file, and evaluates
+vm-tests/default.nix against a minimal stand-in for nixpkgs, without any nixpkgs lib, far
+enough to check each test's name and its testScript (our driver's globals, prelude.py, the
+scenario). test_nix_harness.py evaluates them fully where a nixpkgs lib is present.
 """
 
 from __future__ import annotations
@@ -72,11 +73,23 @@ def nix_files() -> list[str]:
     return sorted({name for name in listed.split("\0") if name and (REPO / name).is_file()})
 
 
+# Scenarios for both nodes (vm-tests/driver.py runs these too), and for the NixOS node only.
+SCENARIO_DIRECTORIES = ("scenarios", "nixos")
+
+
+def scenario_files() -> dict[str, Path]:
+    """Each scenario by name: vm-tests/scenarios/*.py and vm-tests/nixos/*.py, without
+    helpers (_*.py)."""
+    return {
+        path.stem: path
+        for directory in SCENARIO_DIRECTORIES
+        for path in (VM_TESTS / directory).glob("*.py")
+        if not path.name.startswith("_")
+    }
+
+
 def scenario_names() -> list[str]:
-    """vm-tests/scenarios/*.py without helpers (_*.py), as vm-tests/driver.py finds them."""
-    return sorted(
-        path.stem for path in (VM_TESTS / "scenarios").glob("*.py") if not path.name.startswith("_")
-    )
+    return sorted(scenario_files())
 
 
 def wrappers() -> list[Path]:
@@ -107,9 +120,11 @@ def test_every_scenario_has_its_nixos_wrapper() -> None:
 
 @pytest.mark.parametrize("wrapper", wrappers(), ids=lambda path: path.name)
 def test_wrapper_names_its_own_existing_scenario(wrapper: Path) -> None:
-    named = re.findall(r"\./scenarios/([\w.-]+\.py)", wrapper.read_text())
-    assert named == [f"{wrapper.stem}.py"], f"{wrapper.name} should wrap its scenario: {named}"
-    assert (VM_TESTS / "scenarios" / named[0]).is_file(), f"{wrapper.name}: no {named[0]}"
+    named = re.findall(r"\./((?:scenarios|nixos)/[\w.-]+\.py)", wrapper.read_text())
+    assert len(named) == 1 and Path(named[0]).stem == wrapper.stem, (
+        f"{wrapper.name} should wrap its scenario: {named}"
+    )
+    assert (VM_TESTS / named[0]).is_file(), f"{wrapper.name}: no {named[0]}"
 
 
 def test_each_test_script_is_driver_globals_prelude_and_scenario(nix: Path) -> None:
@@ -132,6 +147,6 @@ def test_each_test_script_is_driver_globals_prelude_and_scenario(nix: Path) -> N
         script: str = test["testScript"]
         assert test["name"] == f"nanoclaw-{name}"
         assert f"web_servers = {web_servers}\n" in script
-        scenario = (VM_TESTS / "scenarios" / f"{name}.py").read_text()
+        scenario = scenario_files()[name].read_text()
         assert script.index(prelude) < script.index(scenario), f"{name}: prelude, then scenario"
         compile(script, f"testScript of {name}", "exec")

@@ -1,108 +1,43 @@
-"""services.nanoclaw evaluated with lib.evalModules: what it renders, and what it refuses.
+"""services.nanoclaw evaluated as a NixOS system (tests/nix/, whose stand-ins for nixpkgs
+and NixOS are real derivations): what it renders, and what it refuses, naming the option.
 
-Needs a nixpkgs `lib` tree (the directory holding `default.nix` of nixpkgs' lib, e.g.
-nix-community/nixpkgs.lib's `lib/`), named by NANOCLAW_NIXPKGS_LIB; without it every test
-here is skipped, loudly. The NixOS options tree is stubbed: systemd, users, environment
-and the rest are free-form, `pkgs` gives placeholder store paths. What needs a build (the
-package, the store closure joining the policy) is for the NixOS tests (vm-tests/).
+Needs NANOCLAW_NIXPKGS_LIB (tests/support/nix.py); skipped loudly without it. Whether every
+file and unit of the READMEs, the demo and the VM node evaluates is test_nix_harness.py's.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nanoclaw import policy as rules_of
 from nanoclaw.config import parse_config
+from nanoclaw.config_reader import ConfigError
 from nanoclaw.policy_file import parse_policy
+from nanoclaw.rules import rules
+from tests.support.nix import NIX_ENV, REPO, harness, require_nixpkgs_lib
 
-REPO = Path(__file__).resolve().parent.parent
-NIX_ENV = {**os.environ, "NIX_CONFIG": "build-users-group ="}
-LIB_VARIABLE = "NANOCLAW_NIXPKGS_LIB"
-
-
-def store(name: str) -> str:
-    return f"/nix/store/{'0' * 32}-{name}"
-
-
-# Just enough of NixOS and nixpkgs around the module. `sample` is a module's file.
-HARNESS = """
-{ lib, repo, sample }:
-let
-  lib' = import lib;
-  inherit (lib') mkOption types;
-  path = name: "/nix/store/00000000000000000000000000000000-${name}";
-  package = name: { type = "derivation"; name = name; outPath = path name; };
-  freeform = mkOption { type = types.attrsOf types.anything; default = { }; };
-  pkgs = {
-    formats.toml = { }: {
-      type = types.attrsOf types.anything;
-      generate = name: _: path name;
-    };
-    writeText = name: _: path name;
-    closureInfo = { rootPaths }: path "closure-info";
-    runCommand = name: _: _: path name;
-    callPackage = _: _: package "nanoclaw";
-  } // lib'.genAttrs [ "jq" "nftables" "cacert" "coreutils" "git" "ripgrep" ] package;
-  stub = {
-    options = {
-      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
-      systemd = freeform;
-      users = freeform;
-      programs = freeform;
-      environment = mkOption {
-        default = { };
-        type = types.submodule {
-          freeformType = types.attrsOf types.anything;
-          options.binsh = mkOption { default = "${path "bash"}/bin/sh"; };
-          options.usrbinenv = mkOption { default = "${path "coreutils"}/bin/env"; };
-        };
-      };
-      system.build.etc = mkOption { default = path "etc"; };
-    };
-  };
-  evaluated = lib'.evalModules {
-    modules = [ (/. + repo + "/nixos-module") stub (/. + sample) ];
-    specialArgs = { inherit pkgs; };
-  };
-  inherit (evaluated) config;
-  cfg = config.services.nanoclaw;
-  failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
-in
-if failed != [ ] then { inherit failed; } else {
-  inherit failed;
-  inherit (config) warnings users programs;
-  inherit (cfg) settings policy;
-  configFile = "${cfg.configFile}";
-  etc = config.environment.etc;
-  systemPackages = config.environment.systemPackages;
-  services = config.systemd.services;
-  sockets = config.systemd.sockets;
-  tmpfiles = config.systemd.tmpfiles.settings;
-}
-"""
+nixpkgs_lib = pytest.fixture(scope="session")(require_nixpkgs_lib)
 
 # Two groups as the README has them: a project with GitHub egress, and one with nothing.
 BASE = """
 { pkgs, ... }: {
   services.nanoclaw = {
     enable = true;
-    package = { type = "derivation"; name = "nanoclaw"; outPath = "/nix/store/nanoclaw"; };
-    homeserverUrl = "https://matrix.example.org";
-    userId = "@nanoclaw:example.org";
-    owners = [ "@me:example.org" ];
+    settings = {
+      matrix = {
+        homeserver = "https://matrix.example.org";
+        user_id = "@nanoclaw:example.org";
+        owners = [ "@me:example.org" ];
+      };
+      model.name = "claude-sonnet-4-5";
+      timezone = "Europe/Berlin";
+    };
     accessTokenFile = "/run/keys/matrix-token";
     apiKeyFile = "/run/keys/anthropic-key";
-    model = "claude-sonnet-4-5";
-    settings.timezone = "Europe/Berlin";
     proxy = { address = "127.0.0.9"; port = 3128; };
     defaults.limits.tasksMax = 128;
     groups = {
@@ -128,86 +63,31 @@ BASE = """
 }
 """
 
-# The policy BASE must render, written by hand; parse_policy must read the two alike.
-BASE_POLICY: dict[str, Any] = {
-    "version": 1,
-    "data_dir": "/var/lib/nanoclaw",
-    "protected_paths": ["/etc/nanoclaw"],
-    "proxy": {"address": "127.0.0.9", "port": 3128},
-    "defaults": {"limits": {"tasks_max": 128}},
-    "groups": {
-        "main": {
-            "uid": 61000,
-            "main": True,
-            "mounts": [{"host": "/srv/project", "sandbox": "/workspace/project", "writable": True}],
-            "egress": {
-                "cidrs": ["140.82.112.0/20"],
-                "domains": ["github.com", "*.githubusercontent.com"],
-            },
-            "path": [store("git") + "/bin", store("ripgrep") + "/bin"],
-            "empty_paths": ["/nix/store"],
-            "read_only_paths": [store("etc")],
-            "limits": {"memory_max_bytes": 2147483648, "wall_seconds": 900},
-        },
-        "family": {"uid": 61001},
-    },
-}
-
-
-@pytest.fixture(scope="session")
-def nixpkgs_lib() -> Path:
-    value = os.environ.get(LIB_VARIABLE)
-    if not value:
-        reason = (
-            f"{LIB_VARIABLE} is not set: the NixOS module was NOT evaluated. Point it at a "
-            "nixpkgs lib/ tree (nix-community/nixpkgs.lib) to run these tests."
-        )
-        print(f"\n*** SKIPPED: {reason}\n", file=sys.stderr)
-        pytest.skip(reason)
-    path = Path(value)
-    assert (path / "default.nix").is_file(), f"{LIB_VARIABLE}={value} has no default.nix"
-    assert shutil.which("nix-instantiate"), "nix-instantiate is needed (scripts/host-deps)"
-    return path
-
 
 def evaluate(lib: Path, sample: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        module = Path(directory) / "sample.nix"
-        module.write_text(sample)
-        return _evaluate(lib, module)
-
-
-def _evaluate(lib: Path, sample: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [
-            "nix-instantiate",
-            "--eval",
-            "--strict",
-            "--json",
-            "--argstr",
-            "lib",
-            str(lib),
-            "--argstr",
-            "repo",
-            str(REPO),
-            "--argstr",
-            "sample",
-            str(sample),
-            "-E",
-            HARNESS,
-        ],
-        capture_output=True,
-        text=True,
-        env=NIX_ENV,
-    )
-    assert result.returncode == 0, f"the module does not evaluate:\n{result.stderr}"
-    value: dict[str, Any] = json.loads(result.stdout)
+    result = harness(lib, "example", sample, inspect=True)
+    assert result.ok, f"the module does not evaluate:\n{result.stderr}"
+    value: dict[str, Any] = result.value
     return value
+
+
+def refused(lib: Path, sample: str) -> str:
+    """The error of a configuration that must not evaluate, on one line."""
+    result = harness(lib, "example", sample, inspect=True)
+    assert not result.ok, "evaluated, but should have been refused"
+    return " ".join(result.stderr.split())
 
 
 def changed(old: str, new: str, sample: str = BASE) -> str:
     assert sample.count(old) == 1, old
     return sample.replace(old, new)
+
+
+def without_nulls(value: Any) -> Any:
+    """As the module writes the config file: TOML has no null."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +98,7 @@ def base(nixpkgs_lib: Path) -> dict[str, Any]:
 
 
 def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
-    settings = base["settings"]
+    settings = without_nulls(base["settings"])
     assert settings["matrix"] == {
         "homeserver": "https://matrix.example.org",
         "user_id": "@nanoclaw:example.org",
@@ -227,6 +107,7 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     }
     assert settings["model"] == {"name": "claude-sonnet-4-5", "api_key_credential": "anthropic-key"}
     assert settings["sandbox_socket"] == "/run/nanoclaw/sandbox.sock"
+    assert settings["data_dir"] == "/var/lib/nanoclaw"
     assert settings["timezone"] == "Europe/Berlin"
     assert settings["groups"]["family"] == {
         "room_id": "!family:example.org",
@@ -239,10 +120,72 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert config.main_group is not None and config.main_group.folder == "main"
 
 
+def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        'timezone = "Europe/Berlin";',
+        'timezone = "Europe/Berlin"; groups.family.trigger = "@Bob"; matrix.encryption = true;',
+    )
+    settings = evaluate(nixpkgs_lib, sample)["settings"]
+    assert settings["groups"]["family"]["trigger"] == "@Bob"
+    assert settings["groups"]["family"]["room_id"] == "!family:example.org"
+    assert settings["matrix"]["encryption"] is True
+
+
 def test_the_policy_is_the_one_written_by_hand(base: dict[str, Any]) -> None:
-    assert base["policy"] == BASE_POLICY
+    paths = base["paths"]
+    expected = {
+        "version": 1,
+        "data_dir": "/var/lib/nanoclaw",
+        "protected_paths": ["/etc/nanoclaw"],
+        "proxy": {"address": "127.0.0.9", "port": 3128},
+        "defaults": {"limits": {"tasks_max": 128}},
+        "groups": {
+            "main": {
+                "uid": 61000,
+                "main": True,
+                "mounts": [
+                    {"host": "/srv/project", "sandbox": "/workspace/project", "writable": True}
+                ],
+                "egress": {
+                    "cidrs": ["140.82.112.0/20"],
+                    "domains": ["github.com", "*.githubusercontent.com"],
+                },
+                "path": [paths["git"] + "/bin", paths["ripgrep"] + "/bin"],
+                # Its closure, /bin/sh and /etc's files join read_only_paths when it is built.
+                "empty_paths": ["/nix/store"],
+                "limits": {"memory_max_bytes": 2147483648, "wall_seconds": 900},
+            },
+            "family": {"uid": 61001},
+        },
+    }
+    assert base["policy"] == expected
+    assert json.loads(base["policyFile"]["base"]) == expected
     path = "/etc/nanoclaw/policy.json"
-    assert parse_policy(base["policy"], path) == parse_policy(BASE_POLICY, path)
+    assert parse_policy(base["policy"], path) == parse_policy(expected, path)
+
+
+def test_every_limit_of_the_rules_is_an_option(nixpkgs_lib: Path) -> None:
+    """Limits come from rules.json: a limit added in Python is an option, by its
+    camel-case name, and reaches the policy under its own key."""
+    limits = rules()["limits"]
+
+    def option(key: str) -> str:
+        first, *rest = key.split("_")
+        return first + "".join(word.capitalize() for word in rest)
+
+    values = "; ".join(f"{option(limit['name'])} = {limit['max']}" for limit in limits)
+    sample = changed("defaults.limits.tasksMax = 128;", f"defaults.limits = {{ {values}; }};")
+    rendered = evaluate(nixpkgs_lib, sample)["policy"]["defaults"]["limits"]
+    assert rendered == {limit["name"]: limit["max"] for limit in limits}
+    one_over = f"{option(limits[0]['name'])} = {limits[0]['max'] + 1}"
+    error = refused(nixpkgs_lib, changed("tasksMax = 128", one_over))
+    assert f"services.nanoclaw.defaults.limits.{option(limits[0]['name'])}" in error, error
+
+
+def test_a_mount_may_opt_out_of_protection(nixpkgs_lib: Path) -> None:
+    sample = changed("writable = true; }", "writable = true; protect = false; }")
+    mount = evaluate(nixpkgs_lib, sample)["policy"]["groups"]["main"]["mounts"][0]
+    assert mount["protect"] is False
 
 
 def test_the_files_in_etc(base: dict[str, Any]) -> None:
@@ -251,7 +194,16 @@ def test_the_files_in_etc(base: dict[str, Any]) -> None:
     # A copy, so the path the units hide is a file of its own.
     assert etc["nanoclaw/policy.json"]["mode"] == "0444"
     assert etc["nanoclaw/policy.json"]["source"].endswith("-nanoclaw-policy.json")
-    assert base["systemPackages"] == ["/nix/store/nanoclaw"]
+    assert base["systemPackages"] == [base["package"]]
+    # What confined units read of /etc links straight into the store, not through /etc/static.
+    for name in ("hosts", "nsswitch.conf", "zoneinfo", "ssl/certs/ca-certificates.crt"):
+        assert etc[name]["mode"] == "direct-symlink", name
+
+
+def test_without_a_confined_group_etc_is_left_as_it_is(nixpkgs_lib: Path) -> None:
+    sample = changed("packages = [ pkgs.git pkgs.ripgrep ];", "confineStore = false;")
+    etc = evaluate(nixpkgs_lib, sample)["etc"]
+    assert etc["hosts"]["mode"] == etc["nsswitch.conf"]["mode"] == "symlink"
 
 
 def test_users_the_host_and_one_per_group(base: dict[str, Any]) -> None:
@@ -264,19 +216,22 @@ def test_users_the_host_and_one_per_group(base: dict[str, Any]) -> None:
             f"nanoclaw-tool-{name}",
             True,
         )
-        assert groups[f"nanoclaw-tool-{name}"] == {"gid": uid}
+        assert groups[f"nanoclaw-tool-{name}"]["gid"] == uid
     assert "nanoclaw" in groups
 
 
 def test_state_directories(base: dict[str, Any]) -> None:
     rules = base["tmpfiles"]["10-nanoclaw"]
-    assert rules["/var/lib/nanoclaw"]["d"] == {
-        "mode": "0750",
-        "user": "nanoclaw",
-        "group": "nanoclaw",
-    }
-    assert rules["/var/lib/nanoclaw/groups/family"]["d"]["user"] == "nanoclaw-tool-family"
-    assert rules["/var/lib/nanoclaw/global"]["d"]["user"] == "nanoclaw-tool-main"
+    assert rules["/var/lib/nanoclaw"]["d"]["user"] == "nanoclaw"
+    assert rules["/var/lib/nanoclaw"]["d"]["mode"] == "0750"
+    # A group's folder is its tool user's alone; the host keeps memory and sessions itself.
+    family = rules["/var/lib/nanoclaw/groups/family"]["d"]
+    assert (family["user"], family["group"], family["mode"]) == (
+        "nanoclaw-tool-family",
+        "nanoclaw-tool-family",
+        "0700",
+    )
+    assert "/var/lib/nanoclaw/global" not in rules
 
 
 def test_the_host_service_is_hardened_and_gets_its_secrets_as_credentials(
@@ -284,9 +239,8 @@ def test_the_host_service_is_hardened_and_gets_its_secrets_as_credentials(
 ) -> None:
     host = base["services"]["nanoclaw"]
     config = host["serviceConfig"]
-    assert (
-        config["ExecStart"] == f"/nix/store/nanoclaw/bin/nanoclaw run --config {base['configFile']}"
-    )
+    package = base["package"]
+    assert config["ExecStart"] == f"{package}/bin/nanoclaw run --config {base['configFile']}"
     assert config["LoadCredential"] == [
         "matrix-token:/run/keys/matrix-token",
         "anthropic-key:/run/keys/anthropic-key",
@@ -296,6 +250,10 @@ def test_the_host_service_is_hardened_and_gets_its_secrets_as_credentials(
     assert config["ProtectSystem"] == "strict" and config["PrivateUsers"] is True
     assert config["CapabilityBoundingSet"] == ""
     assert "nanoclaw-sandboxd.socket" in host["after"]
+    # The unit file NixOS writes, with the config file among its restart triggers.
+    unit = base["units"]["nanoclaw.service"]
+    assert "Type=notify\n" in unit and "WatchdogSec=30\n" in unit
+    assert "X-Restart-Triggers=/nix/store/" in unit
 
 
 @pytest.mark.parametrize("name", ["nanoclaw", "nanoclaw-sandboxd", "nanoclaw-port-filter"])
@@ -310,10 +268,7 @@ def test_every_setting_of_the_plain_unit_is_set(base: dict[str, Any], name: str)
 
 
 def test_an_override_loosens_one_key_and_leaves_the_rest(nixpkgs_lib: Path) -> None:
-    sample = changed(
-        'settings.timezone = "Europe/Berlin";',
-        'settings.timezone = "Europe/Berlin"; serviceOverrides.PrivateUsers = false;',
-    )
+    sample = changed("proxy = {", "serviceOverrides.PrivateUsers = false; proxy = {")
     config = evaluate(nixpkgs_lib, sample)["services"]["nanoclaw"]["serviceConfig"]
     assert config["PrivateUsers"] is False and config["ProtectSystem"] == "strict"
 
@@ -321,7 +276,7 @@ def test_an_override_loosens_one_key_and_leaves_the_rest(nixpkgs_lib: Path) -> N
 def test_the_broker_its_socket_and_the_port_filter(base: dict[str, Any]) -> None:
     broker = base["services"]["nanoclaw-sandboxd"]
     assert broker["serviceConfig"]["ExecStart"] == (
-        "/nix/store/nanoclaw/bin/nanoclaw-sandboxd --policy /etc/nanoclaw/policy.json"
+        f"{base['package']}/bin/nanoclaw-sandboxd --policy /etc/nanoclaw/policy.json"
     )
     assert broker["serviceConfig"]["CapabilityBoundingSet"] == "CAP_SYS_ADMIN"
     assert "nanoclaw-port-filter.service" in broker["after"]
@@ -331,20 +286,25 @@ def test_the_broker_its_socket_and_the_port_filter(base: dict[str, Any]) -> None
     assert socket["socketConfig"]["SocketMode"] == "0660"
     assert socket["wantedBy"] == ["sockets.target"]
     port_filter = base["services"]["nanoclaw-port-filter"]
-    assert port_filter["path"] == [store("nftables")]
+    assert port_filter["path"] == [base["paths"]["nftables"]]
     # A start, restart or reload of nftables.service flushes every table: ours follows.
     assert "nftables.service" in port_filter["after"]
     assert "nftables.service" in port_filter["partOf"]
     assert port_filter["unitConfig"]["ReloadPropagatedFrom"] == ["nftables.service"]
     assert port_filter["serviceConfig"]["ExecReload"] == port_filter["serviceConfig"]["ExecStart"]
     assert port_filter["serviceConfig"]["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
-    assert base["programs"]["nix-ld"]["enable"] is True
 
 
-def test_a_secret_file_in_the_store_is_warned_about(nixpkgs_lib: Path) -> None:
-    sample = changed('"/run/keys/matrix-token"', '"/nix/store/abc-matrix-token"')
-    warnings = evaluate(nixpkgs_lib, sample)["warnings"]
-    assert any("accessTokenFile is in the Nix store" in w for w in warnings), warnings
+def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        'timezone = "Europe/Berlin";',
+        'timezone = "Europe/Berlin"; sandbox_socket = "/run/nanoclaw-broker/socket";',
+    )
+    evaluated = evaluate(nixpkgs_lib, sample)
+    assert evaluated["sockets"]["nanoclaw-sandboxd"]["listenStreams"] == [
+        "/run/nanoclaw-broker/socket"
+    ]
+    assert evaluated["settings"]["sandbox_socket"] == "/run/nanoclaw-broker/socket"
 
 
 @pytest.mark.parametrize(
@@ -355,12 +315,31 @@ def test_a_secret_file_in_the_store_is_warned_about(nixpkgs_lib: Path) -> None:
             "Family = {",
             "services.nanoclaw.groups.Family: the group name must match",
         ),
-        ("family = {", "global = {", 'not be "global"'),
+        ("family = {", "global = {", "and not be global"),
+        (
+            "family = {",
+            "abcdefghijklmnopqr = {",
+            "services.nanoclaw.groups.abcdefghijklmnopqr: the group name must match "
+            "[a-z0-9][a-z0-9_-]{0,16} (lowercase letters, digits, '_' or '-'; at most 17 "
+            "characters, so that its user nanoclaw-tool-abcdefghijklmnopqr fits the 31",
+        ),
         ("uid = 61001;", "uid = 61000;", "groups.family.uid: 61000 is also the uid of group(s)"),
+        ("uid = 61001;", "uid = 65534;", "groups.family.uid: must not be 65534 (nobody)"),
         (
             "confineStore = false;",
             "confineStore = false; main = true;",
             "only one group may be main",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'timezone = "Europe/Berlin"; groups.family.main = true;',
+            "services.nanoclaw.settings.groups.family.main: must be false, as "
+            "services.nanoclaw.groups.family.main",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'timezone = "Europe/Berlin"; groups.ops.room_id = "!ops:example.org";',
+            "services.nanoclaw.settings.groups: ops has no sandbox",
         ),
         (
             'host = "/srv/project";',
@@ -404,22 +383,35 @@ def test_a_secret_file_in_the_store_is_warned_about(nixpkgs_lib: Path) -> None:
             "egress.domains: are reached only through the egress proxy",
         ),
         (
-            'settings.timezone = "Europe/Berlin";',
-            'settings.matrix.access_token = "syt_abc";',
+            'timezone = "Europe/Berlin";',
+            'matrix.access_token = "syt_abc";',
             "services.nanoclaw.settings.matrix.access_token looks like a secret",
         ),
         (
-            'settings.timezone = "Europe/Berlin";',
-            'settings.model.headers = [ "sk-ant-api03-xyz" ];',
+            'timezone = "Europe/Berlin";',
+            'model.headers = [ "sk-ant-api03-xyz" ];',
             "services.nanoclaw.settings.model.headers[0] looks like a secret",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'matrix.access_token_file = "/run/keys/token";',
+            "set accessTokenFile and apiKeyFile instead of matrix.access_token_file",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'sandbox_socket = "/var/lib/nanoclaw/sandbox.sock";',
+            "services.nanoclaw.settings.sandbox_socket: must be a path under /run/",
         ),
         (
             'roomId = "!family:example.org";',
             "",
             "groups.family.roomId: the group needs its Matrix room",
         ),
-        ('owners = [ "@me:example.org" ];', "owners = [ ];", "owners: list at least one"),
-        ('"/run/keys/anthropic-key"', '"keys/anthropic"', "apiKeyFile: must be an absolute path"),
+        (
+            'owners = [ "@me:example.org" ];',
+            "owners = [ ];",
+            "settings.matrix.owners: list at least one",
+        ),
     ],
 )
 def test_bad_configurations_fail_with_their_message(
@@ -429,9 +421,147 @@ def test_bad_configurations_fail_with_their_message(
     assert any(message in " ".join(m.split()) for m in failed), failed
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            '"/run/keys/matrix-token"',
+            '"/nix/store/00000000000000000000000000000000-matrix-token"',
+            "services.nanoclaw.accessTokenFile' is not of type `absolute path not in the Nix",
+        ),
+        (
+            '"/run/keys/anthropic-key"',
+            '"keys/anthropic"',
+            "services.nanoclaw.apiKeyFile' is not of type `null or absolute path not in the Nix",
+        ),
+        (
+            "wallSeconds = 900;",
+            "wallSeconds = 0;",
+            "services.nanoclaw.groups.main.limits.wallSeconds' is not of type",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'data_dir = "/srv/nanoclaw";',
+            "services.nanoclaw.settings.data_dir' is read-only",
+        ),
+    ],
+)
+def test_values_of_the_wrong_type_fail_naming_the_option(
+    nixpkgs_lib: Path, old: str, new: str, message: str
+) -> None:
+    error = refused(nixpkgs_lib, changed(old, new))
+    assert message in error, error
+
+
 def test_settings_with_secret_file_and_credential_names_pass(nixpkgs_lib: Path) -> None:
     sample = changed(
-        'settings.timezone = "Europe/Berlin";',
-        "settings.model.max_attempts = 3; settings.max_prompt_messages = 20;",
+        'timezone = "Europe/Berlin";',
+        "model.max_attempts = 3; max_prompt_messages = 20;",
     )
     assert evaluate(nixpkgs_lib, sample)["failed"] == []
+
+
+# The Nix side of the rules (predicates.nix) against Python's, value by value.
+CIDRS = [
+    "140.82.112.0/20",
+    "140.82.112.1/20",
+    "10.0.0.0/8",
+    "10.0.0.1",
+    "0.0.0.0/0",
+    "255.255.255.255/32",
+    "256.0.0.0/8",
+    "010.0.0.0/8",
+    "10.0.0.0/33",
+    "10.0.0.0/",
+    "1.2.3/24",
+    "github.com/20",
+    "",
+    "2001:db8::/32",
+    "::1/128",
+    "2001:db8::/129",
+]
+DOMAINS = [
+    "github.com",
+    "*.githubusercontent.com",
+    "a.b.c.example.org",
+    "localhost",
+    "*.com",
+    "*",
+    "GitHub.com",
+    "https://github.com",
+    "github.com:443",
+    "github.com.",
+    "10.0.0.1",
+    "-bad.com",
+    "bad-.com",
+    "a" * 63 + ".com",
+    "a" * 64 + ".com",
+    "xn--bcher-kva.example",
+    "under_score.com",
+]
+PATHS = [
+    "/srv/project",
+    "/home/me/.ssh/id_rsa",
+    "/srv/.env",
+    "/srv/.envrc",
+    "/srv/ID_RSA.pub",
+    "/srv/credentials.json",
+    "/srv/my.credentials",
+    "/srv/.secret",
+    "/srv/.secrets",
+    "/srv/wallet.dat",
+]
+
+
+def python_accepts(egress: dict[str, list[str]]) -> bool:
+    data = {
+        "version": 1,
+        "data_dir": "/var/lib/nanoclaw",
+        "proxy": {"address": "127.0.0.9", "port": 3128},
+        "groups": {"g": {"uid": 61000, "egress": egress}},
+    }
+    try:
+        parse_policy(data, "/etc/nanoclaw/policy.json")
+    except ConfigError:
+        return False
+    return True
+
+
+def test_nix_judges_cidrs_domains_and_paths_as_python_does(nixpkgs_lib: Path) -> None:
+    import subprocess
+
+    expression = f"""
+      let
+        lib = import {nixpkgs_lib};
+        rules = lib.importJSON {REPO}/nixos-module/rules.json;
+        judge = import {REPO}/nixos-module/predicates.nix {{
+          inherit lib rules;
+          blockedPatterns = [ "wallet.dat" ];
+        }};
+        values = builtins.fromJSON ''{json.dumps({"c": CIDRS, "d": DOMAINS, "p": PATHS})}'';
+      in {{
+        cidrs = map (cidr: judge.cidrProblem cidr == null) values.c;
+        domains = map judge.domainOk values.d;
+        paths = map (path: judge.blockedComponent path) values.p;
+      }}
+    """
+    done = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expression],
+        capture_output=True,
+        text=True,
+        env=NIX_ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    nix = json.loads(done.stdout)
+    for cidr, accepted in zip(CIDRS, nix["cidrs"], strict=True):
+        python = python_accepts({"cidrs": [cidr]})
+        if ":" in cidr and accepted:
+            continue  # IPv6 host bits are the build's check, which Python makes
+        assert accepted == python, f"{cidr!r}: Nix {accepted}, Python {python}"
+    for domain, accepted in zip(DOMAINS, nix["domains"], strict=True):
+        python = python_accepts({"domains": [domain]})
+        assert accepted == python, f"{domain!r}: Nix {accepted}, Python {python}"
+    patterns = (*rules_of.DEFAULT_BLOCKED_PATTERNS, "wallet.dat")
+    for path, component in zip(PATHS, nix["paths"], strict=True):
+        hit = rules_of.blocked_component(path, patterns)
+        assert component == (hit[0] if hit else None), path

@@ -2,6 +2,7 @@
 #   checks.x86_64-linux = import ./vm-tests { inherit pkgs self; };
 # where pkgs is nixpkgs for x86_64-linux and self the flake (its nixosModules.default and
 # packages). Each test comes from its wrapper NAME.nix: a scenario without one fails here.
+# The scenarios of scenarios/ run on the Debian node too; those of nixos/ on NixOS only.
 {
   pkgs,
   self,
@@ -11,8 +12,11 @@ let
   inherit (pkgs) lib;
   # vm-tests/scenarios/*.py without the helpers (_*.py), as vm-tests/driver.py finds them.
   isScenario = file: type: type == "regular" && lib.hasSuffix ".py" file && !lib.hasPrefix "_" file;
-  names = map (lib.removeSuffix ".py") (
-    builtins.attrNames (lib.filterAttrs isScenario (builtins.readDir ./scenarios))
-  );
+  scenariosIn =
+    directory:
+    map (lib.removeSuffix ".py") (
+      builtins.attrNames (lib.filterAttrs isScenario (builtins.readDir directory))
+    );
+  names = scenariosIn ./scenarios ++ scenariosIn ./nixos;
 in
 lib.genAttrs names (name: import (./. + "/${name}.nix") { inherit pkgs self runNixOSTest; })

@@ -1,19 +1,22 @@
 # The NixOS node of the VM isolation scenarios: what vm-tests/node/setup.sh and
-# vm-tests/node/policy.json give the Debian node by hand, declared through services.nanoclaw.
+# vm-tests/node/policy.json give the Debian node by hand, declared through services.nanoclaw,
+# and what the NixOS-only conversation scenario needs besides: a Synapse, a scripted model
+# and nanoclaw.service itself, all started with nanoclaw.service (never at boot: the host
+# would hold the egress proxy's address that `nanoclaw exec` takes in the other scenarios).
 #
 # This is the one place that names the options the scenarios need from the NixOS module
 # (self.nixosModules.default), which must provide:
 #   services.nanoclaw.enable, .package
-#   .settings                  freeform, rendered into config.toml on top of the options below
-#   .homeserverUrl, .userId, .owners, .accessTokenFile, .apiKeyFile      [matrix] and [model]
+#   .settings                  RFC 42: matrix.{homeserver, user_id, owners}, model, ...
+#   .accessTokenFile, .apiKeyFile    outside the store, handed over with LoadCredential=
 #   .dataDir, .protectedPaths  the policy's data_dir and protected_paths
 #   .proxy.{address, port}     the policy's proxy
 #   .defaults.limits, .groups.<name>.limits
-#       {memoryMaxBytes, tasksMax, cpuQuotaPercent, wallSeconds, outputBytes}
-#   .groups.<name>.{uid, main, mounts = [{host, sandbox, writable}], egress.{cidrs, domains},
-#       packages}             packages: the commands a tool unit of the group finds on PATH
-# and from them: /etc/nanoclaw/policy.json; users nanoclaw (group nanoclaw: the broker's
-# clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); dataDir/global and each
+#       {memoryMaxBytes, tasksMax, cpuQuotaPercent, wallSeconds, outputBytes, ...}
+#   .groups.<name>.{uid, main, roomId, mounts = [{host, sandbox, writable}],
+#       egress.{cidrs, domains}, packages}   packages: the commands a tool unit finds on PATH
+# and from them: /etc/nanoclaw/policy.json and config.toml; users nanoclaw (group nanoclaw:
+# the broker's clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); each
 # group's folder under dataDir/groups; every unit of units/ with its name and hardening
 # (nanoclaw-sandboxd.socket enabled, and nanoclaw-port-filter.service where units/ has it,
 # with nft on its path); the package's commands on PATH. A tool unit finds its group's
@@ -30,7 +33,8 @@ let
   # The Debian node's venv, for the smoke scenario's import check.
   venv = pkgs.python3.withPackages (ps: [ (ps.toPythonModule cfg.package) ]);
 
-  # The source as the Debian driver mounts it (SOURCE_ENTRIES in vm-tests/driver.py).
+  # The source as the Debian driver mounts it (SOURCE_ENTRIES in vm-tests/driver.py), and
+  # the scripted model the conversation scenario talks to.
   source = lib.fileset.toSource {
     root = ./..;
     fileset = lib.fileset.unions [
@@ -39,8 +43,16 @@ let
       ../policies
       ../pyproject.toml
       ./.
+      ../tests/__init__.py
+      ../tests/support
     ];
   };
+
+  # The conversation scenario's Matrix server, and what runs before the host (node/*.py).
+  homeserver = "http://127.0.0.1:8018";
+  sharedSecret = "nanoclaw-vm-test-registration";
+  modelUrl = "/run/nanoclaw-vm-model/url";
+  runtime = "/run/nanoclaw-vm";
 
   # Fails naming every difference between the module's policy and the Debian node's.
   samePolicy = pkgs.writeText "same-policy.py" ''
@@ -111,12 +123,15 @@ in
   services.nanoclaw = {
     enable = true;
     package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-    # The host is installed but never started here (see below): these only need to be valid.
-    homeserverUrl = "http://127.0.0.1:8008";
-    userId = "@nanoclaw:localhost";
-    owners = [ "@owner:localhost" ];
-    accessTokenFile = "${pkgs.writeText "matrix-token" "not-a-token"}";
-    apiKeyFile = "${pkgs.writeText "anthropic-key" "not-a-key"}";
+    settings.matrix = {
+      inherit homeserver;
+      user_id = "@nanoclaw:localhost";
+      owners = [ "@owner:localhost" ];
+    };
+    # Written by node/matrix_setup.py before the host starts.
+    accessTokenFile = "${runtime}/matrix-token";
+    apiKeyFile = "${runtime}/anthropic-key";
+    # Placeholders: the conversation scenario's room gets its ID only at run time.
     settings.groups = lib.mapAttrs (name: _: { room_id = "!${name}:localhost"; }) groups;
 
     dataDir = "/var/lib/nanoclaw";
@@ -129,9 +144,70 @@ in
     inherit groups;
   };
 
-  # As on the Debian node: no homeserver to talk to, and `nanoclaw exec` runs an egress
-  # proxy of its own on the policy's address only while the host does not hold it.
-  systemd.services.nanoclaw.wantedBy = lib.mkForce [ ];
+  # The host starts only with the conversation scenario, after what it needs, and reads the
+  # module's config.toml with the room's ID and the model's URL put in.
+  systemd.services.nanoclaw = {
+    wantedBy = lib.mkForce [ ];
+    requires = [ "nanoclaw-vm-matrix.service" ];
+    after = [ "nanoclaw-vm-matrix.service" ];
+    serviceConfig = {
+      ExecStartPre = lib.mkForce "${cfg.package}/bin/nanoclaw check-config --config ${runtime}/config.json";
+      ExecStart = lib.mkForce "${cfg.package}/bin/nanoclaw run --config ${runtime}/config.json";
+    };
+  };
+  systemd.services.nanoclaw-vm-matrix = {
+    description = "Matrix accounts, the owners' room and the host's config for the conversation scenario";
+    requires = [
+      "matrix-synapse.service"
+      "nanoclaw-vm-model.service"
+    ];
+    after = [
+      "matrix-synapse.service"
+      "nanoclaw-vm-model.service"
+    ];
+    serviceConfig = {
+      Type = "oneshot";
+      RemainAfterExit = true;
+      RuntimeDirectory = "nanoclaw-vm";
+      RuntimeDirectoryPreserve = true;
+      ExecStart = "${pkgs.python3.interpreter} ${./node/matrix_setup.py} ${homeserver} ${sharedSecret} ${modelUrl} alpha";
+    };
+  };
+  systemd.services.nanoclaw-vm-model = {
+    description = "the scripted model of the conversation scenario";
+    environment.PYTHONPATH = "${source}";
+    serviceConfig = {
+      DynamicUser = true;
+      RuntimeDirectory = "nanoclaw-vm-model";
+      ExecStart = "${venv}/bin/python ${./node/model.py} ${modelUrl}";
+    };
+  };
+  # As nixpkgs' Matrix bot tests have it: SQLite, the client API only, accounts made with
+  # the shared secret. Started with the host, on a port the other scenarios leave alone.
+  services.matrix-synapse = {
+    enable = true;
+    settings = {
+      server_name = "localhost";
+      database.name = "sqlite3";
+      registration_shared_secret = sharedSecret;
+      listeners = [
+        {
+          port = 8018;
+          bind_addresses = [ "127.0.0.1" ];
+          type = "http";
+          tls = false;
+          x_forwarded = false;
+          resources = [
+            {
+              names = [ "client" ];
+              compress = false;
+            }
+          ];
+        }
+      ];
+    };
+  };
+  systemd.services.matrix-synapse.wantedBy = lib.mkForce [ ];
 
   # The test framework panics on any OOM; the scenarios OOM-kill a tool unit on purpose.
   boot.kernel.sysctl."vm.panic_on_oom" = 0;
@@ -159,8 +235,8 @@ in
     nftables # nft, to look at the port filter's table
   ];
 
-  # Files and directories setup.sh makes (where the module makes the same paths, its
-  # entries, in an earlier file, win). /bin/true and /bin/sleep are argv the scenarios
+  # Files and directories setup.sh makes that the module does not (the group folders are
+  # the module's). /bin/true and /bin/sleep are argv the scenarios
   # name (NixOS has only /bin/sh); /usr/local/bin is where one plants a setuid shell.
   systemd.tmpfiles.settings."90-nanoclaw-vm-node" =
     {
@@ -173,7 +249,6 @@ in
         argument = "shared-file";
       };
       "/srv/scratch".d = { mode = "0755"; user = "61001"; group = "61001"; };
-      "/var/lib/nanoclaw/global".d.mode = "0755";
       "/var/lib/nanoclaw/nanoclaw.db".f = { mode = "0644"; argument = "database"; };
       "/var/lib/nanoclaw/groups/beta/secret".f = {
         mode = "0644";
@@ -186,17 +261,7 @@ in
       "/bin/sleep"."L+".argument = "${pkgs.coreutils}/bin/sleep";
       "/opt/nanoclaw".d.mode = "0755";
       "/opt/nanoclaw/venv"."L+".argument = "${venv}";
-    }
-    // lib.mapAttrs' (
-      name: group:
-      lib.nameValuePair "/var/lib/nanoclaw/groups/${name}" {
-        d = {
-          mode = "0750";
-          user = toString group.uid;
-          group = toString group.uid;
-        };
-      }
-    ) groups;
+    };
 
   # The source, read-only at the Debian node's path.
   systemd.mounts = [
@@ -216,6 +281,7 @@ in
   # The filesystem scenario walks / from inside a unit: a store image holds only this
   # node's closure, where the host's store shared over 9p would take the walk past its timeout.
   virtualisation.useNixStoreImage = true;
-  virtualisation.memorySize = 1024;
+  # Synapse, the host and the CLI beside the tool units of the scenarios.
+  virtualisation.memorySize = 2048;
   virtualisation.cores = 2;
 }

@@ -1,0 +1,60 @@
+"""The policy's rules as data, for the NixOS module, which checks options against them at
+evaluation time: group names, uids, blocked patterns, the broker's sandbox places and the
+limits with their ranges. nixos-module/rules.json is this module's output, and a test
+fails when the two differ; regenerate it with
+
+    python -m nanoclaw.rules > nixos-module/rules.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from nanoclaw import policy
+
+# What each limit bounds, for the NixOS option's description: a new limit needs one here,
+# and nothing on the Nix side.
+LIMIT_TEXT = {
+    "memory_max_bytes": "MemoryMax= of a tool unit, in bytes",
+    "tasks_max": "TasksMax= of a tool unit",
+    "cpu_quota_percent": "CPUQuota= of a tool unit, in percent of one CPU",
+    "wall_seconds": "the longest a tool call may run, in seconds",
+    "output_bytes": "bytes kept of a call's stdout and of its stderr",
+}
+
+
+def rules() -> dict[str, Any]:
+    """The rules, as plain JSON values. The group pattern is a POSIX extended regular
+    expression as much as a Python one, so Nix's builtins.match reads it the same way."""
+    missing = [name for name, *_ in policy.LIMIT_RANGES if name not in LIMIT_TEXT]
+    if missing:
+        raise KeyError(f"nanoclaw.rules.LIMIT_TEXT has no text for the limit(s) {missing}")
+    return {
+        "group": {
+            "pattern": policy.GROUP_PATTERN,
+            "max_length": policy.MAX_GROUP_NAME,
+            "reserved": sorted(policy.RESERVED_GROUPS),
+            "tool_user_prefix": policy.TOOL_USER_PREFIX,
+            "max_user_name": policy.MAX_USER_NAME,
+        },
+        "uid": {"min": policy.MIN_UID, "max": policy.MAX_UID, "nobody": policy.NOBODY_UID},
+        "blocked_patterns": list(policy.DEFAULT_BLOCKED_PATTERNS),
+        "env_file_prefix": policy.ENV_FILE_PREFIX,
+        "workspace": policy.WORKSPACE,
+        "reserved_sandbox": list(policy.RESERVED_SANDBOX),
+        "limits": [
+            {"name": name, "default": default, "min": low, "max": high, "text": LIMIT_TEXT[name]}
+            for name, default, low, high in policy.LIMIT_RANGES
+        ],
+    }
+
+
+def main() -> None:
+    json.dump(rules(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
