@@ -22,6 +22,7 @@ LIMIT_TEXT = {
     "cpu_quota_percent": "CPUQuota= of a tool unit, in percent of one CPU",
     "wall_seconds": "the longest a tool call may run, in seconds",
     "output_bytes": "bytes kept of a call's stdout and of its stderr",
+    "tmp_bytes": "the size of each of a tool unit's own /tmp, /var/tmp and /dev/shm, in bytes",
 }
 
 
