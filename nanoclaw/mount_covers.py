@@ -6,11 +6,11 @@ names as core.fsmonitor or core.hooksPath; Claude Code loads .claude/settings.js
 and .mcp.json; editors run .vscode and .idea tasks; shells source their rc files. A tool
 that wrote one would run code as the owner later (tried: a unit wrote .git/hooks/
 post-commit, and the owner's next commit ran it). So at each unit start the broker walks
-every protected mount, without following links, a few levels deep and a bounded number of
-entries, and each such entry it finds is made inaccessible in the unit: systemd mounts
-an empty node without permissions over it. A mount point cannot be renamed, replaced or
-removed from inside the unit, so the unit can neither change the entry nor move it aside
-to put its own in its place.
+every protected mount (nanoclaw.nofollow_walk: no link followed, a bounded number of
+entries, a few levels deep), and each such entry it finds is made inaccessible in the
+unit: systemd mounts an empty node without permissions over it. A mount point cannot be
+renamed, replaced or removed from inside the unit, so the unit can neither change the
+entry nor move it aside to put its own in its place.
 
 Why inaccessible rather than read-only: a read-only view would bind the entry's own host
 path, which lies in a directory tools write, so a concurrent unit could swap it for a
@@ -35,6 +35,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nanoclaw.nofollow_walk import walk
 from nanoclaw.policy import CONTROL_CHARACTERS, Mount, blocked_component, is_text
 
 # Files and directories the owner's tools read and act on when they work in a directory.
@@ -65,7 +66,6 @@ SCAN_DEPTH = 3  # the mount's own entries are depth 1, as sandbox-runtime's sear
 SCAN_ENTRIES = 20_000  # per mount; a unit could otherwise make the walk as long as it likes
 MAX_COVERS = 256  # each is a mount in every unit's namespace, paid at every start
 SKIPPED_DIRECTORIES = frozenset({"node_modules"})  # large, and never holds the above
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TooManyCovers(Exception):
@@ -79,65 +79,32 @@ class Scan:
 
 
 def scan_mount(mount: Mount, blocked_patterns: Sequence[str]) -> Scan:
-    """The entries of `mount` its units must not see, as sandbox paths.
+    """The entries of `mount` its units must not see, as sandbox paths. OSError when a
+    directory cannot be looked into: the caller must then refuse, not guess.
 
-    The walk opens each directory relative to its parent with O_NOFOLLOW, so a symlink a
-    tool planted leads nowhere; symlinks themselves are not covered (systemd refuses to
-    mount over them, and inside the unit they resolve in the unit's own view).
+    Symlinks are not covered: systemd refuses to mount over one, and inside the unit it
+    resolves in the unit's own view. The walk follows none (nanoclaw.nofollow_walk).
     """
     if not mount.protect:
         return Scan((), True)
     names = OWNER_TOOL_NAMES if mount.writable else frozenset()
     found: list[str] = []
-    budget = [SCAN_ENTRIES]
-    try:
-        root = os.open(mount.host, _DIRECTORY_FLAGS)
-    except OSError:  # missing or replaced: the bind fails or the broker's check refuses
-        return Scan((), True)
-    try:
-        _walk(root, mount.sandbox, 1, names, blocked_patterns, found, budget)
-    finally:
-        os.close(root)
+
+    def visit(entry: os.DirEntry[str], relative: str, depth: int) -> bool:
+        if entry.is_symlink() or not _nameable(entry.name):
+            return False
+        if entry.name in names or blocked_component(entry.name, blocked_patterns):
+            found.append(posixpath.join(mount.sandbox, relative, entry.name))
+            return False
+        return depth < SCAN_DEPTH and entry.name not in SKIPPED_DIRECTORIES
+
+    complete = walk(mount.host, visit, SCAN_ENTRIES)
     if len(found) > MAX_COVERS:
         raise TooManyCovers(
             f"{mount.host} holds more than {MAX_COVERS} entries to hide from tools "
             f"(e.g. {found[0]}); mount a narrower directory, or set protect = false for it"
         )
-    return Scan(tuple(found), budget[0] >= 0)
-
-
-def _walk(
-    directory: int,
-    sandbox: str,
-    depth: int,
-    names: frozenset[str],
-    patterns: Sequence[str],
-    found: list[str],
-    budget: list[int],
-) -> None:
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            budget[0] -= 1
-            if budget[0] < 0:
-                return
-            if entry.is_symlink() or not _nameable(entry.name):
-                continue
-            if entry.name in names or blocked_component(entry.name, patterns):
-                found.append(posixpath.join(sandbox, entry.name))
-            elif (
-                depth < SCAN_DEPTH
-                and entry.name not in SKIPPED_DIRECTORIES
-                and entry.is_dir(follow_symlinks=False)
-            ):
-                try:
-                    child = os.open(entry.name, _DIRECTORY_FLAGS, dir_fd=directory)
-                except OSError:  # gone, replaced or unreadable since the listing
-                    continue
-                try:
-                    _walk(child, posixpath.join(sandbox, entry.name), depth + 1, names,
-                          patterns, found, budget)  # fmt: skip
-                finally:
-                    os.close(child)
+    return Scan(tuple(found), complete)
 
 
 def _nameable(name: str) -> bool:

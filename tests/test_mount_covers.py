@@ -4,6 +4,10 @@ in writable mounts, secrets in every mount; never following a link, within its b
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -126,3 +130,29 @@ def test_too_many_entries_to_hide_refuses_the_mount(tmp_path: Path) -> None:
 
 def test_a_missing_mount_has_nothing_to_hide(tmp_path: Path) -> None:
     assert covers(tmp_path / "missing") == set()
+
+
+def test_a_directory_that_cannot_be_looked_into_is_an_error_not_an_empty_one() -> None:
+    # As a user who may enter the mount but not `locked` in it: the walk must not report
+    # "nothing to hide" there.
+    root = Path(tempfile.mkdtemp(prefix="nanoclaw-covers-"))
+    try:
+        root.chmod(0o755)
+        make(root, "locked/.git/", "open/")
+        (root / "locked").chmod(0o700)
+        code = (
+            "from nanoclaw.mount_covers import scan_mount; from nanoclaw.policy import Mount; "
+            f"scan_mount(Mount({str(root)!r}, '/workspace/proj', True), ())"
+        )
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        done = subprocess.run(
+            [*nobody, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert done.returncode != 0, done.stdout
+        assert "PermissionError" in done.stderr and "'locked'" in done.stderr, done.stderr
+        assert covers(root) == {"/workspace/proj/locked/.git"}  # the control, as root
+    finally:
+        shutil.rmtree(root)
