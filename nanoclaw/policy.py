@@ -213,6 +213,8 @@ class Policy:
             ("the policy file", self.policy_path),
             *(("a path hidden from every tool", path) for path in ALWAYS_HIDDEN),
             *(("a kernel file system", path) for path in KERNEL_FILE_SYSTEMS),
+            # Every unit has its own; and the broker, which checks sources, has a private /tmp.
+            *(("a scratch place each unit has its own of", path) for path in SCRATCH),
         )
 
     def check_host_path(self, value: object, key: str) -> str:

@@ -155,6 +155,9 @@ let
       // {
         Type = "simple";
         ExecStart = "${cfg.package}/bin/nanoclaw-sandboxd --policy ${policyPath}";
+        # Its probe of the port filter listens on the proxy's address.
+        IPAddressAllow =
+          hardening.broker.IPAddressAllow ++ lib.optional (cfg.proxy != null) cfg.proxy.address;
       }
     );
   };

@@ -54,9 +54,18 @@ in
   # units/nanoclaw-sandboxd.service: root, to start units with any User=; systemd lets a
   # caller manage units when it holds CAP_SYS_ADMIN, and that is all it keeps. Tool units'
   # mounts are PID 1's work, and clients are known by SO_PEERCRED and SO_PEERGROUPS.
+  # It sees /home as PID 1 does (read-only, not hidden), since it checks the host paths
+  # PID 1 binds (the policy refuses sources in /tmp); CAP_DAC_READ_SEARCH lists tool
+  # users' directories for what units must not see and for workspace sizes, walked
+  # without following links.
   broker = common // {
     PrivateMounts = true;
-    CapabilityBoundingSet = "CAP_SYS_ADMIN";
+    ProtectHome = "read-only";
+    DevicePolicy = "closed";
+    # IP only for its start-up probes' listeners (default.nix adds the proxy's address).
+    IPAddressDeny = "any";
+    IPAddressAllow = [ "localhost" ];
+    CapabilityBoundingSet = "CAP_SYS_ADMIN CAP_DAC_READ_SEARCH";
     RestrictAddressFamilies = [
       "AF_UNIX"
       "AF_INET"

@@ -278,7 +278,12 @@ def test_the_broker_its_socket_and_the_port_filter(base: dict[str, Any]) -> None
     assert broker["serviceConfig"]["ExecStart"] == (
         f"{base['package']}/bin/nanoclaw-sandboxd --policy /etc/nanoclaw/policy.json"
     )
-    assert broker["serviceConfig"]["CapabilityBoundingSet"] == "CAP_SYS_ADMIN"
+    assert broker["serviceConfig"]["CapabilityBoundingSet"] == "CAP_SYS_ADMIN CAP_DAC_READ_SEARCH"
+    # It must see /home as PID 1 does, to check the mount sources PID 1 binds.
+    assert broker["serviceConfig"]["ProtectHome"] == "read-only"
+    # IP only to its probes' listeners: loopback and the proxy's address.
+    assert broker["serviceConfig"]["IPAddressDeny"] == "any"
+    assert broker["serviceConfig"]["IPAddressAllow"] == ["localhost", "127.0.0.9"]
     assert "nanoclaw-port-filter.service" in broker["after"]
     socket = base["sockets"]["nanoclaw-sandboxd"]
     assert socket["listenStreams"] == ["/run/nanoclaw/sandbox.sock"]

@@ -12,6 +12,8 @@ import pwd
 import re
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,17 @@ VALID_FIXTURES: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A directory of real files outside /tmp: the policy refuses mount sources in /tmp
+    (every unit has its own), so trees made there could not be mounted at all."""
+    base = Path("/var/cache/nanoclaw-tests")
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=base))
+    yield path
+    shutil.rmtree(path)
 
 
 def at(data: dict[str, Any], location: tuple[str | int, ...], value: object) -> dict[str, Any]:
@@ -507,6 +520,8 @@ def test_limits_are_range_checked(name: str, where: str) -> None:
         ("/proc/sys/kernel", "is inside /proc, a kernel file system"),
         ("/sys/kernel", "is inside /sys, a kernel file system"),
         ("/dev/shm", "is inside /dev, a kernel file system"),
+        ("/tmp/project", "is inside /tmp, a scratch place each unit has its own of"),
+        ("/var/tmp", "is /var/tmp, a scratch place"),
     ],
 )
 def test_mount_hosts_that_expose_what_is_hidden_are_refused(host: str, fragment: str) -> None:
