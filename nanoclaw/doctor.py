@@ -19,7 +19,13 @@ import aiohttp
 
 from nanoclaw.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.credential_proxy import CredentialProxy, default_endpoint, model_api_key
-from nanoclaw.sandbox_client import PolicySummary, SandboxError, describe_policy
+from nanoclaw.sandbox_client import (
+    PolicySummary,
+    SandboxError,
+    describe_policy,
+    workspace_usage,
+)
+from nanoclaw.workspace_usage import shown, size
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 # count_tokens needs a model; this one when the config leaves it to the CLI's default.
@@ -111,7 +117,21 @@ async def _broker(config: Config) -> list[Check]:
         )
         return [Check("broker", False, str(exc), fix)]
     broker = Check("broker", True, f"{socket}: {len(summary.groups)} groups in the policy")
-    return [broker, *_enforcement(summary)]
+    return [broker, *_enforcement(summary), await _workspaces(socket)]
+
+
+async def _workspaces(socket: str) -> Check:
+    try:
+        measured = await workspace_usage(socket)
+    except (SandboxError, OSError, ValueError, KeyError) as exc:
+        return Check("workspaces", False, str(exc), "update nanoclaw-sandboxd")
+    held = ", ".join(f"{name} {shown(usage)}" for name, usage in measured.groups.items())
+    return Check(
+        "workspaces",
+        True,
+        f"{held or 'none'}; {size(measured.free_bytes)} free on the file system they share "
+        "(no per-group bound: one group can fill it for all)",
+    )
 
 
 def _enforcement(summary: PolicySummary) -> list[Check]:
@@ -129,6 +149,17 @@ def _enforcement(summary: PolicySummary) -> list[Check]:
             f"BPF, {restart}",
         )
     ]
+    # Not a failure: systemd before 257 has no PrivatePIDs=, and nothing here can add it.
+    checks.append(
+        Check(
+            "pid isolation",
+            True,
+            "each tool unit has a PID namespace of its own"
+            if summary.enforced.pid_isolation
+            else "not available (systemd before 257): a tool unit can tell which PIDs exist, "
+            "though it sees none of their processes",
+        )
+    )
     if any(grant.domains for grant in summary.groups.values()):
         checks.append(
             Check("port filter", True, "domain groups reach only the proxy's port")

@@ -78,7 +78,8 @@ class Host:
             lambda folder: self._settings(folder), config.idle_timeout_seconds
         )
         self._groups = groups
-        self.router = router = Router(config, store, groups, channel, pool, self.memory)
+        usage = self._sandbox.usage if self._sandbox is not None else None
+        self.router = router = Router(config, store, groups, channel, pool, self.memory, usage)
         scheduler = Scheduler(store, config.timezone, router, config.data_dir)
         self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)
         self._tasks.declare(config.tasks)

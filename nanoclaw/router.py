@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,8 +24,10 @@ from nanoclaw.groups import GroupRegistry
 from nanoclaw.host_tools import ToolRefused
 from nanoclaw.memory import Memory, MemoryRefused
 from nanoclaw.prompt import PromptMessage, build_prompt, task_prompt
+from nanoclaw.sandbox_client import SandboxError
 from nanoclaw.store import OutboxEntry, RunClaim, Store, StoredMessage, TaskRun
 from nanoclaw.triggers import is_triggered
+from nanoclaw.workspace_usage import UsageReport, shown, size
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ class Router:
         channel: Channel,
         pool: AgentPool,
         memory: Memory,
+        workspace_usage: Callable[[], Awaitable[UsageReport]] | None = None,
     ) -> None:
         self._config = config
+        self._workspace_usage = workspace_usage  # from the broker, when there is one
         self._store = store
         self._groups = groups
         self._channel = channel
@@ -380,7 +384,7 @@ class Router:
             text = "Started a new session. The conversation so far is forgotten; the memory stays."
             log.info("session reset by /new", extra={"group": folder})
         else:
-            text = self.status_text(folder)
+            text = self.status_text(folder) + await self._workspace_line(folder)
         entries = self._store.enqueue_replies(
             group.room_id,
             render_message(text, item.message.thread_root),
@@ -411,6 +415,18 @@ class Router:
                 f"- tasks: {self._task_counts(folder)}",
             ]
         )
+
+    async def _workspace_line(self, folder: str) -> str:
+        if self._workspace_usage is None:
+            return ""
+        try:
+            measured = await self._workspace_usage()
+        except SandboxError as error:
+            return f"\n- workspace: unknown ({error})"
+        usage = measured.groups.get(folder)
+        held = "not in the sandbox policy" if usage is None else shown(usage)
+        # No per-group bound: every workspace shares one file system (nanoclaw.workspace_usage).
+        return f"\n- workspace: {held}; {size(measured.free_bytes)} free, shared by all groups"
 
     def _task_counts(self, folder: str) -> str:
         statuses = [task.status for task in self._store.tasks(folder)]

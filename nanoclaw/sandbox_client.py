@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nanoclaw.workspace_usage import Usage, UsageReport
+
 MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
 
 
@@ -33,6 +35,7 @@ class Enforcement:
 
     ip_filtering: bool
     proxy_port_filter: bool
+    pid_isolation: bool  # PrivatePIDs= (systemd 257 and later)
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,21 @@ async def describe_policy(socket_path: str) -> PolicySummary:
         },
         enforced=None
         if enforced is None
-        else Enforcement(bool(enforced["ip_filtering"]), bool(enforced["proxy_port_filter"])),
+        else Enforcement(
+            bool(enforced["ip_filtering"]),
+            bool(enforced["proxy_port_filter"]),
+            bool(enforced.get("pid_isolation", False)),
+        ),
+    )
+
+
+async def workspace_usage(socket_path: str) -> UsageReport:
+    reply = await _ask(socket_path, {"usage": True})
+    return UsageReport(
+        free_bytes=int(reply["free_bytes"]),
+        groups={
+            name: Usage(int(g["bytes"]), bool(g["complete"])) for name, g in reply["groups"].items()
+        },
     )
 
 

@@ -12,7 +12,14 @@ import logging
 from collections.abc import Sequence
 
 from nanoclaw.egress_proxy import EgressProxy
-from nanoclaw.sandbox_client import SandboxError, SandboxResult, describe_policy, run_in_sandbox
+from nanoclaw.sandbox_client import (
+    SandboxError,
+    SandboxResult,
+    describe_policy,
+    run_in_sandbox,
+    workspace_usage,
+)
+from nanoclaw.workspace_usage import UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ class SandboxGateway:
     async def close(self) -> None:
         if self.proxy is not None:
             await self.proxy.close()
+
+    async def usage(self) -> UsageReport:
+        return await workspace_usage(self.socket_path)
 
     async def run(self, group: str, argv: Sequence[str], stdin: bytes = b"") -> SandboxResult:
         grant = (await describe_policy(self.socket_path)).groups.get(group)

@@ -29,7 +29,9 @@ the password in the unit's proxy URL, for groups with egress domains.
 
 The host may instead send {"describe": true} and read back what it needs to serve the
 policy: {"ok": true, "proxy": {"address": "127.0.0.1", "port": 3128} or null,
-"groups": {"family": {"wall_seconds": 600, "domains": ["github.com"]}}}.
+"groups": {"family": {"wall_seconds": 600, "domains": ["github.com"]}}}; or send
+{"usage": true} and read back how much each workspace holds (nanoclaw.workspace_usage):
+{"ok": true, "free_bytes": 123, "groups": {"family": {"bytes": 4096, "complete": true}}}.
 
 It imports nothing from the agent side: only the policy, its compiler and D-Bus.
 """
@@ -40,6 +42,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import dataclasses
 import errno
 import grp
 import json
@@ -58,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanoclaw import workspace_usage
 from nanoclaw.config_reader import ConfigError
 from nanoclaw.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
 from nanoclaw.mount_covers import TooManyCovers, scan_mount
@@ -263,7 +267,14 @@ class Broker:
                 reply["enforced"] = {
                     "ip_filtering": self.ip_filtering,
                     "proxy_port_filter": self.proxy_port_filtered,
+                    "pid_isolation": self.private_pids,
                 }
+            elif data == {"usage": True}:
+                try:
+                    measured = await asyncio.to_thread(workspace_usage.report, self.policy)
+                except OSError as error:
+                    raise Refused(f"cannot measure the workspaces: {error}") from None
+                reply = {"ok": True, **dataclasses.asdict(measured)}
             else:
                 await self.authorize_run(sock, peer)
                 request, stdin = parse_request(data)
@@ -373,6 +384,11 @@ def _covers(group: GroupPolicy, blocked_patterns: tuple[str, ...]) -> tuple[str,
             scan = scan_mount(mount, blocked_patterns)
         except TooManyCovers as error:
             raise Refused(f"group {group.name}: {error}") from None
+        except OSError as error:  # what cannot be seen cannot be hidden: refuse
+            raise Refused(
+                f"group {group.name}: cannot look inside {mount.host} for what tools must "
+                f"not see: {error}"
+            ) from None
         if not scan.complete:
             log.warning("walked only part of %s for entries to hide from tools", mount.host)
         covers.extend(scan.covers)

@@ -94,7 +94,13 @@ def failed(checks: dict[str, list[str]]) -> set[str]:
     return {name for name, lines in checks.items() if lines[0].startswith("FAIL")}
 
 
-async def test_everything_in_order_passes(world: World, broker: BrokerFactory) -> None:
+async def test_everything_in_order_passes(
+    world: World, broker: BrokerFactory, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "data" / "groups" / "web"
+    workspace.mkdir(parents=True)
+    (workspace / "notes").write_bytes(b"x" * 8192)
+    (workspace / "elsewhere").symlink_to("/usr")  # counted as a link, never followed
     async with broker(True, True) as socket:
         status, checks = await doctor(world, sandbox_socket=str(socket))
     assert failed(checks) == set(), checks
@@ -105,12 +111,17 @@ async def test_everything_in_order_passes(world: World, broker: BrokerFactory) -
         "matrix token",
         "broker",
         "ip filtering",
+        "pid isolation",
         "port filter",
+        "workspaces",
         "model",
         "data dir",
     ]
     assert world.bot.user_id in checks["matrix token"][0]
     assert "2 groups in the policy" in checks["broker"][0]
+    assert "not available (systemd before 257)" in checks["pid isolation"][0]
+    shown = checks["workspaces"][0]
+    assert "main 0 bytes, web 8.0 KiB;" in shown and "no per-group bound" in shown, shown
     assert "the key is accepted" in checks["model"][0]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
@@ -83,6 +84,7 @@ for repo in proj open; do
   git -C /srv/$repo add README
   git -C /srv/$repo commit -qm init
   chown -R 61001:61001 /srv/$repo
+  chmod 0700 /srv/$repo  # the tool user's alone: the broker looks inside all the same
 done
 cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
 mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
@@ -336,6 +338,114 @@ async def test_write_memory_never_writes_through_links_a_tool_plants(
     assert victim.read_text() == "through the link"
 
 
+# --- every file the CLI reads, planted where tools write --------------------------------
+
+
+def planted_files(markers: Path, where: str) -> dict[str, str]:
+    """Every file the bundled CLI was seen (with strace) to read from its working directory
+    and those above it, each with a payload that would show: hooks, an API key helper and
+    an MCP server that touch a marker, settings that change the request, and text."""
+    text = f"PLANTED-{where}"
+
+    def touch(what: str) -> str:
+        return f"touch {markers}/{where}-{what}"
+
+    def hook(event: str) -> list[dict[str, object]]:
+        return [{"hooks": [{"type": "command", "command": touch(event)}]}]
+
+    settings = json.dumps(
+        {
+            "hooks": {event: hook(event) for event in ("SessionStart", "UserPromptSubmit")},
+            "apiKeyHelper": touch("apiKeyHelper"),
+            "env": {"ANTHROPIC_CUSTOM_HEADERS": "x-planted: 1"},
+            "model": "planted-model",
+            "outputStyle": "planted",
+        }
+    )
+    described = f"---\nname: planted\ndescription: {text}\n---\n{text}\n"
+    task = {"id": "planted", "cron": "* * * * *", "prompt": text, "recurring": True}
+    return {
+        "CLAUDE.md": text,
+        "CLAUDE.local.md": text,
+        "AGENTS.md": text,
+        ".mcp.json": json.dumps(
+            {"mcpServers": {"planted": {"command": "/bin/sh", "args": ["-c", touch("mcp")]}}}
+        ),
+        ".claude/CLAUDE.md": text,
+        ".claude/rules/planted.md": text,
+        ".claude/settings.json": settings,
+        ".claude/settings.local.json": settings,
+        ".claude/commands/planted.md": described,
+        ".claude/agents/planted.md": described,
+        ".claude/skills/planted/SKILL.md": described,
+        ".claude/output-styles/planted.md": described,
+        ".claude/scheduled_tasks.json": json.dumps({"tasks": [task]}),
+        ".git/HEAD": "ref: refs/heads/main\n",
+        ".git/config": f"[core]\n\tfsmonitor = {touch('fsmonitor')}\n",
+        ".git/hooks/post-checkout": f"#!/bin/sh\n{touch('git-hook')}\n",
+    }
+
+
+def plant_command(root: str, files: dict[str, str]) -> str:
+    """A tool's command writing `files` under `root`; it reports what it could not write
+    (a protected mount's .git, say) instead of stopping there."""
+    script = (
+        "import json, os, sys\n"
+        f"root = {root!r}\n"
+        "for name, text in json.loads(sys.stdin.read()).items():\n"
+        "    path = os.path.join(root, name)\n"
+        "    try:\n"
+        "        os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "        with open(path, 'w') as f: f.write(text)\n"
+        "        os.chmod(path, 0o755)\n"
+        "    except OSError as e: print('not planted:', name, e.strerror)\n"
+        "print('planted in', root)\n"
+    )
+    return f"python3 -c {shlex.quote(script)} <<'FILES'\n{json.dumps(files)}\nFILES"
+
+
+async def test_every_file_the_cli_reads_planted_where_tools_write_is_never_loaded(
+    machine: Machine,
+    homeserver: EmbeddedHomeserver,
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    fresh: Path,
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    places = {"group": "/workspace/group", "proj": "/workspace/proj", "open": "/workspace/open"}
+    scripted_model.script = bash_for(
+        {f"plant {w}": plant_command(root, planted_files(markers, w)) for w, root in places.items()}
+    )
+    world = await agent_world(machine, homeserver, scripted_model, tmp_path, fresh)
+    try:
+        replies = await say(world, *(f"plant {where}" for where in places))
+        fresh_session = len(scripted_model.requests)
+        await say(world, "/new", "hello", "and again")
+    finally:
+        await world.close()
+    for where, reply in zip(places, replies, strict=True):
+        assert f"planted in {places[where]}" in reply, reply
+    assert "not planted: .git/config" in replies[1], "proj's own .git stays hidden"
+    assert (fresh / "groups" / "alpha" / ".claude" / "settings.json").exists()
+
+    later = scripted_model.requests[fresh_session:]
+    assert later, "the fresh session asked the model"
+    for request in later:
+        shown = request.system_text + request.all_text + json.dumps(request.body["tools"])
+        assert "PLANTED-" not in shown
+        assert request.body["model"] != "planted-model"
+        assert "x-planted" not in request.headers
+    assert sorted(p.name for p in markers.iterdir()) == [], "a planted file ran"
+
+    # The control: the workspace's files, where a CLI loads project settings, do act.
+    scripted_model.requests.clear()
+    await cli_with_project_settings(scripted_model, fresh / "groups" / "alpha", tmp_path / "cli")
+    ran = sorted(p.name for p in markers.iterdir())
+    assert "group-SessionStart" in ran and "group-apiKeyHelper" in ran, ran
+    assert any("PLANTED-group" in r.all_text for r in scripted_model.requests)
+
+
 # --- 4: mount sources a tool could swap ------------------------------------------------
 
 
@@ -528,3 +638,21 @@ async def test_each_unit_has_its_own_bounded_scratch(machine: Machine) -> None:
     await asyncio.sleep(1.5)
     assert out(await sh(machine, "head -c 4M /dev/zero > /tmp/mine && echo ok")) == "ok\n"
     await filler
+
+
+async def test_status_shows_what_the_workspace_holds(
+    machine: Machine,
+    homeserver: EmbeddedHomeserver,
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    fresh: Path,
+) -> None:
+    # No per-group bound on a workspace: the owner sees what each holds instead.
+    scripted_model.script = bash_for({"fill": "head -c 3M /dev/zero > /workspace/group/blob"})
+    world = await agent_world(machine, homeserver, scripted_model, tmp_path, fresh)
+    try:
+        replies = await say(world, "/status", "fill", "/status")
+    finally:
+        await world.close()
+    assert "- workspace: 0 bytes; " in replies[0], replies[0]
+    assert re.search(r"- workspace: 3\.0 MiB; [0-9.]+ [KMGT]iB free, shared by all", replies[2])
