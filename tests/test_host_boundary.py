@@ -23,17 +23,17 @@ from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 
 from nanoclaw.homeserver import EmbeddedHomeserver
 from nanoclaw.sandbox_client import SandboxResult, run_in_sandbox
-from tests.support.machine import Machine, require_machine, rootfs
+from tests.support.machine import (
+    BROKER_OVERRIDE,
+    REPO,
+    SOURCE,
+    Machine,
+    require_machine,
+    rootfs,
+)
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 from tests.support.world import API_KEY, World, prompt_messages
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = "/opt/nanoclaw-src"
-OVERRIDE = f"""[Service]
-ExecStart=
-ExecStart=/usr/bin/python3 -m nanoclaw.sandboxd --policy /etc/nanoclaw/policy.json
-Environment=PYTHONPATH={SOURCE}
-"""
 TMP_BYTES = 8 * 1024 * 1024
 POLICY = {
     "version": 1,
@@ -115,7 +115,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Iterator[Ma
     units = tmp_path_factory.mktemp("units")
     for name in ("nanoclaw-sandboxd.socket", "nanoclaw-sandboxd.service"):
         shutil.copy(REPO / "units" / name, units / name)
-    (units / "override.conf").write_text(OVERRIDE)
+    (units / "override.conf").write_text(BROKER_OVERRIDE)
     (units / "policy.json").write_text(json.dumps(POLICY))
     binds = [(REPO, SOURCE, False), (units, "/tmp/units", False), (data, "/var/lib/nanoclaw", True)]
     with Machine(rootfs(), "boundary", binds=binds) as m:

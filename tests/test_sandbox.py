@@ -28,17 +28,17 @@ from nanoclaw.sandbox_client import (
     run_in_sandbox,
 )
 from nanoclaw.sandbox_tools import SandboxTools, ToolInputError
-from tests.support.machine import Machine, require_machine, rootfs
+from tests.support.machine import (
+    BROKER_OVERRIDE,
+    REPO,
+    SOURCE,
+    Machine,
+    require_machine,
+    rootfs,
+)
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 from tests.support.world import World
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = "/opt/nanoclaw-src"
-OVERRIDE = f"""[Service]
-ExecStart=
-ExecStart=/usr/bin/python3 -m nanoclaw.sandboxd --policy /etc/nanoclaw/policy.json
-Environment=PYTHONPATH={SOURCE}
-"""
 LIMITS = {
     "memory_max_bytes": 268435456,
     "tasks_max": 32,
@@ -96,7 +96,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     units = tmp_path_factory.mktemp("units")
     for name in ("nanoclaw-sandboxd.socket", "nanoclaw-sandboxd.service", "nanoclaw.service"):
         (units / name).write_text((REPO / "units" / name).read_text())
-    (units / "override.conf").write_text(OVERRIDE)
+    (units / "override.conf").write_text(BROKER_OVERRIDE)
     (units / "policy.json").write_text(json.dumps(POLICY))
     with Machine(
         rootfs(), "sandbox", binds=[(REPO, SOURCE, False), (units, "/tmp/units", False)]

@@ -24,7 +24,9 @@ from nanoclaw.appliance_machine import (
 from tests.support.driver_api import DriverApi
 
 __all__ = [
+    "BROKER_OVERRIDE",
     "REPO",
+    "SOURCE",
     "Machine",
     "clean_leftovers",
     "machine_available",
@@ -32,6 +34,16 @@ __all__ = [
     "require_machine",
     "rootfs",
 ]
+
+
+# Where machines see this checkout, and the drop-in that runs the broker unit of units/
+# from it (instead of an installed nanoclaw-sandboxd).
+SOURCE = "/opt/nanoclaw-src"
+BROKER_OVERRIDE = f"""[Service]
+ExecStart=
+ExecStart=/usr/bin/python3 -m nanoclaw.sandboxd --policy /etc/nanoclaw/policy.json
+Environment=PYTHONPATH={SOURCE}
+"""
 
 
 def require_machine() -> None:
