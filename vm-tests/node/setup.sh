@@ -32,6 +32,9 @@ echo global-memory > /var/lib/nanoclaw/memory/global/CLAUDE.md
 echo shared-file > /srv/shared/readme
 # alpha's own files, so that only the read-only bind stops alpha from writing there.
 chown -R 61001:61001 /srv/shared /srv/scratch
+# beta's repositories (the mounts scenario makes them git repositories): root's, so root's
+# git works in them, and writable by beta's group, so only the protection stops a tool.
+install -d -o root -g 61002 -m 0775 /srv/repo /srv/open-repo
 for g in alpha:61001 beta:61002 cidr:61003 web:61004; do
   install -d -o "${g##*:}" -g "${g##*:}" -m 0700 "/var/lib/nanoclaw/groups/${g%%:*}"
 done
