@@ -277,6 +277,13 @@ MUTATIONS = (
         "secrets in every protected mount are hidden, read-only ones too",
     ),
     Mutation(
+        "pid-gap-unsaid",
+        "the broker's warning where systemd has no PrivatePIDs= (before 257)",
+        (Edit(BROKER, "if not private_pids:", "if False:"),),
+        "privileges",
+        "PID isolation where systemd has PrivatePIDs=, a loud note where not",
+    ),
+    Mutation(
         "any-group-member-runs",
         "the broker's rule that only root and the host's main process start units",
         (drop(BROKER, "                await self.authorize_run(sock, peer)\n"),),
