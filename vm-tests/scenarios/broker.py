@@ -43,12 +43,12 @@ def ask_as_host(request: dict) -> list[dict]:
     put(request)
     machine.succeed(
         "mkdir -p /run/systemd/system/nanoclaw.service.d && "
-        "cat > /run/systemd/system/nanoclaw.service.d/ask.conf <<'EOF'\n"
+        "cat > /run/systemd/system/nanoclaw.service.d/ask.conf <<EOF\n"
         "[Service]\n"
         "Type=oneshot\n"
         "ExecStartPre=\n"
         "ExecStart=\n"
-        "ExecStart=/usr/bin/python3 /run/broker-ask.py --child-too\n"
+        "ExecStart=$(command -v python3) /run/broker-ask.py --child-too\n"
         "LoadCredential=\n"
         "WatchdogSec=0\n"
         "Restart=no\n"
