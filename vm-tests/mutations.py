@@ -44,6 +44,7 @@ class Mutation:
 
 
 UNIT = "nanoclaw/unit_properties.py"
+BROKER = "nanoclaw/sandboxd.py"
 
 
 def drop(path: str, line: str) -> Edit:
@@ -87,7 +88,7 @@ MUTATIONS = (
         (
             Edit("nanoclaw/port_filter.py", "if policy.proxy is not None and uids:", "if False:"),
             Edit(
-                "nanoclaw/sandboxd.py",
+                BROKER,
                 "if group.egress.domains and not self.proxy_port_filtered:",
                 "if False:",
             ),
@@ -98,7 +99,7 @@ MUTATIONS = (
     Mutation(
         "host-run",
         "the unit's empty /run (D-Bus and name service sockets show through)",
-        (Edit(UNIT, ', (RUN, "mode=0755")),', "),"),),
+        (drop(UNIT, '                (RUN, "mode=0755"),\n'),),
         "egress",
         "no name service sockets",
     ),
@@ -107,7 +108,7 @@ MUTATIONS = (
         "the broker's start-up check that the port filter holds",
         (
             Edit(
-                "nanoclaw/sandboxd.py",
+                BROKER,
                 "if group.egress.domains and not self.proxy_port_filtered:",
                 "if False:",
             ),
@@ -120,7 +121,7 @@ MUTATIONS = (
         "the broker's refusal of unknown request fields",
         (
             Edit(
-                "nanoclaw/sandboxd.py",
+                BROKER,
                 "    if extra:\n        raise Refused(",
                 "    if False:\n        raise Refused(",
             ),
@@ -131,14 +132,26 @@ MUTATIONS = (
     Mutation(
         "see-the-data-dir",
         "InaccessiblePaths= (the data directory, secrets, other groups' folders)",
-        (drop(UNIT, '("InaccessiblePaths", _hidden(policy)),'),),
+        (
+            Edit(
+                UNIT,
+                '("InaccessiblePaths", _hidden(policy) + tuple(',
+                '("InaccessiblePaths", tuple(',
+            ),
+        ),
         "filesystem",
         "secrets, the data directory and other groups are invisible",
     ),
     Mutation(
         "shared-dev-shm",
         "the unit's own /dev/shm (PrivateDevices= binds the host's)",
-        (Edit(UNIT, '("/dev/shm", "mode=1777"), ', ""),),
+        (
+            Edit(
+                "nanoclaw/policy.py",
+                'SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")',
+                'SCRATCH = ("/tmp", "/var/tmp")',
+            ),
+        ),
         "filesystem",
         "/dev/shm is the unit's own",
     ),
@@ -150,6 +163,19 @@ MUTATIONS = (
         # The walk runs first and finds the read-only mount writable; the subtest "read-only
         # binds refuse writes" (whose owner-can-write control keeps it honest) comes next.
         "walking / finds writable places only where the policy put them",
+    ),
+    Mutation(
+        "global-memory-writable",
+        "the read-only bind of the global memory (writable, as it was for the main group)",
+        (
+            Edit(
+                UNIT,
+                "read_only = [(*shared, True, BIND_FLAGS)]",
+                "writable.append((*shared, True, BIND_FLAGS)); read_only = []",
+            ),
+        ),
+        "filesystem",
+        "the global memory is read-only in every unit, the main group's too",
     ),
     Mutation(
         "no-syscall-filter",
@@ -188,6 +214,81 @@ MUTATIONS = (
         (drop(UNIT, '("TasksMax", group.limits.tasks_max),'),),
         "limits",
         "a fork bomb stops at TasksMax and the machine keeps answering",
+    ),
+    Mutation(
+        "io-uring-allowed",
+        "the deny-list's io_uring_setup, io_uring_enter and io_uring_register",
+        (drop(UNIT, '    "io_uring_setup",\n    "io_uring_enter",\n    "io_uring_register",\n'),),
+        "privileges",
+        "io_uring_setup fails with EPERM in a tool unit",
+    ),
+    Mutation(
+        "unbounded-scratch",
+        "the size of each unit's /tmp, /var/tmp and /dev/shm (limits.tmp_bytes)",
+        (Edit(UNIT, 'f"mode=1777,size={group.limits.tmp_bytes}"', '"mode=1777"'),),
+        "limits",
+        "/tmp holds at most the group's tmp_bytes",
+    ),
+    Mutation(
+        "mounts-may-nest",
+        "the policy's refusal of a mount inside or around another",
+        (drop("nanoclaw/policy_file.py", "    _check_nested_mounts(groups)\n"),),
+        "mounts",
+        "nested mounts are refused at load, and the broker does not start with them",
+    ),
+    Mutation(
+        "writable-ancestors-allowed",
+        "the refusal of a bind source below a directory a tool user can write",
+        (Edit("nanoclaw/policy.py", "why = writable_ancestor(path, users)", "why = None"),),
+        "mounts",
+        "a source below a directory a tool user can write is refused at load",
+    ),
+    Mutation(
+        "no-recheck-at-start",
+        "the broker's check of every bind source at each unit start",
+        (
+            Edit(
+                BROKER,
+                "self.policy.check_binds(group, self.policy.tool_users())",
+                "self.policy.tool_users()",
+            ),
+        ),
+        "mounts",
+        "the broker checks the sources again at every unit start",
+    ),
+    Mutation(
+        "owner-tool-files-visible",
+        "the covers over .git, .claude, shell rc files and the like in writable mounts",
+        (Edit(BROKER, "covers=_covers(group, self.policy.blocked_patterns),", "covers=(),"),),
+        "mounts",
+        "the owner's tool files in a writable mount are out of a unit's reach",
+    ),
+    Mutation(
+        "secrets-in-mounts-visible",
+        "the covers over blocked-pattern names (.env, .ssh, credentials...) inside mounts",
+        (
+            Edit(
+                "nanoclaw/mount_covers.py",
+                "if entry.name in names or blocked_component(entry.name, patterns):",
+                "if entry.name in names:",
+            ),
+        ),
+        "mounts",
+        "secrets in every protected mount are hidden, read-only ones too",
+    ),
+    Mutation(
+        "pid-gap-unsaid",
+        "the broker's warning where systemd has no PrivatePIDs= (before 257)",
+        (Edit(BROKER, "if not private_pids:", "if False:"),),
+        "privileges",
+        "PID isolation where systemd has PrivatePIDs=, a loud note where not",
+    ),
+    Mutation(
+        "any-group-member-runs",
+        "the broker's rule that only root and the host's main process start units",
+        (drop(BROKER, "                await self.authorize_run(sock, peer)\n"),),
+        "broker",
+        "only the host's main process starts units, not its children or the group",
     ),
 )
 

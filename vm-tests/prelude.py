@@ -35,8 +35,9 @@ def tool_fails(group: str, command: str, timeout: int = 20) -> str:
     return output
 
 
-def errno_of(syscall: int, *args: int) -> str:
-    """A probe printing the errno of a raw syscall (0 when it succeeds)."""
+def errno_of(syscall: int, *args: int | str) -> str:
+    """A probe printing the errno of a raw syscall (0 when it succeeds). A string argument
+    is a Python expression, e.g. "ctypes.create_string_buffer(120)" for a zeroed struct."""
     listed = ",".join(str(a) for a in args)
     return (
         "python3 -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); "

@@ -24,12 +24,19 @@ systemd-sysusers
 systemd-tmpfiles --create
 
 install -m 0644 "$node/policy.json" /etc/nanoclaw/policy.json
-mkdir -p /srv/shared /srv/scratch /var/lib/nanoclaw/global
+mkdir -p /srv/shared /srv/scratch
+# The global memory, as the host's first session leaves it: the host's, readable by all.
+install -d -o nanoclaw -g nanoclaw -m 0750 /var/lib/nanoclaw/memory
+install -d -o nanoclaw -g nanoclaw -m 0755 /var/lib/nanoclaw/memory/global
+echo global-memory > /var/lib/nanoclaw/memory/global/CLAUDE.md
 echo shared-file > /srv/shared/readme
 # alpha's own files, so that only the read-only bind stops alpha from writing there.
 chown -R 61001:61001 /srv/shared /srv/scratch
+# beta's repositories (the mounts scenario makes them git repositories): root's, so root's
+# git works in them, and writable by beta's group, so only the protection stops a tool.
+install -d -o root -g 61002 -m 0775 /srv/repo /srv/open-repo
 for g in alpha:61001 beta:61002 cidr:61003 web:61004; do
-  install -d -o "${g##*:}" -g "${g##*:}" -m 0750 "/var/lib/nanoclaw/groups/${g%%:*}"
+  install -d -o "${g##*:}" -g "${g##*:}" -m 0700 "/var/lib/nanoclaw/groups/${g%%:*}"
 done
 echo beta-secret > /var/lib/nanoclaw/groups/beta/secret
 chown 61002:61002 /var/lib/nanoclaw/groups/beta/secret

@@ -1,5 +1,6 @@
 # The filesystem: only the declared binds are writable or added, secrets and other groups
-# invisible, read-only binds refuse writes, symlinks in a writable mount stay inside.
+# invisible, read-only binds (the global memory among them) refuse writes, symlinks in a
+# writable mount stay inside.
 start_all()
 ensure_node()
 
@@ -54,6 +55,20 @@ with subtest("read-only binds refuse writes"):
     tool_fails("alpha", "touch /workspace/shared/x")
     tool_fails("alpha", "echo more >> /workspace/shared/readme")
     tool_succeeds("alpha", "touch /workspace/scratch/x")
+
+with subtest("the global memory is read-only in every unit, the main group's too"):
+    memory = "/var/lib/nanoclaw/memory/global"
+    # Open to all for now, so that only the read-only bind can stop a unit.
+    machine.succeed(f"chmod 0777 {memory} {memory}/CLAUDE.md")
+    try:
+        for group in ("alpha", "beta"):  # alpha is the main group
+            seen = tool_succeeds(group, "stat -c %a /workspace/global && cat /workspace/global/*")
+            assert seen.startswith("777\nglobal-memory\n"), seen
+            for write in ("touch /workspace/global/x", "echo more >> /workspace/global/CLAUDE.md"):
+                refused = tool_fails(group, write)
+                assert "Read-only file system" in refused, refused
+    finally:
+        machine.succeed(f"chmod 0755 {memory} && chmod 0644 {memory}/CLAUDE.md")
 
 with subtest("symlinks in a writable mount do not reach out"):
     tool_succeeds("alpha", "ln -sf /var/lib/nanoclaw/groups/beta/secret /workspace/scratch/l")

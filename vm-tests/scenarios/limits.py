@@ -1,4 +1,5 @@
-# cgroup limits, which a VM with cgroup v2 enforces: MemoryMax, TasksMax, RuntimeMaxSec.
+# cgroup limits, which a VM with cgroup v2 enforces: MemoryMax, TasksMax, RuntimeMaxSec;
+# and each unit's own bounded scratch places (beta's hold 8 MiB, the others' the default).
 start_all()
 ensure_node()
 
@@ -32,3 +33,28 @@ with subtest("RuntimeMaxSec ends a sleeper and its children"):
     assert "timeout" in ended, ended
     machine.fail("pgrep -f 'sleep 30[01]'")
     tool_succeeds("alpha", "sleep 1", timeout=3)  # control
+
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+fill = "head -c 9M /dev/zero > {}/fill"
+
+for place in SCRATCH:
+    with subtest(f"{place} holds at most the group's tmp_bytes"):
+        full = tool_fails("beta", fill.format(place))
+        assert "No space left on device" in full, full
+        tool_succeeds("alpha", fill.format(place))  # control: the default bound is larger
+        machine.succeed(fill.format(place), f"rm {place}/fill")  # and the host's own takes it
+
+with subtest("one group's full /tmp leaves another group's /tmp writable"):
+    machine.succeed(
+        "systemd-run --unit=hold-beta-tmp nanoclaw exec --timeout 30 beta -- /bin/sh -c "
+        f"'{fill.format('/tmp')} 2> /workspace/group/filled; sleep 25'"
+    )
+    machine.wait_until_succeeds(
+        "grep 'No space left' /var/lib/nanoclaw/groups/beta/filled", timeout=60
+    )
+    # (A second `nanoclaw exec` warns that the first holds the proxy's address: no matter.)
+    wrote = tool_succeeds("alpha", "head -c 4M /dev/zero > /tmp/x && echo wrote")
+    assert "wrote" in wrote.splitlines(), wrote
+    machine.succeed("head -c 4M /dev/zero > /tmp/x && rm /tmp/x")
+    machine.require_unit_state("hold-beta-tmp.service", "active")  # beta's was full all along
+    machine.succeed("systemctl stop hold-beta-tmp", "rm /var/lib/nanoclaw/groups/beta/filled")
