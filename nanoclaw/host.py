@@ -30,6 +30,7 @@ from nanoclaw.scheduler import Scheduler
 from nanoclaw.store import Store
 from nanoclaw.task_tools import task_mcp_tools
 from nanoclaw.tasks import TaskService
+from nanoclaw.untraceable import forbid_tracing
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class Host:
 
 async def run_host(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop."""
+    forbid_tracing()  # before the first CLI starts (nanoclaw.untraceable says why)
     host = Host(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,6 +43,9 @@ in
     # memory, so MemoryDenyWriteExecute= stays off.
     MemoryDenyWriteExecute = false;
     SystemCallErrorNumber = "EPERM";
+    # Nothing in the host's unit reads or writes another process's memory (the host is
+    # also not dumpable: nanoclaw/untraceable.py).
+    SystemCallFilter = common.SystemCallFilter ++ [ "~ptrace process_vm_readv process_vm_writev" ];
     RestrictAddressFamilies = [
       "AF_UNIX"
       "AF_INET"

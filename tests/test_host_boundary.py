@@ -656,3 +656,34 @@ async def test_status_shows_what_the_workspace_holds(
         await world.close()
     assert "- workspace: 0 bytes; " in replies[0], replies[0]
     assert re.search(r"- workspace: 3\.0 MiB; [0-9.]+ [KMGT]iB free, shared by all", replies[2])
+
+
+POKE = f"""
+import ctypes, os, subprocess, sys
+sys.path.insert(0, {SOURCE!r})
+from nanoclaw.untraceable import forbid_tracing
+if sys.argv[1] == "guarded":
+    forbid_tracing()
+buffer = ctypes.create_string_buffer(b"host-memory", 16)
+write = (
+    f"f = open('/proc/{{os.getpid()}}/mem', 'r+b'); f.seek({{ctypes.addressof(buffer)}}); "
+    "f.write(b'child-wrote')"
+)
+done = subprocess.run([sys.executable, "-c", write], capture_output=True, text=True)
+print(buffer.value.decode(), done.returncode)
+"""
+
+
+def test_a_child_of_the_host_cannot_write_the_hosts_memory(machine: Machine) -> None:
+    # The broker trusts the host's main process; the CLI it starts runs as the same user,
+    # and where the kernel lets a user trace its own processes it could otherwise steer
+    # the host through /proc/PID/mem. The control: an undefended parent is written.
+    def poke(how: str) -> str:
+        return machine.succeed(
+            f"setpriv --reuid=nanoclaw --regid=nanoclaw --init-groups "
+            f"python3 -c {shlex.quote(POKE)} {how}"
+        ).strip()
+
+    assert poke("open") == "child-wrote 0"
+    memory, status = poke("guarded").split()
+    assert memory == "host-memory" and status != "0"
