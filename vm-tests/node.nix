@@ -103,6 +103,11 @@ let
     };
     beta = {
       uid = 61002;
+      limits.tmpBytes = 8388608;
+      mounts = [
+        { host = "/srv/repo"; sandbox = "/workspace/repo"; writable = true; }
+        { host = "/srv/open-repo"; sandbox = "/workspace/open-repo"; writable = true; protect = false; }
+      ];
       packages = toolPackages;
     };
     cidr = {
@@ -227,6 +232,7 @@ in
   environment.systemPackages = with pkgs; [
     cfg.package
     curl
+    git # the owner's, in the mounts scenario
     python3
     netcat # the test driver's wait_for_open_port
     shadow # useradd
@@ -249,6 +255,19 @@ in
         argument = "shared-file";
       };
       "/srv/scratch".d = { mode = "0755"; user = "61001"; group = "61001"; };
+      # beta's repositories: root's, so root's git works in them, and writable by beta's
+      # group, so only the protection stops a tool.
+      "/srv/repo".d = { mode = "0775"; user = "root"; group = "61002"; };
+      "/srv/open-repo".d = { mode = "0775"; user = "root"; group = "61002"; };
+      # The global memory, as the host's first session leaves it: the host's, readable by all.
+      "/var/lib/nanoclaw/memory".d = { mode = "0750"; user = "nanoclaw"; group = "nanoclaw"; };
+      "/var/lib/nanoclaw/memory/global".d = { mode = "0755"; user = "nanoclaw"; group = "nanoclaw"; };
+      "/var/lib/nanoclaw/memory/global/CLAUDE.md".f = {
+        mode = "0644";
+        user = "nanoclaw";
+        group = "nanoclaw";
+        argument = "global-memory";
+      };
       "/var/lib/nanoclaw/nanoclaw.db".f = { mode = "0644"; argument = "database"; };
       "/var/lib/nanoclaw/groups/beta/secret".f = {
         mode = "0644";

@@ -3,7 +3,6 @@
 # owner's tool files (.git and the like) are out of a unit's reach, and secrets in every
 # mount, unless the mount opts out with "protect": false.
 import json
-import shutil
 
 start_all()
 ensure_node()
@@ -98,10 +97,6 @@ with subtest("the broker checks the sources again at every unit start"):
 
 # beta's two writable mounts hold root's git repositories that beta's group may write;
 # /srv/repo is protected (the default), /srv/open-repo sets "protect": false.
-if machine.execute("command -v git")[0] != 0:  # the image has none: the host's (Debian 12)
-    host_git = shutil.which("git")
-    assert host_git, "no git in the VM nor on the host: the repository subtests cannot run"
-    machine.copy_from_host(host_git, "/usr/local/bin/git")
 for repo in ("repo", "open-repo"):
     machine.succeed(
         f"git init -q /srv/{repo} 2>&1",
