@@ -22,7 +22,7 @@ Visit = Callable[[os.DirEntry[str], str, int], bool]
 
 
 def walk(root: str, visit: Visit, max_entries: int) -> bool:
-    """Visit the tree under `root`, depth first; False if it stopped at `max_entries`.
+    """Visit the tree under `root`; False if it stopped at `max_entries`.
 
     A root that is missing is an empty tree, and so is a directory below it that went
     away or became a link or a file since it was listed. Anything else that stops the
@@ -40,20 +40,26 @@ def walk(root: str, visit: Visit, max_entries: int) -> bool:
 
 
 def _walk(directory: int, relative: str, depth: int, visit: Visit, budget: list[int]) -> None:
+    # A directory's own entries before anything below them: a budget that runs out in a
+    # large subtree has still seen every entry above it (a mount's own .git, say).
+    below: list[str] = []
     with os.scandir(directory) as entries:
         for entry in entries:
             budget[0] -= 1
             if budget[0] < 0:
                 return
-            if not visit(entry, relative, depth) or not entry.is_dir(follow_symlinks=False):
+            if visit(entry, relative, depth) and entry.is_dir(follow_symlinks=False):
+                below.append(entry.name)
+    for name in below:
+        try:
+            child = os.open(name, _DIRECTORY, dir_fd=directory)
+        except OSError as error:
+            if error.errno in _GONE:
                 continue
-            try:
-                child = os.open(entry.name, _DIRECTORY, dir_fd=directory)
-            except OSError as error:
-                if error.errno in _GONE:
-                    continue
-                raise
-            try:
-                _walk(child, os.path.join(relative, entry.name), depth + 1, visit, budget)
-            finally:
-                os.close(child)
+            raise
+        try:
+            _walk(child, os.path.join(relative, name), depth + 1, visit, budget)
+        finally:
+            os.close(child)
+        if budget[0] < 0:
+            return

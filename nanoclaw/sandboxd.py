@@ -15,7 +15,7 @@ cannot tell them apart, but only one of them is the unit's MainPID. The peer's p
 one the kernel recorded at connect time (SO_PEERCRED); where the kernel can also give a
 pidfd for it (SO_PEERPIDFD, Linux 6.5), the broker checks that this very process is
 still alive, so a pid reused after the host's restart cannot pass. Members of the group
-may still ask for the policy's description, which holds nothing secret.
+may still ask for the policy's description and the workspaces' sizes, nothing secret.
 
 Protocol, one request per connection. The client sends one line of JSON:
   {"group": "family", "argv": ["/bin/sh", "-c", "ls"], "cwd": "/workspace/group",

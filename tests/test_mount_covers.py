@@ -156,3 +156,16 @@ def test_a_directory_that_cannot_be_looked_into_is_an_error_not_an_empty_one() -
         assert covers(root) == {"/workspace/proj/locked/.git"}  # the control, as root
     finally:
         shutil.rmtree(root)
+
+
+def test_a_mounts_own_entries_are_seen_before_a_large_subtree_uses_the_budget(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "aaa-big").mkdir()
+    for index in range(SCAN_ENTRIES):
+        (tmp_path / "aaa-big" / f"f{index}").touch()
+    make(tmp_path, ".git/", "zzz/.env")
+    mount = Mount(str(tmp_path), "/workspace/proj", True)
+    scan = scan_mount(mount, DEFAULT_BLOCKED_PATTERNS)
+    assert not scan.complete
+    assert "/workspace/proj/.git" in scan.covers
