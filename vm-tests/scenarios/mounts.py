@@ -64,16 +64,17 @@ with subtest("nested mounts are refused at load, and the broker does not start w
 
 with subtest("a source below a directory a tool user can write is refused at load"):
     boxed = policy_with("boxed", alpha=[mount("/srv/box/proj", True)])
-    in_tmp = policy_with("in-tmp", alpha=[mount("/tmp/proj", True)])
-    machine.succeed("mkdir -p /tmp/proj")
-    for path in (boxed, in_tmp):  # control: root's directories, and root's entry in /tmp
+    sticky = policy_with("sticky", alpha=[mount("/srv/sticky/proj", True)])
+    machine.succeed("mkdir -p /srv/sticky/proj && chmod 1777 /srv/sticky")
+    for path in (boxed, sticky):  # control: root's directories, and root's entry in a sticky one
         status, output = load(path)
         assert status == 0, output
     for policy, change, undo, says in (
         (boxed, "chown 61002 /srv/box", "chown root /srv/box", "(uid 61002) owns /srv/box"),
         (boxed, "chmod 0777 /srv/box", "chmod 0755 /srv/box", "(uid 61001) may write to /srv/box"),
-        # In sticky /tmp only an entry's owner may rename it: refused once a tool user owns it.
-        (in_tmp, "chown 61002 /tmp/proj", "true", "(uid 61002) may write to /tmp,"),
+        # In a sticky directory only an entry's owner may rename it: refused once a tool
+        # user owns it.
+        (sticky, "chown 61002 /srv/sticky/proj", "true", "(uid 61002) may write to /srv/sticky,"),
     ):
         machine.succeed(change)
         try:
@@ -82,7 +83,12 @@ with subtest("a source below a directory a tool user can write is refused at loa
             machine.succeed(undo)
         assert status == 2 and "groups.alpha.mounts[0].host: " in output, output
         assert says in output and "a tool could swap a path component" in output, output
+    machine.succeed("rm -r /srv/sticky")
+    # /tmp itself is no source at all: each unit has its own, and so has the broker.
+    machine.succeed("mkdir -p /tmp/proj")
+    status, output = load(policy_with("in-tmp", alpha=[mount("/tmp/proj", True)]))
     machine.succeed("rm -r /tmp/proj")
+    assert status == 2 and "is inside /tmp, a scratch place" in output, output
 
 with subtest("the broker checks the sources again at every unit start"):
     tool_succeeds("alpha", "cat /workspace/shared/readme")  # control: the node's policy holds
