@@ -269,7 +269,7 @@ MUTATIONS = (
         (
             Edit(
                 "nanoclaw/mount_covers.py",
-                "if entry.name in names or blocked_component(entry.name, patterns):",
+                "if entry.name in names or blocked_component(entry.name, blocked_patterns):",
                 "if entry.name in names:",
             ),
         ),
