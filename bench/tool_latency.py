@@ -6,9 +6,10 @@ with --calls samples (after a few warm-up calls that are not counted):
 - broker: `run_in_sandbox(socket, "alpha", ["/bin/true"], timeout=10)`, the real client
   against the real socket-activated broker and its transient tool unit, in a machine booted
   from the test rootfs (tests/support/machine.py) and set up exactly as tests/test_sandbox.py
-  sets it up (its SETUP, OVERRIDE and POLICY are imported, not copied). Timed from INSIDE
-  the machine, by bench/unit_loop.py run there with the machine's python3, so no nsenter
-  cost is counted and the broker and systemd-run are timed the same way;
+  sets it up (its SETUP and POLICY, and the broker's drop-in, are imported, not copied).
+  Timed from INSIDE the machine, by bench/unit_loop.py run there with the machine's
+  python3, so no nsenter cost is counted and the broker and systemd-run are timed the same
+  way;
 - the duration the broker itself reports for each of those calls (`duration_ms`: from just
   before StartTransientUnit until the unit is gone and released), which splits the round
   trip into systemd's share and the broker's own (client, socket, policy, JSON);
@@ -51,8 +52,15 @@ from typing import Any
 
 from bench.latency import summary
 from bench.unit_loop import MARKER
-from tests.support.machine import Machine, machine_available, rootfs
-from tests.test_sandbox import OVERRIDE, POLICY, REPO, SETUP, SOURCE
+from tests.support.machine import (
+    BROKER_OVERRIDE,
+    REPO,
+    SOURCE,
+    Machine,
+    machine_available,
+    rootfs,
+)
+from tests.test_sandbox import POLICY, SETUP
 
 RESULTS = Path(__file__).parent / "results" / "tool_latency.json"
 WARMUP = 5
@@ -143,7 +151,7 @@ def broker_machine() -> Iterator[Machine]:
         for unit in (REPO / "units").iterdir():  # all of them: SETUP picks what it needs
             if unit.is_file():
                 shutil.copy(unit, units / unit.name)
-        (units / "override.conf").write_text(OVERRIDE)
+        (units / "override.conf").write_text(BROKER_OVERRIDE)
         (units / "policy.json").write_text(json.dumps(POLICY))
         binds = [(REPO, SOURCE, False), (units, "/tmp/units", False)]
         with Machine(rootfs(), "bench-tools", binds=binds) as machine:
