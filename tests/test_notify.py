@@ -99,7 +99,8 @@ async def test_the_host_tells_systemd_ready_status_watchdog_and_stopping(
     world = World(homeserver, scripted_model, tmp_path)
     try:
         await world.setup()
-        env = {"NOTIFY_SOCKET": systemd.getsockname(), "WATCHDOG_USEC": "1000000"}
+        # Pets (with the status) every 100 ms: often enough to see a run of a warm CLI.
+        env = {"NOTIFY_SOCKET": systemd.getsockname(), "WATCHDOG_USEC": "200000"}
         host = await world.start_host(env=env)
         before = await receive_until(systemd, lambda m: "READY" in m)
         assert all("STOPPING" not in m for m in before)
@@ -107,14 +108,18 @@ async def test_the_host_tells_systemd_ready_status_watchdog_and_stopping(
         started = time.monotonic()
         pings = [await receive(systemd) for _ in range(3)]
         assert all(m["WATCHDOG"] == "1" for m in pings)
-        assert time.monotonic() - started < 2.5, "every half second"
+        assert time.monotonic() - started < 1.0, "every 100 ms"
 
         await world.alice.send(world.main_room, "a private message body")
         await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
-        statuses = await receive_until(systemd, lambda m: m.get("STATUS", "").endswith(": 1"))
-        assert "1 groups; runs: 1 running, 0 waiting; warm sessions: 0" in [
-            m.get("STATUS") for m in statuses
-        ]
+        # The run (a CLI to start, a model to ask) outlasts the 100 ms between statuses;
+        # how soon the CLI counts as warm within it is the CLI's business.
+        done = "1 groups; runs: 0 running, 0 waiting; warm sessions: 1"
+        statuses = await receive_until(systemd, lambda m: m.get("STATUS") == done)
+        assert any(
+            m.get("STATUS", "").startswith("1 groups; runs: 1 running, 0 waiting;")
+            for m in statuses
+        ), statuses
 
         assert await host.stop() == 0
         stopping = await receive_until(systemd, lambda m: "STOPPING" in m)
