@@ -27,7 +27,7 @@ from typing import Any
 from claude_agent_sdk import ClaudeAgentOptions, query
 from nio import AsyncClient, RoomMessageText
 
-from nanoclaw.homeserver import EmbeddedHomeserver
+from nanoclaw.appliance.homeserver import EmbeddedHomeserver
 from tests.support.matrix_human import Human
 from tests.support.net import free_port
 from tests.support.scripted_model import ScriptedModel

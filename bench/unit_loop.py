@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.policy_file import load_policy
-from nanoclaw.sandbox_client import run_in_sandbox
-from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
+from nanoclaw.broker.compiler import ToolRequest, compile_unit, explain
+from nanoclaw.broker.policy_file import load_policy
+from nanoclaw.host.sandbox.client import run_in_sandbox
 
 SOCKET = "/run/nanoclaw/sandbox.sock"
 POLICY = Path("/etc/nanoclaw/policy.json")

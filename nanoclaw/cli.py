@@ -9,12 +9,12 @@ import os
 import sys
 from pathlib import Path
 
-from nanoclaw.appliance_machine import ApplianceError
-from nanoclaw.config import Config, ConfigError, check_secrets, load_config
-from nanoclaw.journal import log_handler
-from nanoclaw.policy import UnknownGroup
-from nanoclaw.sandbox_client import SandboxError, SandboxResult
-from nanoclaw.unit_properties import RequestError
+from nanoclaw.appliance.machine import ApplianceError
+from nanoclaw.broker.compiler import RequestError
+from nanoclaw.broker.policy import UnknownGroup
+from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
+from nanoclaw.host.journal import log_handler
+from nanoclaw.host.sandbox.client import SandboxError, SandboxResult
 
 DEFAULT_CONFIG = Path("/etc/nanoclaw/config.toml")
 DEFAULT_POLICY = "/etc/nanoclaw/policy.json"
@@ -48,7 +48,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nanoclaw.host import run_host  # the SDK and nio load only when needed
+    from nanoclaw.host.service import run_host  # the SDK and nio load only when needed
 
     config = _load_checked(args)
     _setup_logging(config.log_level)
@@ -64,8 +64,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from nanoclaw.policy_file import load_policy
-    from nanoclaw.unit_properties import ToolRequest, compile_unit, explain
+    from nanoclaw.broker.compiler import ToolRequest, compile_unit, explain
+    from nanoclaw.broker.policy_file import load_policy
 
     policy = load_policy(Path(args.policy))
     group = policy.group(args.group)
@@ -102,7 +102,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 async def _exec(socket: str, group: str, command: list[str], timeout: int) -> SandboxResult:
     """As a tool call would: through a gateway, with its own egress proxy unless the host's
     already holds the address."""
-    from nanoclaw.sandbox_gateway import SandboxGateway
+    from nanoclaw.host.sandbox.gateway import SandboxGateway
 
     gateway = await SandboxGateway.open(socket, timeout, proxy_required=False)
     try:
@@ -116,9 +116,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     one SQLite transaction (WAL; a busy host is waited for), and slots are claimed by
     compare-and-set, so a change and a claim never both win. The running host is woken
     to see it at once."""
-    from nanoclaw.scheduler import poke
-    from nanoclaw.store import Store
-    from nanoclaw.tasks import TaskRefused, TaskService
+    from nanoclaw.host.scheduler import poke
+    from nanoclaw.host.store import Store
+    from nanoclaw.host.tasks import TaskRefused, TaskService
 
     config = load_config(_config_path(args))
     database = config.data_dir / "nanoclaw.db"
@@ -156,7 +156,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from nanoclaw.appliance import up
+    from nanoclaw.appliance.up import up
 
     _setup_logging("warning")
     key_file = Path(args.api_key_file) if args.api_key_file else None
@@ -164,26 +164,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from nanoclaw.appliance import down
+    from nanoclaw.appliance.up import down
 
     return down(Path(args.data_dir))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from nanoclaw.appliance import logs
+    from nanoclaw.appliance.up import logs
 
     return logs(Path(args.data_dir), args.journalctl)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from nanoclaw.appliance import LOG_UNITS, enter
+    from nanoclaw.appliance.up import LOG_UNITS, enter
 
     units = [u for u in LOG_UNITS if u != "-u"]
     return enter(Path(args.data_dir), ["systemctl", "--no-pager", "status", *units])
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from nanoclaw.chat import chat
+    from nanoclaw.appliance.chat import chat
 
     _setup_logging("error")
     return asyncio.run(chat(Path(args.data_dir), args.group, args.wait))

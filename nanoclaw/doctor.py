@@ -17,15 +17,15 @@ from pathlib import Path
 
 import aiohttp
 
-from nanoclaw.config import Config, ConfigError, check_secrets, load_config
-from nanoclaw.credential_proxy import CredentialProxy, default_endpoint, model_api_key
-from nanoclaw.sandbox_client import (
+from nanoclaw.broker.workspace_usage import shown, size
+from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
+from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.sandbox.client import (
     PolicySummary,
     SandboxError,
     describe_policy,
     workspace_usage,
 )
-from nanoclaw.workspace_usage import shown, size
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 # count_tokens needs a model; this one when the config leaves it to the CLI's default.

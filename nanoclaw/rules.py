@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from nanoclaw import policy
+from nanoclaw.broker import policy
 
 # What each limit bounds, for the NixOS option's description: a new limit needs one here,
 # and nothing on the Nix side.

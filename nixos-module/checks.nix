@@ -1,6 +1,6 @@
 # Evaluation-time checks of services.nanoclaw, as assertions whose messages say what to
 # change, with nanoclaw's rules (rules.json and predicates.nix). Building the policy file
-# runs nanoclaw/policy_file.py on it again, with symlinks resolved and IPv6 host bits,
+# runs nanoclaw/broker/policy_file.py on it again, with symlinks resolved and IPv6 host bits,
 # which Nix cannot see.
 {
   lib,

@@ -44,7 +44,7 @@ in
     MemoryDenyWriteExecute = false;
     SystemCallErrorNumber = "EPERM";
     # Nothing in the host's unit reads or writes another process's memory (the host is
-    # also not dumpable: nanoclaw/untraceable.py).
+    # also not dumpable: nanoclaw/host/untraceable.py).
     SystemCallFilter = common.SystemCallFilter ++ [ "~ptrace process_vm_readv process_vm_writev" ];
     RestrictAddressFamilies = [
       "AF_UNIX"

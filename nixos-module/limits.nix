@@ -1,4 +1,4 @@
-# The policy's limits (rules.json, from nanoclaw/policy.py's LIMIT_RANGES) by option name:
+# The policy's limits (rules.json, from nanoclaw/broker/policy.py's LIMIT_RANGES) by option name:
 # the policy key memory_max_bytes is the option memoryMaxBytes. A limit added in Python
 # becomes an option with the next `python -m nanoclaw.rules > nixos-module/rules.json`.
 { lib }:

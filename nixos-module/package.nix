@@ -42,8 +42,8 @@ python3Packages.buildPythonApplication {
 
   pythonImportsCheck = [
     "nanoclaw.cli"
-    "nanoclaw.sandboxd"
-    "nanoclaw.port_filter"
+    "nanoclaw.broker.sandboxd"
+    "nanoclaw.broker.port_filter"
   ];
 
   passthru = { inherit claude-agent-sdk; };

@@ -1,4 +1,4 @@
-# The rules of nanoclaw/policy.py that checks.nix applies to options, in Nix: which path
+# The rules of nanoclaw/broker/policy.py that checks.nix applies to options, in Nix: which path
 # component is blocked, which CIDR and domain are valid. tests/test_nixos_module.py runs
 # them and Python's on the same values: IPv4, domains and components must agree exactly;
 # for IPv6, Nix leaves host bits to the build's check.

@@ -1,4 +1,4 @@
-# What the module adds to the host's configuration file (nanoclaw/config.py): each group's
+# What the module adds to the host's configuration file (nanoclaw/host/config.py): each group's
 # room options, as defaults that `settings.groups.<name>.*` overrides. The secrets are
 # named by credential (options.nix), never written here.
 { lib, cfg }:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.homeserver import EmbeddedHomeserver
+from nanoclaw.appliance.homeserver import EmbeddedHomeserver
 from tests.support.net import free_port
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import World, echo

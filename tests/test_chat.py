@@ -13,8 +13,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from nanoclaw.homeserver import Account
-from nanoclaw.quickstart import LAYOUT, STATE_FILE
+from nanoclaw.appliance.homeserver import Account
+from nanoclaw.appliance.quickstart import LAYOUT, STATE_FILE
 from tests.support.world import World
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanoclaw.store import Store, TaskSpec
+from nanoclaw.host.store import Store, TaskSpec
 
 GOOD = """\
 data_dir = "{data}"

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.config import (
+from nanoclaw.host.config import (
     Config,
     ConfigError,
     GroupConfig,

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.config import ConfigError, parse_config
-from nanoclaw.schedule import Schedule
+from nanoclaw.host.config import ConfigError, parse_config
+from nanoclaw.host.schedule import Schedule
 
 
 def config(tasks: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from nanoclaw.credential_proxy import REDACTED, CredentialProxy
+from nanoclaw.host.credential_proxy import REDACTED, CredentialProxy
 from tests.support.host_process import write_secret
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import API_KEY, World, echo

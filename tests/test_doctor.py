@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.policy_file import parse_policy
-from nanoclaw.sandboxd import Broker
+from nanoclaw.broker.policy_file import parse_policy
+from nanoclaw.broker.sandboxd import Broker
 from tests.support.host_process import write_secret
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import API_KEY, World

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from nanoclaw.egress_proxy import MAX_HEAD_BYTES, EgressProxy
+from nanoclaw.host.egress_proxy import MAX_HEAD_BYTES, EgressProxy
 from tests.support.net import free_port
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.events import classify, strip_reply_fallback
+from nanoclaw.host.events import classify, strip_reply_fallback
 
 BOT = "@bot:localhost"
 ROOM = "!r:localhost"

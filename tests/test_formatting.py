@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.formatting import HTML_FORMAT, MAX_EVENT_BYTES, render_message
+from nanoclaw.host.formatting import HTML_FORMAT, MAX_EVENT_BYTES, render_message
 
 # The spec's list of tags clients should display (client-server API, m.room.message msgtypes).
 MATRIX_TAGS = set(

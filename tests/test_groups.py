@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.config import ConfigError, parse_config
-from nanoclaw.groups import GroupRegistry
-from nanoclaw.store import Store
+from nanoclaw.host.config import ConfigError, parse_config
+from nanoclaw.host.groups import GroupRegistry
+from nanoclaw.host.store import Store
 
 BASE = {
     "matrix": {

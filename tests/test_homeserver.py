@@ -18,7 +18,7 @@ from nio import (
     WhoamiResponse,
 )
 
-from nanoclaw.homeserver import Account, EmbeddedHomeserver, HomeserverError
+from nanoclaw.appliance.homeserver import Account, EmbeddedHomeserver, HomeserverError
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 
-from nanoclaw.homeserver import EmbeddedHomeserver
-from nanoclaw.sandbox_client import SandboxResult, run_in_sandbox
+from nanoclaw.appliance.homeserver import EmbeddedHomeserver
+from nanoclaw.host.sandbox.client import SandboxResult, run_in_sandbox
 from tests.support.machine import (
     BROKER_OVERRIDE,
     REPO,
@@ -453,7 +453,7 @@ def start_broker(machine: Machine, policy: dict[str, object]) -> tuple[int, str]
     """A second broker on a policy of the test's, as nanoclaw-sandboxd would start."""
     machine.succeed(f"cat > /tmp/policy-under-test.json <<'EOF'\n{json.dumps(policy)}\nEOF")
     return machine.execute(
-        f"PYTHONPATH={SOURCE} timeout 20 python3 -m nanoclaw.sandboxd "
+        f"PYTHONPATH={SOURCE} timeout 20 python3 -m nanoclaw.broker.sandboxd "
         "--policy /tmp/policy-under-test.json --socket /tmp/broker-under-test.sock 2>&1"
     )
 
@@ -661,7 +661,7 @@ async def test_status_shows_what_the_workspace_holds(
 POKE = f"""
 import ctypes, os, subprocess, sys
 sys.path.insert(0, {SOURCE!r})
-from nanoclaw.untraceable import forbid_tracing
+from nanoclaw.host.untraceable import forbid_tracing
 if sys.argv[1] == "guarded":
     forbid_tracing()
 buffer = ctypes.create_string_buffer(b"host-memory", 16)

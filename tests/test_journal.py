@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw import journal
-from nanoclaw.journal import ContextFormatter, JournalHandler, log_handler, stderr_is_journal
+from nanoclaw.host.journal import ContextFormatter, JournalHandler, log_handler, stderr_is_journal
+from nanoclaw.host import journal
 
 
 def parse(datagram: bytes) -> dict[str, str]:
@@ -148,7 +148,7 @@ def test_the_journal_only_when_stderr_is_the_journal_stream(
 
 
 def test_plain_lines_carry_the_context_at_the_end() -> None:
-    record = logging.LogRecord("nanoclaw.router", logging.INFO, "f", 1, "run done", (), None)
+    record = logging.LogRecord("nanoclaw.host.router", logging.INFO, "f", 1, "run done", (), None)
     record.group, record.duration_ms = "family", 12
     text = ContextFormatter("%(levelname)s %(name)s: %(message)s").format(record)
-    assert text == "INFO nanoclaw.router: run done [group=family duration_ms=12]"
+    assert text == "INFO nanoclaw.host.router: run done [group=family duration_ms=12]"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.memory import (
+from nanoclaw.host.memory import (
     GLOBAL_TEMPLATE,
     GROUP_TEMPLATE,
     MAX_MEMORY_BYTES,

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.mount_covers import (
+from nanoclaw.broker.mount_covers import (
     MAX_COVERS,
     OWNER_TOOL_NAMES,
     SCAN_ENTRIES,
     TooManyCovers,
     scan_mount,
 )
-from nanoclaw.policy import DEFAULT_BLOCKED_PATTERNS, Mount
+from nanoclaw.broker.policy import DEFAULT_BLOCKED_PATTERNS, Mount
 
 
 def make(root: Path, *paths: str) -> None:
@@ -141,7 +141,8 @@ def test_a_directory_that_cannot_be_looked_into_is_an_error_not_an_empty_one() -
         make(root, "locked/.git/", "open/")
         (root / "locked").chmod(0o700)
         code = (
-            "from nanoclaw.mount_covers import scan_mount; from nanoclaw.policy import Mount; "
+            "from nanoclaw.broker.mount_covers import scan_mount; "
+            "from nanoclaw.broker.policy import Mount; "
             f"scan_mount(Mount({str(root)!r}, '/workspace/proj', True), ())"
         )
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

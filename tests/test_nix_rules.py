@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from nanoclaw import policy
+from nanoclaw.broker import policy
 from nanoclaw.rules import rules
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.notify import Notifier
+from nanoclaw.host.notify import Notifier
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import World, echo
 

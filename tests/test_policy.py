@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from nanoclaw.config_reader import ConfigError, key_part
-from nanoclaw.policy import (
+from nanoclaw.broker.config_reader import ConfigError, key_part
+from nanoclaw.broker.policy import (
     ALWAYS_HIDDEN,
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_LIMITS,
@@ -34,7 +34,7 @@ from nanoclaw.policy import (
     domain_allowed,
     is_domain,
 )
-from nanoclaw.policy_file import load_policy, parse_policy
+from nanoclaw.broker.policy_file import load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "policies" / "example.json"

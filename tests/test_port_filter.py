@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.policy_file import parse_policy
-from nanoclaw.port_filter import main, ruleset
+from nanoclaw.broker.policy_file import parse_policy
+from nanoclaw.broker.port_filter import main, ruleset
 from tests.test_policy import FULL, IPV6_PROXY, MINIMAL, POLICY_PATH, at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_the_kernel_holds_the_filter(nft: str, tmp_path: Path) -> None:
     policy_file = tmp_path / "policy.json"
     policy_file.write_text(json.dumps(NETNS_POLICY))
     printed = subprocess.run(
-        [sys.executable, "-m", "nanoclaw.port_filter", "--policy", policy_file, "--print"],
+        [sys.executable, "-m", "nanoclaw.broker.port_filter", "--policy", policy_file, "--print"],
         capture_output=True,
         text=True,
         check=True,

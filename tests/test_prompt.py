@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.prompt import QUOTE_LIMIT, PromptMessage, build_prompt
+from nanoclaw.host.prompt import QUOTE_LIMIT, PromptMessage, build_prompt
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

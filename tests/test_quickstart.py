@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.agent import NO_MODEL_KEY
+from nanoclaw.host.agent import NO_MODEL_KEY
 from tests.support.machine import require_machine
 from tests.support.net import free_port
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.homeserver import EmbeddedHomeserver
-from nanoclaw.sandbox_client import (
+from nanoclaw.appliance.homeserver import EmbeddedHomeserver
+from nanoclaw.host.sandbox.client import (
     GroupGrant,
     SandboxError,
     SandboxResult,
     describe_policy,
     run_in_sandbox,
 )
-from nanoclaw.sandbox_tools import SandboxTools, ToolInputError
+from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
 from tests.support.machine import (
     BROKER_OVERRIDE,
     REPO,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw.sandbox_client import SandboxResult
-from nanoclaw.sandbox_tools import (
+from nanoclaw.host.sandbox.client import SandboxResult
+from nanoclaw.host.sandbox.tools import (
     MAX_TOOL_OUTPUT,
     ToolInputError,
     bash_argv,

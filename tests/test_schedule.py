@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.schedule import Schedule, ScheduleError, due_slot, first_slot, parse_schedule
+from nanoclaw.host.schedule import Schedule, ScheduleError, due_slot, first_slot, parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from nanoclaw.scheduler import Scheduler, poke
-from nanoclaw.store import RunClaim, Store, TaskRun, TaskSpec, now_ms
+from nanoclaw.host.scheduler import Scheduler, poke
+from nanoclaw.host.store import RunClaim, Store, TaskRun, TaskSpec, now_ms
 
 SPEC = TaskSpec("fam", "tick", "interval", "1h", "isolated")
 

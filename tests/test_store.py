@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.store import MIGRATIONS, InboundMessage, Store
+from nanoclaw.host.store import MIGRATIONS, InboundMessage, Store
 
 ROOM = "!room:localhost"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.store import Store, TaskSpec
+from nanoclaw.host.store import Store, TaskSpec
 
 ROOM = "!room:localhost"
 SPEC = TaskSpec("fam", "water the plants", "interval", "1h", "isolated")

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nanoclaw.config import GroupConfig
-from nanoclaw.store import Store, TaskSpec
-from nanoclaw.task_tools import task_mcp_tools
-from nanoclaw.tasks import TaskRefused, TaskService
+from nanoclaw.host.config import GroupConfig
+from nanoclaw.host.store import Store, TaskSpec
+from nanoclaw.host.task_tools import task_mcp_tools
+from nanoclaw.host.tasks import TaskRefused, TaskService
 
 GROUPS = {
     folder: GroupConfig(folder, f"!{folder}:localhost", folder == "main", "@Andy", True, (), None)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw import workspace_usage
-from nanoclaw.workspace_usage import Usage, measure, shown, size
+from nanoclaw.broker import workspace_usage
+from nanoclaw.broker.workspace_usage import Usage, measure, shown, size
 
 
 def test_a_workspace_is_measured_by_its_blocks_and_its_links_are_not_followed(

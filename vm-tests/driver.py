@@ -72,7 +72,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from vm-tests/: tests.support lives above
-from nanoclaw.child_process import dies_with_parent  # noqa: E402
+from nanoclaw.appliance.child_process import dies_with_parent  # noqa: E402
 from tests.support.driver_api import DriverApi  # noqa: E402
 
 SCENARIOS = REPO / "vm-tests" / "scenarios"

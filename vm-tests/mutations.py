@@ -43,8 +43,8 @@ class Mutation:
     subtest: str  # the subtest that must fail
 
 
-UNIT = "nanoclaw/unit_properties.py"
-BROKER = "nanoclaw/sandboxd.py"
+UNIT = "nanoclaw/broker/compiler.py"
+BROKER = "nanoclaw/broker/sandboxd.py"
 
 
 def drop(path: str, line: str) -> Edit:
@@ -74,7 +74,7 @@ MUTATIONS = (
         "the egress proxy's domain check",
         (
             Edit(
-                "nanoclaw/egress_proxy.py",
+                "nanoclaw/host/egress_proxy.py",
                 "if not domain_allowed(request.host, grant.domains):",
                 "if False:",
             ),
@@ -86,7 +86,11 @@ MUTATIONS = (
         "no-port-filter",
         "the nftables port filter on the proxy's address, and the broker's check of it",
         (
-            Edit("nanoclaw/port_filter.py", "if policy.proxy is not None and uids:", "if False:"),
+            Edit(
+                "nanoclaw/broker/port_filter.py",
+                "if policy.proxy is not None and uids:",
+                "if False:",
+            ),
             Edit(
                 BROKER,
                 "if group.egress.domains and not self.proxy_port_filtered:",
@@ -147,7 +151,7 @@ MUTATIONS = (
         "the unit's own /dev/shm (PrivateDevices= binds the host's)",
         (
             Edit(
-                "nanoclaw/policy.py",
+                "nanoclaw/broker/policy.py",
                 'SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")',
                 'SCRATCH = ("/tmp", "/var/tmp")',
             ),
@@ -232,14 +236,14 @@ MUTATIONS = (
     Mutation(
         "mounts-may-nest",
         "the policy's refusal of a mount inside or around another",
-        (drop("nanoclaw/policy_file.py", "    _check_nested_mounts(groups)\n"),),
+        (drop("nanoclaw/broker/policy_file.py", "    _check_nested_mounts(groups)\n"),),
         "mounts",
         "nested mounts are refused at load, and the broker does not start with them",
     ),
     Mutation(
         "writable-ancestors-allowed",
         "the refusal of a bind source below a directory a tool user can write",
-        (Edit("nanoclaw/policy.py", "why = writable_ancestor(path, users)", "why = None"),),
+        (Edit("nanoclaw/broker/policy.py", "why = writable_ancestor(path, users)", "why = None"),),
         "mounts",
         "a source below a directory a tool user can write is refused at load",
     ),
@@ -268,7 +272,7 @@ MUTATIONS = (
         "the covers over blocked-pattern names (.env, .ssh, credentials...) inside mounts",
         (
             Edit(
-                "nanoclaw/mount_covers.py",
+                "nanoclaw/broker/mount_covers.py",
                 "if entry.name in names or blocked_component(entry.name, blocked_patterns):",
                 "if entry.name in names:",
             ),

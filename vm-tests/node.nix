@@ -59,7 +59,7 @@ let
     import sys
     from pathlib import Path
 
-    from nanoclaw.policy_file import load_policy
+    from nanoclaw.broker.policy_file import load_policy
 
     ours, debian = (load_policy(Path(path)) for path in sys.argv[1:3])
     problems = []

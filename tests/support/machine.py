@@ -1,6 +1,6 @@
 """A real systemd to test against: a systemd-nspawn container booted from a cached rootfs.
 
-The machine itself is the product's (nanoclaw/appliance_machine.py, which says how it runs);
+The machine itself is the product's (nanoclaw/appliance/machine.py, which says how it runs);
 here it gets the NixOS test driver's `Machine` API (start, succeed, fail, wait_for_unit, ...),
 so a test reads like a NixOS VM test, and the loud skip-or-fail rule for hosts that cannot
 boot one.
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from nanoclaw.appliance_machine import (
+from nanoclaw.appliance.machine import (
     REPO,
     NspawnMachine,
     clean_leftovers,
@@ -41,7 +41,7 @@ __all__ = [
 SOURCE = "/opt/nanoclaw-src"
 BROKER_OVERRIDE = f"""[Service]
 ExecStart=
-ExecStart=/usr/bin/python3 -m nanoclaw.sandboxd --policy /etc/nanoclaw/policy.json
+ExecStart=/usr/bin/python3 -m nanoclaw.broker.sandboxd --policy /etc/nanoclaw/policy.json
 Environment=PYTHONPATH={SOURCE}
 """
 

@@ -20,8 +20,8 @@ from nio import (
     TypingNoticeEvent,
 )
 
-from nanoclaw.homeserver import Account
-from nanoclaw.matrix_channel import maintain_keys
+from nanoclaw.appliance.homeserver import Account
+from nanoclaw.host.matrix_channel import maintain_keys
 
 
 class Human:

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.homeserver import Account, EmbeddedHomeserver
+from nanoclaw.appliance.homeserver import Account, EmbeddedHomeserver
 from tests.support.host_process import HostProcess, write_config, write_secret
 from tests.support.matrix_human import Human
 from tests.support.scripted_model import ModelRequest, ScriptedModel

@@ -5,8 +5,8 @@ set -euo pipefail
 src=/opt/nanoclaw-src
 node=$src/vm-tests/node
 
-for tool in nanoclaw:nanoclaw.cli nanoclaw-sandboxd:nanoclaw.sandboxd \
-  nanoclaw-port-filter:nanoclaw.port_filter; do
+for tool in nanoclaw:nanoclaw.cli nanoclaw-sandboxd:nanoclaw.broker.sandboxd \
+  nanoclaw-port-filter:nanoclaw.broker.port_filter; do
   printf '#!/bin/sh\nexec /opt/nanoclaw/venv/bin/python -m %s "$@"\n' "${tool#*:}" \
     > "/usr/local/bin/${tool%%:*}"
   chmod 0755 "/usr/local/bin/${tool%%:*}"

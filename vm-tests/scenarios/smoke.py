@@ -47,12 +47,12 @@ with subtest("public addresses reach the host's web servers, and only what a uni
     machine.fail(f"{CURL} http://{first}:8080/")
 
 with subtest("the nanoclaw source is mounted and its venv imports everything"):
-    machine.succeed("test -f /opt/nanoclaw-src/nanoclaw/sandboxd.py")
+    machine.succeed("test -f /opt/nanoclaw-src/nanoclaw/broker/sandboxd.py")
     machine.succeed("findmnt -no OPTIONS /opt/nanoclaw-src | grep -qw ro")
     machine.fail("touch /opt/nanoclaw-src/nanoclaw/x")
     machine.succeed(
         "/opt/nanoclaw/venv/bin/python -c "
-        "'import nanoclaw.sandboxd, nio, claude_agent_sdk, aiohttp, dbus_next'",
+        "'import nanoclaw.broker.sandboxd, nio, claude_agent_sdk, aiohttp, dbus_next'",
         timeout=300,
     )
     machine.succeed("nanoclaw-sandboxd --help >/dev/null", timeout=300)

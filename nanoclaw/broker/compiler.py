@@ -1,0 +1,537 @@
+"""The compiler: a policy and one tool request in, the properties of a transient unit out.
+
+Pure and total: the same inputs give the same plan, and every property comes from the
+policy and this module. The request chooses only the group, argv, the working directory
+inside the sandbox and a timeout within the group's bound; nothing in it is ever parsed
+as a property, so it can add or change none (argv is one ExecStart= entry, verbatim).
+
+Each property is a (name, D-Bus signature, value) triple for StartTransientUnit, with the
+signature from SIGNATURES (those systemd 252 reads in dbus-execute.c, dbus-cgroup.c,
+dbus-service.c and dbus-unit.c). Values are immutable: tuples for arrays and structs,
+bytes for `ay`; the bus layer turns tuples into the lists dbus-next wants. Standard input
+and output are the broker's to add (file descriptors), not the compiler's.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from nanoclaw.broker.policy import (
+    ALWAYS_HIDDEN,
+    GLOBAL_MEMORY,
+    GLOBAL_SANDBOX,
+    GROUP_SANDBOX,
+    RUN,
+    SCRATCH,
+    WORKSPACE,
+    WORKSPACES,
+    GroupPolicy,
+    Policy,
+    UnknownGroup,
+)
+
+MAX_ARGS = 256
+MAX_ARG_BYTES = 64 * 1024
+MAX_ARGV_BYTES = 1024 * 1024
+_PATH_MAX = 4095
+_UNIT_ID = re.compile(r"[a-z0-9]{8,32}")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+SIGNATURES: Mapping[str, str] = MappingProxyType(
+    {
+        "Description": "s",
+        "Type": "s",
+        "ExecStart": "a(sasb)",  # (path, argv, ignore-failure)
+        "User": "s",
+        "Group": "s",
+        "WorkingDirectory": "s",
+        "Environment": "as",
+        "Slice": "s",
+        "CollectMode": "s",
+        "KillMode": "s",
+        "SendSIGKILL": "b",
+        "TimeoutStopUSec": "t",
+        "RuntimeMaxUSec": "t",
+        "MemoryMax": "t",
+        "MemorySwapMax": "t",
+        "TasksMax": "t",
+        "CPUQuotaPerSecUSec": "t",
+        "ProtectSystem": "s",
+        "ProtectHome": "s",
+        "PrivatePIDs": "b",  # systemd 257 and later
+        "PrivateDevices": "b",
+        "PrivateIPC": "b",
+        "TemporaryFileSystem": "a(ss)",  # (path, mount options)
+        "BindPaths": "a(ssbt)",  # (source, destination, ignore-ENOENT, 0 or MS_REC)
+        "BindReadOnlyPaths": "a(ssbt)",
+        "InaccessiblePaths": "as",  # a leading '-' ignores a missing path
+        "NoNewPrivileges": "b",
+        "CapabilityBoundingSet": "t",
+        "AmbientCapabilities": "t",
+        "RestrictSUIDSGID": "b",
+        "LockPersonality": "b",
+        "ProtectKernelTunables": "b",
+        "ProtectKernelModules": "b",
+        "ProtectKernelLogs": "b",
+        "ProtectControlGroups": "b",
+        "ProtectClock": "b",
+        "ProtectHostname": "b",
+        "ProtectProc": "s",
+        "ProcSubset": "s",
+        "RestrictRealtime": "b",
+        "RestrictNamespaces": "t",
+        "SystemCallArchitectures": "as",
+        "SystemCallFilter": "(bas)",  # (allow-list?, names); entries accumulate
+        "SystemCallErrorNumber": "i",
+        "RestrictAddressFamilies": "(bas)",  # (allow-list?, families)
+        "PrivateNetwork": "b",
+        "IPAddressDeny": "a(iayu)",  # (AF_INET or AF_INET6, address bytes, prefix length)
+        "IPAddressAllow": "a(iayu)",
+    }
+)
+
+# systemd 257 gave units a PID namespace of their own (PrivatePIDs=); before, a unit can
+# tell which PIDs exist on the machine (kill(pid, 0) says EPERM or ESRCH).
+PRIVATE_PIDS_SINCE = 257
+
+# Linux's values: IPAddress*= takes raw families, not systemd-run's keywords like "any".
+AF_INET = 2
+AF_INET6 = 10
+# The value is the set of namespace kinds the unit MAY create, as CLONE_NEW* flags: 0
+# refuses all seven systemd 252 knows (cgroup, ipc, net, mnt, pid, user, uts; together
+# 0x7e020000), as RestrictNamespaces=yes does. The full mask would mean "no restriction".
+ALLOWED_NAMESPACES = 0
+# Not MS_REC: a bind then carries only the file system the checked path is on, never a
+# mount below it that the policy's path checks could not see (a bind of the data
+# directory somewhere under a mounted tree, say). Declare a submount as its own mount.
+BIND_FLAGS = 0
+SYSCALL_ALLOW = ("@system-service",)
+SYSCALL_DENY = (
+    "@privileged",
+    "@resources",
+    "@mount",
+    "@debug",
+    "@cpu-emulation",
+    "@obsolete",
+    "@raw-io",
+    "@reboot",
+    "@swap",
+    "@module",
+    "@clock",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "ptrace",
+    "userfaultfd",
+    # io_uring works around the filter: IORING_OP_SOCKET opened AF_INET, AF_NETLINK and
+    # AF_VSOCK sockets in a unit restricted to AF_UNIX (seen), and its other operations
+    # are as unchecked. @system-service allows it.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+)
+BASE_ENVIRONMENT = (
+    f"HOME={GROUP_SANDBOX}",
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    "LANG=C.UTF-8",
+    "TMPDIR=/tmp",
+)
+# curl reads only the lowercase http_proxy; other tools only the uppercase names.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+PROXY_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+USEC_PER_SECOND = 1_000_000
+STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
+
+
+class RequestError(Exception):
+    """A tool request the policy does not allow; the message says why."""
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    group: str
+    argv: tuple[str, ...]  # argv[0] an absolute path; sent as it is, never re-parsed
+    cwd: str  # in the sandbox: /workspace/group, or a mount's place, or below either
+    timeout_seconds: int  # 1 to the group's limits.wall_seconds
+    # The host's per-call secret for its egress proxy; used only for groups with domains.
+    proxy_token: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    name: str
+    slice: str
+    properties: tuple[tuple[str, str, object], ...]
+
+
+def unit_name(group: str, unit_id: str) -> str:
+    return f"nanoclaw-tool-{group}-{unit_id}.service"
+
+
+def slice_name(group: str) -> str:
+    # In a slice name each '-' opens a level: nanoclaw-tools-my-group.slice would sit in
+    # nanoclaw-tools-my.slice. systemd-escape turns '-' into \x2d, and of the characters
+    # a group name may have ([a-z0-9_-]) it changes only that one.
+    return f"nanoclaw-tools-{group.replace('-', chr(92) + 'x2d')}.slice"
+
+
+def compile_unit(
+    policy: Policy,
+    request: ToolRequest,
+    unit_id: str,
+    covers: tuple[str, ...] = (),
+    private_pids: bool = False,
+) -> UnitPlan:
+    """The unit for one tool call. RequestError for a request the policy does not allow;
+    ValueError for a bad unit_id, which is the broker's own.
+
+    `covers` are the sandbox paths inside the group's mounts to make inaccessible (the
+    broker finds them: nanoclaw.broker.mount_covers); `private_pids` says whether this systemd
+    can give the unit a PID namespace of its own."""
+    if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
+        raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
+    group = _group(policy, request.group)
+    for path in covers:  # the broker's own: a bug there must not hide or show elsewhere
+        if not any(path.startswith(mount.sandbox + "/") for mount in group.mounts):
+            raise ValueError(f"cover {path!r} is not inside one of {group.name}'s mounts")
+    argv = _argv(request.argv)
+    cwd = _cwd(request.cwd, group)
+    timeout = _timeout(request.timeout_seconds, group)
+    environment = _base_environment(group) + _proxy_environment(policy, group, request.proxy_token)
+    network = group.egress.any
+    slice_ = slice_name(group.name)
+    values: list[tuple[str, object]] = [
+        ("Description", f"nanoclaw tool call for group {group.name}"),
+        ("Type", "exec"),
+        ("ExecStart", ((argv[0], tuple(_no_expansion(arg) for arg in argv), False),)),
+        ("User", str(group.uid)),
+        ("Group", str(group.uid)),
+        ("WorkingDirectory", cwd),
+        ("Environment", environment),
+        ("Slice", slice_),
+        ("CollectMode", "inactive-or-failed"),
+        ("KillMode", "control-group"),
+        ("SendSIGKILL", True),
+        ("TimeoutStopUSec", STOP_TIMEOUT_USEC),
+        ("RuntimeMaxUSec", timeout * USEC_PER_SECOND),
+        ("MemoryMax", group.limits.memory_max_bytes),
+        ("MemorySwapMax", 0),
+        ("TasksMax", group.limits.tasks_max),
+        ("CPUQuotaPerSecUSec", group.limits.cpu_quota_percent * USEC_PER_SECOND // 100),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateDevices", True),
+        ("PrivateIPC", True),
+        *([("PrivatePIDs", True)] if private_pids else []),
+        # PrivateDevices= binds the host's /dev/shm into the unit: shared by every unit and
+        # the host, it would be a channel between groups. Each unit gets its own bounded
+        # scratch places instead (SCRATCH), and an empty /run (cheaper than hiding what is
+        # in it path by path).
+        (
+            "TemporaryFileSystem",
+            (
+                (WORKSPACE, "mode=0755"),
+                (RUN, "mode=0755"),
+                *((path, f"mode=1777,size={group.limits.tmp_bytes}") for path in SCRATCH),
+            ),
+        ),
+        *_empty_paths(group),
+        *_binds(policy, group),
+        ("InaccessiblePaths", _hidden(policy) + tuple("-" + path for path in covers)),
+        ("NoNewPrivileges", True),
+        ("CapabilityBoundingSet", 0),
+        ("AmbientCapabilities", 0),
+        ("RestrictSUIDSGID", True),
+        ("LockPersonality", True),
+        ("ProtectKernelTunables", True),
+        ("ProtectKernelModules", True),
+        ("ProtectKernelLogs", True),
+        ("ProtectControlGroups", True),
+        ("ProtectClock", True),
+        ("ProtectHostname", True),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+        ("RestrictRealtime", True),
+        ("RestrictNamespaces", ALLOWED_NAMESPACES),
+        # MemoryDenyWriteExecute= stays off: it breaks every JIT (node, the JVM, PyPy).
+        ("SystemCallArchitectures", ("native",)),
+        # Transient properties accumulate like unit-file lines: allow the service set,
+        # then take the dangerous groups back out of it.
+        ("SystemCallFilter", (True, SYSCALL_ALLOW)),
+        ("SystemCallFilter", (False, SYSCALL_DENY)),
+        ("SystemCallErrorNumber", errno.EPERM),
+        (
+            "RestrictAddressFamilies",
+            (True, ("AF_UNIX", "AF_INET", "AF_INET6") if network else ("AF_UNIX",)),
+        ),
+        ("PrivateNetwork", not network),
+        *_ip_filter(policy, group),
+    ]
+    return UnitPlan(
+        name=unit_name(group.name, unit_id),
+        slice=slice_,
+        properties=tuple((name, SIGNATURES[name], value) for name, value in values),
+    )
+
+
+def _group(policy: Policy, name: object) -> GroupPolicy:
+    if not isinstance(name, str):
+        raise RequestError(f"group must be a string, not {type(name).__name__}")
+    try:
+        return policy.group(name)
+    except UnknownGroup as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _argv(argv: object) -> tuple[str, ...]:
+    if not isinstance(argv, tuple | list):
+        raise RequestError("argv must be a list of strings")
+    if not 1 <= len(argv) <= MAX_ARGS:
+        raise RequestError(f"argv must have 1 to {MAX_ARGS} arguments, not {len(argv)}")
+    total = 0
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise RequestError(f"argv[{index}] must be a string, not {type(arg).__name__}")
+        if "\0" in arg:
+            raise RequestError(f"argv[{index}] contains a NUL byte")
+        try:
+            size = len(arg.encode())
+        except UnicodeEncodeError:  # a lone surrogate: D-Bus strings are UTF-8
+            raise RequestError(f"argv[{index}] is not valid Unicode text") from None
+        if size > MAX_ARG_BYTES:
+            raise RequestError(f"argv[{index}] is {size} bytes, more than {MAX_ARG_BYTES}")
+        total += size
+    if total > MAX_ARGV_BYTES:
+        raise RequestError(f"argv is {total} bytes in all, more than {MAX_ARGV_BYTES}")
+    program = argv[0]
+    if (
+        not program.startswith("/")
+        or program.startswith("//")
+        or program == "/"
+        or posixpath.normpath(program) != program
+        or _CONTROL.search(program)
+    ):
+        raise RequestError(
+            "argv[0] must be a normalised absolute path (no '.', '..' or '//'), "
+            f"not {program[:200]!r}"
+        )
+    return tuple(argv)
+
+
+def _no_expansion(arg: str) -> str:
+    # systemd expands $NAME and ${NAME} in ExecStart= arguments, even ones from the bus
+    # (and drops a lone "$"); "$$" is its escape for one literal "$". The path is not
+    # expanded, so only argv is escaped.
+    return arg.replace("$", "$$")
+
+
+def _cwd(cwd: object, group: GroupPolicy) -> str:
+    if not isinstance(cwd, str):
+        raise RequestError(f"cwd must be a string, not {type(cwd).__name__}")
+    if _CONTROL.search(cwd):
+        raise RequestError("cwd must not contain control characters (NUL, newline, ...)")
+    try:
+        size = len(cwd.encode())
+    except UnicodeEncodeError:
+        raise RequestError("cwd is not valid Unicode text") from None
+    if not cwd.startswith("/") or size > _PATH_MAX:
+        raise RequestError(f"cwd must be an absolute path of at most {_PATH_MAX} bytes")
+    parts = [part for part in cwd.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise RequestError("cwd must not contain a '..' component")
+    path = "/" + "/".join(parts)
+    roots = (GROUP_SANDBOX, *(mount.sandbox for mount in group.mounts))
+    if not any(path == root or path.startswith(root + "/") for root in roots):
+        raise RequestError(f"cwd must be in {' or '.join(roots)}, not {path}")
+    return path
+
+
+def _timeout(value: object, group: GroupPolicy) -> int:
+    bound = group.limits.wall_seconds
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+        raise RequestError(
+            f"timeout_seconds must be an integer from 1 to {bound} (group {group.name}'s "
+            f"limit), not {value!r}"
+        )
+    return value
+
+
+def _base_environment(group: GroupPolicy) -> tuple[str, ...]:
+    if not group.path:
+        return BASE_ENVIRONMENT
+    # The group's own directories first: on NixOS the default ones hold next to nothing.
+    return tuple(
+        "PATH=" + ":".join((*group.path, entry.removeprefix("PATH=")))
+        if entry.startswith("PATH=")
+        else entry
+        for entry in BASE_ENVIRONMENT
+    )
+
+
+def _empty_paths(group: GroupPolicy) -> list[tuple[str, object]]:
+    # A second TemporaryFileSystem= adds to the first, as a second line in a unit file does;
+    # the group's read-only paths are bound below these afterwards.
+    if not group.empty_paths:
+        return []
+    return [("TemporaryFileSystem", tuple((path, "mode=0755") for path in group.empty_paths))]
+
+
+def _proxy_environment(policy: Policy, group: GroupPolicy, token: object) -> tuple[str, ...]:
+    # Only groups with domains reach the proxy; for the others its address is blocked.
+    if token is not None and (not isinstance(token, str) or not PROXY_TOKEN.fullmatch(token)):
+        raise RequestError(f"proxy_token must match {PROXY_TOKEN.pattern}")
+    if not group.egress.domains or policy.proxy is None or token is None:
+        return ()
+    address, port = policy.proxy
+    host = f"[{address}]" if ":" in address else address
+    url = f"http://{group.name}:{token}@{host}:{port}"
+    return tuple(f"{name}={url}" for name in PROXY_VARIABLES)
+
+
+def _binds(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
+    own = (posixpath.join(policy.data_dir, WORKSPACES, group.name), GROUP_SANDBOX)
+    # Read-only for the main group too: the host reads it into every group's prompt, so
+    # only write_memory, in the host, changes it.
+    shared = (posixpath.join(policy.data_dir, GLOBAL_MEMORY), GLOBAL_SANDBOX)
+    writable = [(*own, False, BIND_FLAGS)]
+    read_only = [(*shared, True, BIND_FLAGS)]  # the host makes it with its first session
+    for mount in group.mounts:
+        (writable if mount.writable else read_only).append(
+            (mount.host, mount.sandbox, False, BIND_FLAGS)
+        )
+    read_only += [(path, path, False, BIND_FLAGS) for path in group.read_only_paths]
+    binds: list[tuple[str, object]] = [("BindPaths", tuple(writable))]
+    if read_only:
+        binds.append(("BindReadOnlyPaths", tuple(read_only)))
+    return binds
+
+
+def _hidden(policy: Policy) -> tuple[str, ...]:
+    # The data directory and the policy file exist; if not, the unit must fail to start.
+    # Every group's mount sources are hidden too: a group sees a mount only at its place
+    # in /workspace, and another group's sources not at all.
+    required = (policy.data_dir, policy.policy_path)
+    optional = (
+        *policy.protected_paths,
+        *ALWAYS_HIDDEN,
+        *sorted({mount.host for g in policy.groups.values() for mount in g.mounts}),
+    )
+    paths = dict.fromkeys(required, "")
+    for path in optional:
+        paths.setdefault(path, "-")
+    # Below /run there is only the unit's own empty tmpfs.
+    return tuple(prefix + p for p, prefix in paths.items() if not _is_below(p, RUN))
+
+
+def _is_below(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent + "/")
+
+
+def _ip_filter(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
+    if not group.egress.any:
+        return []  # PrivateNetwork= already leaves only a loopback of the unit's own
+    allowed = list(group.egress.cidrs)
+    if group.egress.domains and policy.proxy is not None:
+        allowed.append(ipaddress.ip_network(policy.proxy[0]))
+    deny_all = ((AF_INET, bytes(4), 0), (AF_INET6, bytes(16), 0))
+    return [
+        ("IPAddressDeny", deny_all),
+        ("IPAddressAllow", tuple(_ip_entry(network) for network in allowed)),
+    ]
+
+
+def _ip_entry(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, bytes, int]:
+    family = AF_INET if network.version == 4 else AF_INET6
+    return (family, network.network_address.packed, network.prefixlen)
+
+
+# explain(): the unit-file settings whose names differ from the bus properties.
+_UNIT_FILE_NAMES = {
+    "CPUQuotaPerSecUSec": "CPUQuota",
+    "RuntimeMaxUSec": "RuntimeMaxSec",
+    "TimeoutStopUSec": "TimeoutStopSec",
+}
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_@+=:,./$-]+")
+
+
+def explain(plan: UnitPlan) -> str:
+    """The plan as unit-file lines, one `Name=value` each, for `nanoclaw policy explain`.
+
+    Values are quoted as in unit files, so no argument can start a line of its own, and
+    credentials in proxy URLs are masked.
+    """
+    lines = [f"# {plan.name}"]
+    for name, signature, value in plan.properties:
+        lines.append(f"{_UNIT_FILE_NAMES.get(name, name)}={_render(name, signature, value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _render(name: str, signature: str, value: object) -> str:
+    match signature, value:
+        case "b", bool():
+            return "yes" if value else "no"
+        case "t", int() if name == "CPUQuotaPerSecUSec":
+            return f"{value * 100 // USEC_PER_SECOND}%"
+        case "t", int() if name.endswith("USec"):
+            return f"{value / USEC_PER_SECOND:g}"
+        case "t", 0 if name in ("CapabilityBoundingSet", "AmbientCapabilities"):
+            return ""  # the empty set
+        case "t", 0 if name == "RestrictNamespaces":
+            return "yes"
+        case "i", int() if name == "SystemCallErrorNumber":
+            return errno.errorcode.get(value, str(value))
+        case "t", int():
+            return str(value)
+        case "s", str() if value.isprintable():
+            return value.replace("%", "%%")  # these settings take the rest of the line
+        case "s", str():
+            return _quote(value)
+        case "as", tuple() if name == "Environment":
+            return " ".join(_quote(re.sub(r"(?<=://)[^/@]*@", "***@", str(e))) for e in value)
+        case "as", tuple():
+            return " ".join(_quote(str(item)) for item in value)
+        case "(bas)", (bool() as allow, tuple() as items):
+            return ("" if allow else "~") + " ".join(_quote(str(item)) for item in items)
+        case "a(sasb)", ((_, tuple() as argv, _),):
+            return " ".join(_quote(str(arg)) for arg in argv)
+        case "a(ssbt)", tuple():
+            return " ".join(
+                _quote(
+                    f"{'-' if ignore else ''}{_colons(source)}:{_colons(destination)}:"
+                    + ("rbind" if recursive else "norbind")
+                )
+                for source, destination, ignore, recursive in value
+            )
+        case "a(ss)", tuple():
+            return " ".join(_quote(f"{_colons(path)}:{options}") for path, options in value)
+        case "a(iayu)", tuple():
+            networks = [str(ipaddress.ip_network((raw, prefix))) for _, raw, prefix in value]
+            return "any" if networks == ["0.0.0.0/0", "::/0"] else " ".join(networks)
+    raise ValueError(f"cannot show {name} ({signature}) = {value!r}")
+
+
+def _quote(word: str) -> str:
+    word = word.replace("%", "%%")  # no specifiers
+    if _SAFE_WORD.fullmatch(word):
+        return word
+    escaped = "".join(
+        "\\" + char if char in '"\\' else char if char.isprintable() else _escape(char)
+        for char in word
+    )
+    return f'"{escaped}"'
+
+
+def _escape(char: str) -> str:
+    return "".join(f"\\x{byte:02x}" for byte in char.encode(errors="surrogatepass"))
+
+
+def _colons(path: str) -> str:
+    # In BindPaths= and TemporaryFileSystem= a ':' separates fields; a path's own is "\:".
+    return path.replace(":", "\\:")

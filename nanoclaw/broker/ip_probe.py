@@ -1,0 +1,100 @@
+"""Does IPAddressDeny= really hold here? systemd silently ignores it without cgroup BPF.
+
+The broker asks once at start: a probe unit with IPAddressDeny=any tries to reach a
+loopback listener of ours, next to a control unit without the deny that must reach it.
+Only a refused probe with a successful control counts as enforced.
+
+It asks the same of the port filter (nanoclaw.broker.port_filter): with the proxy's address
+allowed, a unit running as a domain group's uid must fail to reach another port there,
+where a unit of a dynamic uid with the same allowance reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from nanoclaw.broker.systemd_bus import Property, Systemd
+
+# Exit 0 when connected and REFUSED when the connection fails; anything else (the probe
+# could not even run) is no answer, so that a broken probe never reads as "enforced".
+REFUSED = 77
+_CONNECT = (
+    "import socket, sys\n"
+    "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)\n"
+    f"except OSError: sys.exit({REFUSED})"
+)
+_DYNAMIC_USER: Property = ("DynamicUser", "b", True)
+CLD_EXITED = 1
+
+
+class ProbeFailed(Exception):
+    """A probe unit neither connected nor was refused: the question has no answer."""
+
+
+def _deny_all_but(*allowed: str) -> tuple[Property, ...]:
+    """IPAddressDeny=any, and IPAddressAllow= each of `allowed` (single addresses)."""
+    deny: Property = ("IPAddressDeny", "a(iayu)", ((2, bytes(4), 0), (10, bytes(16), 0)))
+    hosts = [ipaddress.ip_address(address) for address in allowed]
+    allow = tuple((2 if h.version == 4 else 10, h.packed, h.max_prefixlen) for h in hosts)
+    return (deny, ("IPAddressAllow", "a(iayu)", allow)) if allow else (deny,)
+
+
+async def _reaches(
+    systemd: Systemd, address: tuple[str, int], user: Property, extra: tuple[Property, ...]
+) -> bool:
+    """Whether a unit running as `user`, with `extra`, connects to `address`."""
+    name = f"nanoclaw-ip-probe-{secrets.token_hex(4)}.service"
+    argv = (sys.executable, "-c", _CONNECT, address[0], str(address[1]))
+    properties: tuple[Property, ...] = (
+        ("Description", "s", "nanoclaw: is IP filtering enforced?"),
+        ("ExecStart", "a(sasb)", ((sys.executable, argv, False),)),
+        ("Type", "s", "exec"),
+        ("CollectMode", "s", "inactive-or-failed"),
+        ("RuntimeMaxUSec", "t", 10_000_000),
+        user,
+        *extra,
+    )
+    path = await systemd.start_transient(name, properties, [])
+    try:
+        outcome = await systemd.wait_inactive(path)
+    finally:
+        await systemd.release(path)
+    if outcome.result == "success":
+        return True
+    if outcome.exit_code == CLD_EXITED and outcome.exit_status == REFUSED:
+        return False
+    raise ProbeFailed(f"probe unit {name} neither connected nor was refused: {outcome}")
+
+
+@asynccontextmanager
+async def _listener(address: str) -> AsyncIterator[tuple[str, int]]:
+    """A TCP listener on `address` (a free port) that accepts and closes."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.create_server((address, 0), family=family)
+    sock.setblocking(False)
+    server = await asyncio.start_server(lambda r, w: w.close(), sock=sock)
+    async with server:
+        yield address, sock.getsockname()[1]
+
+
+async def ip_filtering_enforced(systemd: Systemd) -> bool:
+    async with _listener("127.0.0.1") as address:
+        control = await _reaches(systemd, address, _DYNAMIC_USER, ())
+        probe = await _reaches(systemd, address, _DYNAMIC_USER, _deny_all_but())
+    return control and not probe
+
+
+async def proxy_port_only(systemd: Systemd, proxy_address: str, uid: int) -> bool:
+    """Whether a unit of `uid` allowed the proxy's address reaches only the proxy's port
+    there: here, another port of that address that a dynamic uid does reach."""
+    allow = _deny_all_but(proxy_address)
+    async with _listener(proxy_address) as address:
+        control = await _reaches(systemd, address, _DYNAMIC_USER, allow)
+        probe = await _reaches(systemd, address, ("User", "s", str(uid)), allow)
+    return control and not probe

@@ -1,0 +1,434 @@
+"""Reading the sandbox policy file: JSON, written by the NixOS module as root.
+
+Everything is checked here, once, with errors that name the dotted key like the
+configuration's (`ConfigError`): unknown keys, types and ranges, and the rules that keep a
+mount from exposing what the sandbox hides (the data directory, protected paths, the
+policy file itself, credentials). The result is a `nanoclaw.broker.policy.Policy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from nanoclaw.broker.config_reader import (
+    ConfigError,
+    Table,
+    describe,
+    key_part,
+    parse_json_object,
+    read_text,
+)
+from nanoclaw.broker.policy import (
+    CONTROL_CHARACTERS,
+    DEFAULT_BLOCKED_PATTERNS,
+    DEFAULT_LIMITS,
+    GLOBAL_SANDBOX,
+    GROUP_PATTERN,
+    GROUP_SANDBOX,
+    LIMIT_RANGES,
+    MAX_UID,
+    MIN_UID,
+    NOBODY_UID,
+    RESERVED_GROUPS,
+    RESERVED_SANDBOX,
+    SCRATCH,
+    WORKSPACE,
+    Egress,
+    GroupPolicy,
+    Limits,
+    Mount,
+    Policy,
+    absolute_path,
+    is_domain,
+    is_text,
+    path_relation,
+)
+
+_COMMENT = "$comment"
+
+_TOP_KEYS = (
+    "version",
+    "data_dir",
+    "protected_paths",
+    "blocked_patterns",
+    "proxy",
+    "defaults",
+    "groups",
+)
+
+_GROUP_KEYS = (
+    "uid",
+    "main",
+    "mounts",
+    "egress",
+    "read_only_paths",
+    "path",
+    "empty_paths",
+    "limits",
+)
+
+_MOUNT_KEYS = ("host", "sandbox", "writable", "protect")
+
+_EGRESS_KEYS = ("cidrs", "domains")
+
+_PROXY_KEYS = ("address", "port")
+
+
+_PATTERN_WHAT = "one path component: 1 to 255 characters, no '/' or control characters"
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate the policy file; its own path is protected."""
+    data = parse_json_object(read_text(path), path)
+    return parse_policy(data, os.path.abspath(path))
+
+
+def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
+    """Validate an already parsed policy; `policy_path` is the file's absolute path."""
+    if not os.path.isabs(policy_path):
+        raise ValueError(f"the policy path must be absolute, not {policy_path!r}")
+    top = _table(data, "", _TOP_KEYS)
+    for name in ("version", "data_dir"):
+        if name not in top.data:
+            raise ConfigError(name, "is required")
+    version = top.data["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version != 1:
+        raise ConfigError("version", f"must be 1, the only policy format, not {describe(version)}")
+    data_dir = absolute_path(top.data["data_dir"], "data_dir")
+    if data_dir == "/":
+        raise ConfigError("data_dir", "must not be / (it is hidden from every tool)")
+    protected = _paths(top, "protected_paths")
+    for index, path in enumerate(protected):
+        if path == "/":
+            raise ConfigError(f"protected_paths[{index}]", "must not be / (it would hide all)")
+    extra_patterns = _strings(top, "blocked_patterns", _PATTERN_WHAT, _is_pattern)
+    # Without groups first: their host paths are checked against this policy's rules.
+    policy = Policy(
+        data_dir=data_dir,
+        protected_paths=protected,
+        blocked_patterns=tuple(dict.fromkeys(DEFAULT_BLOCKED_PATTERNS + extra_patterns)),
+        proxy=_proxy(top),
+        groups=MappingProxyType({}),
+        policy_path=os.path.normpath(policy_path),
+    )
+    defaults = _table(top.data.get("defaults", {}), "defaults", ("limits",))
+    default_limits = _limits(defaults, DEFAULT_LIMITS)
+    groups = _groups(top, policy, default_limits)
+    needing = next((g for g in groups.values() if g.egress.domains), None)
+    if needing is not None and policy.proxy is None:
+        raise ConfigError(
+            "proxy",
+            f"is required: groups.{needing.name}.egress.domains are reached only through "
+            'the proxy; add "proxy": {"address": "127.0.0.1", "port": 3128}',
+        )
+    _check_read_only_overlaps(groups)
+    _check_nested_mounts(groups)
+    policy = dataclasses.replace(policy, groups=MappingProxyType(groups))
+    users = policy.tool_users()
+    for group in groups.values():
+        policy.check_binds(group, users)
+    return policy
+
+
+def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, GroupPolicy]:
+    tables = top.data.get("groups", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError("groups", f"must be a table of groups by name, not {describe(tables)}")
+    groups: dict[str, GroupPolicy] = {}
+    for name, value in tables.items():
+        if name == _COMMENT:
+            _comment(value, "groups." + key_part(name))
+            continue
+        group = _group(name, value, policy, default_limits)
+        key = "groups." + key_part(name)
+        owner = next((g.name for g in groups.values() if g.uid == group.uid), None)
+        if owner is not None:
+            raise ConfigError(
+                key + ".uid", f"uid {group.uid} is already group {owner}'s; each needs its own"
+            )
+        main = next((g.name for g in groups.values() if g.main), None)
+        if group.main and main is not None:
+            raise ConfigError(key + ".main", f"only one group may be main, and {main} already is")
+        groups[name] = group
+    return groups
+
+
+def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> GroupPolicy:
+    key = "groups." + key_part(name)
+    if not re.fullmatch(GROUP_PATTERN, name):
+        raise ConfigError(
+            key, f"group name must match {GROUP_PATTERN} (lowercase letters, digits, '_' or '-')"
+        )
+    if name in RESERVED_GROUPS:
+        raise ConfigError(key, f"group name {name!r} is reserved (the memory all groups share)")
+    table = _table(value, key, _GROUP_KEYS)
+    if "uid" not in table.data:
+        raise ConfigError(table.at("uid"), f"is required: the group's own user ID, {MIN_UID} up")
+    uid = table.integer("uid", 0, MIN_UID, MAX_UID)
+    if uid == NOBODY_UID:
+        raise ConfigError(table.at("uid"), "must not be 65534 (nobody), which others share")
+    mounts = tuple(
+        _mount(item, f"{table.at('mounts')}[{index}]", policy)
+        for index, item in enumerate(_list(table, "mounts"))
+    )
+    for index, mount in enumerate(mounts):
+        for earlier, other in enumerate(mounts[:index]):
+            if path_relation(mount.sandbox, other.sandbox):
+                raise ConfigError(
+                    f"{table.at('mounts')}[{index}].sandbox",
+                    f"{mount.sandbox} overlaps mounts[{earlier}].sandbox {other.sandbox}; "
+                    "mounts may not share or nest their places",
+                )
+    read_only = tuple(
+        policy.check_host_path(item, f"{table.at('read_only_paths')}[{index}]")
+        for index, item in enumerate(_list(table, "read_only_paths"))
+    )
+    for index, path in enumerate(read_only):
+        if path_relation(path, WORKSPACE):
+            raise ConfigError(
+                f"{table.at('read_only_paths')}[{index}]",
+                f"{path} overlaps {WORKSPACE}, where only mounts go",
+            )
+    return GroupPolicy(
+        name=name,
+        uid=uid,
+        main=table.flag("main", False),
+        mounts=mounts,
+        egress=_egress(table),
+        read_only_paths=read_only,
+        limits=_limits(table, default_limits),
+        path=_search_path(table, policy),
+        empty_paths=_empty_paths(table, policy),
+    )
+
+
+def _search_path(table: Table, policy: Policy) -> tuple[str, ...]:
+    """`path`: as written (normalised), and judged like a host path to bind, since the
+    unit runs what it finds there."""
+    result: list[str] = []
+    for index, item in enumerate(_list(table, "path")):
+        key = f"{table.at('path')}[{index}]"
+        policy.check_host_path(item, key)
+        path = absolute_path(item, key)
+        if ":" in path:  # PATH's separator: one entry would become two
+            raise ConfigError(key, "must not contain ':'")
+        if path in result:
+            raise ConfigError(key, f"{path} is listed twice (also at [{result.index(path)}])")
+        result.append(path)
+    return tuple(result)
+
+
+def _empty_paths(table: Table, policy: Policy) -> tuple[str, ...]:
+    """`empty_paths`: never a place the broker or the policy already decides about (an
+    empty tree over the data directory would make every unit fail to start)."""
+    result = _paths(table, "empty_paths")
+    decided = (
+        *policy.sealed_paths(),
+        ("the workspace", WORKSPACE),
+        *(("a scratch place of the unit's own", path) for path in SCRATCH),
+    )
+    for index, path in enumerate(result):
+        key = f"{table.at('empty_paths')}[{index}]"
+        if path == "/":
+            raise ConfigError(key, "must not be / (the unit would see nothing at all)")
+        for what, other in decided:
+            relation = path_relation(path, other)
+            if relation:
+                raise ConfigError(key, f"{path} {relation} {other}, {what}")
+    return result
+
+
+def _mount(value: object, key: str, policy: Policy) -> Mount:
+    table = _table(value, key, _MOUNT_KEYS)
+    for name in ("host", "sandbox"):
+        if name not in table.data:
+            raise ConfigError(table.at(name), "is required")
+    return Mount(
+        host=policy.check_host_path(table.data["host"], table.at("host")),
+        sandbox=_sandbox_path(table.data["sandbox"], table.at("sandbox")),
+        writable=table.flag("writable", False),
+        protect=table.flag("protect", True),
+    )
+
+
+def _sandbox_path(value: object, key: str) -> str:
+    path = absolute_path(value, key)
+    if ":" in path:  # the separator of BindPaths= in unit files
+        raise ConfigError(key, "must not contain ':'")
+    if not path.startswith(WORKSPACE + "/"):
+        raise ConfigError(key, f"must be under {WORKSPACE}/, like {WORKSPACE}/photos")
+    if any(path_relation(path, reserved) for reserved in RESERVED_SANDBOX):
+        raise ConfigError(
+            key,
+            f"{path} is reserved: the broker binds the group's folder at {GROUP_SANDBOX} "
+            f"and the global memory at {GLOBAL_SANDBOX}",
+        )
+    return path
+
+
+def _egress(group: Table) -> Egress:
+    table = _table(group.data.get("egress", {}), group.at("egress"), _EGRESS_KEYS)
+    cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for index, item in enumerate(_list(table, "cidrs")):
+        key = f"{table.at('cidrs')}[{index}]"
+        network = _network(item, key)
+        if network in cidrs:
+            raise ConfigError(key, f"{network} is listed twice (also at [{cidrs.index(network)}])")
+        cidrs.append(network)
+    domains = _strings(
+        table,
+        "domains",
+        "a lowercase DNS name like github.com, or *.example.com for the names below it",
+        _is_domain_pattern,
+    )
+    for index, domain in enumerate(domains):
+        if domain in domains[:index]:
+            raise ConfigError(
+                f"{table.at('domains')}[{index}]",
+                f"{domain} is listed twice (also at [{domains.index(domain)}])",
+            )
+    return Egress(cidrs=tuple(cidrs), domains=domains)
+
+
+def _network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    what = "an IP network like 140.82.112.0/20 or 2001:db8::/32"
+    if not isinstance(value, str) or re.search(r"[\s%]", value) or CONTROL_CHARACTERS.search(value):
+        raise ConfigError(key, f"must be {what}, not {describe(value)}")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(key, f"must be {what}, not {describe(value)}") from None
+    raise ConfigError(key, f"{value} has host bits set: the network is {loose}")
+
+
+def _proxy(top: Table) -> tuple[str, int] | None:
+    if "proxy" not in top.data:
+        return None
+    table = _table(top.data["proxy"], "proxy", _PROXY_KEYS)
+    if "port" not in table.data:
+        raise ConfigError(table.at("port"), "is required: the proxy's TCP port")
+    address = table.require("address", "an IP address like 127.0.0.1 or ::1", _is_proxy_address)
+    return str(ipaddress.ip_address(address)), table.integer("port", 0, 1, 65535)
+
+
+def _limits(parent: Table, defaults: Limits) -> Limits:
+    table = _table(
+        parent.data.get("limits", {}), parent.at("limits"), tuple(n for n, *_ in LIMIT_RANGES)
+    )
+    values = {
+        name: table.integer(name, getattr(defaults, name), low, high)
+        for name, _, low, high in LIMIT_RANGES
+    }
+    return Limits(**values)
+
+
+def _check_read_only_overlaps(groups: Mapping[str, GroupPolicy]) -> None:
+    # Every mount's host path is hidden in every unit (it is seen only at its sandbox
+    # place), while a read-only path is bound where it is: the two must stay apart.
+    for group in groups.values():
+        for index, path in enumerate(group.read_only_paths):
+            for other in groups.values():
+                for number, mount in enumerate(other.mounts):
+                    if path_relation(path, mount.host):
+                        raise ConfigError(
+                            f"groups.{key_part(group.name)}.read_only_paths[{index}]",
+                            f"{path} overlaps groups.{other.name}.mounts[{number}].host "
+                            f"{mount.host}, which every unit hides",
+                        )
+
+
+def _check_nested_mounts(groups: Mapping[str, GroupPolicy]) -> None:
+    # A mount inside another's host path is writable through the outer one when that is,
+    # and its source can be swapped by whoever writes the outer one. Two groups may share
+    # one directory; a group needs it only once.
+    mounts = [(g, index, m) for g in groups.values() for index, m in enumerate(g.mounts)]
+    for number, (group, index, mount) in enumerate(mounts):
+        for other, other_index, earlier in mounts[:number]:
+            relation = path_relation(mount.host, earlier.host)
+            if relation == "is" and other is not group:
+                continue
+            if relation:
+                raise ConfigError(
+                    f"groups.{key_part(group.name)}.mounts[{index}].host",
+                    f"{mount.host} {relation} groups.{other.name}.mounts[{other_index}].host "
+                    f"{earlier.host}; mounts may not nest (one would be reachable, and "
+                    "perhaps writable, through the other): mount one directory once",
+                )
+
+
+def _table(value: object, key: str, allowed: tuple[str, ...]) -> Table:
+    table = Table(value, key, (*allowed, _COMMENT))
+    if _COMMENT in table.data:
+        _comment(table.data[_COMMENT], table.at(_COMMENT))
+    return table
+
+
+def _comment(value: object, key: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string (it is ignored), not {describe(value)}")
+
+
+def _list(table: Table, name: str) -> list[Any]:
+    values = table.data.get(name, [])
+    if not isinstance(values, list):
+        raise ConfigError(table.at(name), f"must be a list, not {describe(values)}")
+    return values
+
+
+def _strings(table: Table, name: str, what: str, valid: Callable[[str], bool]) -> tuple[str, ...]:
+    result: list[str] = []
+    for index, value in enumerate(_list(table, name)):
+        if not isinstance(value, str) or not valid(value):
+            raise ConfigError(
+                f"{table.at(name)}[{index}]", f"must be {what}, not {describe(value)}"
+            )
+        result.append(value)
+    return tuple(result)
+
+
+def _paths(table: Table, name: str) -> tuple[str, ...]:
+    paths: list[str] = []
+    for index, value in enumerate(_list(table, name)):
+        key = f"{table.at(name)}[{index}]"
+        path = absolute_path(value, key)
+        if path in paths:
+            raise ConfigError(key, f"{path} is listed twice (also at [{paths.index(path)}])")
+        paths.append(path)
+    return tuple(paths)
+
+
+def _is_pattern(value: str) -> bool:
+    return (
+        0 < len(value) <= 255
+        and value not in (".", "..")
+        and "/" not in value
+        and not CONTROL_CHARACTERS.search(value)
+        and is_text(value)
+    )
+
+
+def _is_domain_pattern(value: str) -> bool:
+    if value.startswith("*."):
+        suffix = value[2:]
+        return is_domain(suffix) and "." in suffix  # no *.com: at least two labels
+    return is_domain(value)
+
+
+def _is_proxy_address(value: str) -> bool:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    # Scope IDs cannot go into IPAddressAllow=, and 0.0.0.0 or multicast is no proxy.
+    return "%" not in value and not (address.is_unspecified or address.is_multicast)

@@ -1,0 +1,266 @@
+"""The egress proxy: the only way a tool unit reaches a domain name.
+
+A group with `egress.domains` gets this proxy's address in its units' IPAddressAllow=
+and its URL in their HTTP(S)_PROXY. The URL carries a secret the host issues for one
+tool call and revokes when the call ends, so a request passes only when it names a live
+secret, the group that secret was issued to, one of that group's domains (exact or
+`*.suffix`, see `domain_allowed`) and an allowed port, and the name resolves to public
+addresses only (a domain pointed at 127.0.0.1 reaches nothing). Every decision is logged.
+
+HTTPS is a CONNECT tunnel, so the proxy sees the name and port, never the content. Plain
+HTTP is forwarded in origin form, one request per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import logging
+import secrets
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from nanoclaw.broker.policy import domain_allowed
+
+log = logging.getLogger("nanoclaw.egress")
+
+DEFAULT_PORTS = frozenset({80, 443})
+MAX_HEAD_BYTES = 16 * 1024
+HEAD_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+CHUNK_BYTES = 64 * 1024
+# Hop-by-hop headers, and the credentials meant for this proxy, are not forwarded.
+_DROPPED_HEADERS = frozenset(
+    {"host", "proxy-authorization", "proxy-connection", "connection", "keep-alive"}
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    group: str
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    host: str
+    port: int
+    head: bytes  # what goes upstream for plain HTTP; empty for CONNECT
+    authorization: str | None
+
+
+class Denied(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class EgressProxy:
+    """A filtering HTTP(S) proxy in the host process, one listener for every group."""
+
+    def __init__(self, ports: Iterable[int] = DEFAULT_PORTS, allow_private: bool = False):
+        # allow_private exists for tests whose upstream can only be on loopback.
+        self.ports = frozenset(ports)
+        self.allow_private = allow_private
+        self._grants: dict[str, Grant] = {}
+        self._server: asyncio.Server | None = None
+
+    @contextmanager
+    def grant(self, group: str, domains: Sequence[str]) -> Iterator[str]:
+        """A fresh secret for one tool call of `group`, valid until the block ends."""
+        token = secrets.token_urlsafe(32)
+        self._grants[token] = Grant(group, tuple(domains))
+        try:
+            yield token
+        finally:
+            del self._grants[token]
+
+    async def start(self, address: str, port: int) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, address, port, limit=MAX_HEAD_BYTES, reuse_address=True
+        )
+        log.info("egress proxy listening on %s port %d", address, port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request: Request | None = None
+        group = "?"
+        try:
+            request = parse_head(await _read_head(reader))
+            grant = self._authenticate(request)
+            group = grant.group
+            self._check_target(request, grant)
+            addresses = await self._resolve(request)
+            up_reader, up_writer = await _connect(addresses, request.port)
+        except Denied as denied:
+            log.warning("deny %s: %s", _what(request, group, writer), denied)
+            await _refuse(writer, denied)
+            return
+        log.info("allow %s", _what(request, group, writer))
+        if request.method == "CONNECT":
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            up_writer.write(request.head)
+        await _splice(reader, writer, up_reader, up_writer)
+
+    def _authenticate(self, request: Request) -> Grant:
+        grant, user = self._grant_of(request.authorization)
+        if grant is None or user != grant.group:
+            raise Denied(407, "proxy credentials missing, unknown or expired")
+        return grant
+
+    def _check_target(self, request: Request, grant: Grant) -> None:
+        if not domain_allowed(request.host, grant.domains):
+            raise Denied(403, f"{request.host} is not among group {grant.group}'s egress domains")
+        if request.port not in self.ports:
+            raise Denied(403, f"port {request.port} is not allowed (only {sorted(self.ports)})")
+
+    def _grant_of(self, authorization: str | None) -> tuple[Grant | None, str]:
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() != "basic":
+            return None, ""
+        try:
+            user, _, token = (
+                base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return None, ""
+        return self._grants.get(token), user
+
+    async def _resolve(self, request: Request) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(request.host, request.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise Denied(502, f"cannot resolve {request.host}: {exc}") from None
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        usable = [a for a in found if self.allow_private or ipaddress.ip_address(a).is_global]
+        if not usable:
+            raise Denied(403, f"{request.host} resolves only to non-public addresses {found}")
+        return usable
+
+
+def _what(request: Request | None, group: str, writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if request is None:
+        return f"request from {peer}"
+    return f"{request.method} {request.host}:{request.port} for group {group} from {peer}"
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SECONDS)
+    except asyncio.LimitOverrunError:
+        raise Denied(431, f"request head larger than {MAX_HEAD_BYTES} bytes") from None
+    except (asyncio.IncompleteReadError, TimeoutError):
+        raise Denied(400, "incomplete request head") from None
+
+
+def parse_head(head: bytes) -> Request:
+    """The target and credentials of a proxy request: CONNECT host:port, or an absolute
+    http:// URL. Anything else is a 400 that says what was wrong."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise Denied(400, "request head is not ASCII") from None
+    request_line, *header_lines = text.split("\r\n")[:-2]
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise Denied(400, "malformed request line")
+    method, target, version = parts
+    headers: list[tuple[str, str]] = []
+    for line in header_lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise Denied(400, "malformed header line")
+        headers.append((name, value.strip()))
+    authorization = next((v for n, v in headers if n.lower() == "proxy-authorization"), None)
+    if method == "CONNECT":
+        host, colon, digits = target.rpartition(":")
+        if not colon or not digits.isdigit():
+            raise Denied(400, "CONNECT needs host:port")
+        return Request(method, host, int(digits), b"", authorization)
+    url = urlsplit(target)
+    if url.scheme != "http" or not url.hostname:
+        raise Denied(400, "only CONNECT or an absolute http:// URL can be proxied")
+    try:
+        port = url.port or 80
+    except ValueError:
+        raise Denied(400, "bad port in URL") from None
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    # Host: names the checked host, so no other site on the same address can be asked for.
+    host = url.hostname if port == 80 else f"{url.hostname}:{port}"
+    kept = [f"{n}: {v}" for n, v in headers if n.lower() not in _DROPPED_HEADERS]
+    lines = [f"{method} {path} {version}", f"Host: {host}", *kept, "Connection: close", "", ""]
+    upstream = "\r\n".join(lines)
+    return Request(method, url.hostname, port, upstream.encode("ascii"), authorization)
+
+
+async def _connect(
+    addresses: Sequence[str], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    errors = []
+    for address in addresses:  # connect by address: no second lookup can be rebound
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(address, port), CONNECT_TIMEOUT_SECONDS
+            )
+        except (OSError, TimeoutError) as exc:
+            errors.append(f"{address}: {exc or 'timed out'}")
+    raise Denied(502, "cannot connect: " + "; ".join(errors))
+
+
+async def _refuse(writer: asyncio.StreamWriter, denied: Denied) -> None:
+    body = f"nanoclaw egress proxy: {denied}\n".encode()
+    reasons = {
+        400: "Bad Request",
+        403: "Forbidden",
+        407: "Proxy Authentication Required",
+        431: "Request Header Fields Too Large",
+        502: "Bad Gateway",
+    }
+    lines = [
+        f"HTTP/1.1 {denied.status} {reasons[denied.status]}",
+        "Content-Type: text/plain",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if denied.status == 407:
+        lines.append('Proxy-Authenticate: Basic realm="nanoclaw"')
+    with suppress(ConnectionError):
+        writer.write("\r\n".join(lines).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+    writer.close()
+
+
+async def _splice(
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy both ways until both sides are done; a half-close is passed on."""
+
+    async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with suppress(ConnectionError):
+            while chunk := await source.read(CHUNK_BYTES):
+                sink.write(chunk)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+
+    try:
+        await asyncio.gather(pump(client_reader, up_writer), pump(up_reader, client_writer))
+    finally:
+        up_writer.close()
+        client_writer.close()
