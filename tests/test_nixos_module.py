@@ -318,13 +318,13 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
         (
             "family = {",
             "Family = {",
-            "services.nanoclaw.host.groups.Family: the group name must match",
+            "services.nanoclaw.groups.Family: the group name must match",
         ),
         ("family = {", "global = {", "and not be global"),
         (
             "family = {",
             "abcdefghijklmnopqr = {",
-            "services.nanoclaw.host.groups.abcdefghijklmnopqr: the group name must match "
+            "services.nanoclaw.groups.abcdefghijklmnopqr: the group name must match "
             "[a-z0-9][a-z0-9_-]{0,16} (lowercase letters, digits, '_' or '-'; at most 17 "
             "characters, so that its user nanoclaw-tool-abcdefghijklmnopqr fits the 31",
         ),
@@ -339,7 +339,7 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
             'timezone = "Europe/Berlin";',
             'timezone = "Europe/Berlin"; groups.family.main = true;',
             "services.nanoclaw.settings.groups.family.main: must be false, as "
-            "services.nanoclaw.host.groups.family.main",
+            "services.nanoclaw.groups.family.main",
         ),
         (
             'timezone = "Europe/Berlin";',
@@ -442,7 +442,7 @@ def test_bad_configurations_fail_with_their_message(
         (
             "wallSeconds = 900;",
             "wallSeconds = 0;",
-            "services.nanoclaw.host.groups.main.limits.wallSeconds' is not of type",
+            "services.nanoclaw.groups.main.limits.wallSeconds' is not of type",
         ),
         (
             'timezone = "Europe/Berlin";',
