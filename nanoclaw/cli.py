@@ -12,9 +12,10 @@ from pathlib import Path
 from nanoclaw.appliance.machine import ApplianceError
 from nanoclaw.broker.compiler import RequestError
 from nanoclaw.broker.policy import UnknownGroup
+from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.host.journal import log_handler
-from nanoclaw.host.sandbox.client import SandboxError, SandboxResult
+from nanoclaw.host.sandbox.client import SandboxError
 
 DEFAULT_CONFIG = Path("/etc/nanoclaw/config.toml")
 DEFAULT_POLICY = "/etc/nanoclaw/policy.json"
@@ -99,7 +100,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return result.exit_status if result.exit_status is not None else 128 + (result.signal or 0)
 
 
-async def _exec(socket: str, group: str, command: list[str], timeout: int) -> SandboxResult:
+async def _exec(socket: str, group: str, command: list[str], timeout: int) -> RunResult:
     """As a tool call would: through a gateway, with its own egress proxy unless the host's
     already holds the address."""
     from nanoclaw.host.sandbox.gateway import SandboxGateway

@@ -17,15 +17,11 @@ from pathlib import Path
 
 import aiohttp
 
+from nanoclaw.broker.protocol import PolicySummary
 from nanoclaw.broker.workspace_usage import shown, size
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
-from nanoclaw.host.sandbox.client import (
-    PolicySummary,
-    SandboxError,
-    describe_policy,
-    workspace_usage,
-)
+from nanoclaw.host.sandbox.client import SandboxError, describe_policy, workspace_usage
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 # count_tokens needs a model; this one when the config leaves it to the CLI's default.

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from nanoclaw.broker.policy_file import parse_policy
+from nanoclaw.broker.protocol import Enforcement
 from nanoclaw.broker.sandboxd import Broker
 from tests.support.host_process import write_secret
 from tests.support.scripted_model import ScriptedModel
@@ -44,7 +45,8 @@ def broker(tmp_path: Path) -> BrokerFactory:
             str(tmp_path / "policy.json"),
         )
         path = tmp_path / "sandbox.sock"
-        handler = Broker(policy, None, os.getgid(), ip_filtering, port_filter)  # type: ignore[arg-type]
+        enforced = Enforcement(ip_filtering, port_filter, pid_isolation=False)
+        handler = Broker(policy, None, os.getgid(), enforced)  # type: ignore[arg-type]
         server = await asyncio.start_unix_server(handler.handle, str(path))
         async with server:
             yield path

@@ -22,7 +22,8 @@ import pytest
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
 
 from nanoclaw.appliance.homeserver import EmbeddedHomeserver
-from nanoclaw.host.sandbox.client import SandboxResult, run_in_sandbox
+from nanoclaw.broker.protocol import RunResult
+from nanoclaw.host.sandbox.client import run_in_sandbox
 from tests.support.machine import (
     BROKER_OVERRIDE,
     REPO,
@@ -139,11 +140,11 @@ def socket_of(machine: Machine) -> str:
     return f"/proc/{machine.pid}/root/run/nanoclaw/sandbox.sock"
 
 
-async def sh(machine: Machine, command: str, group: str = "alpha") -> SandboxResult:
+async def sh(machine: Machine, command: str, group: str = "alpha") -> RunResult:
     return await run_in_sandbox(socket_of(machine), group, ["/bin/sh", "-c", command], timeout=15)
 
 
-def out(result: SandboxResult) -> str:
+def out(result: RunResult) -> str:
     return result.stdout.decode() + result.stderr.decode()
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.host.journal import ContextFormatter, JournalHandler, log_handler, stderr_is_journal
 from nanoclaw.host import journal
+from nanoclaw.host.journal import ContextFormatter, JournalHandler, log_handler, stderr_is_journal
 
 
 def parse(datagram: bytes) -> dict[str, str]:

@@ -20,13 +20,9 @@ from pathlib import Path
 import pytest
 
 from nanoclaw.appliance.homeserver import EmbeddedHomeserver
-from nanoclaw.host.sandbox.client import (
-    GroupGrant,
-    SandboxError,
-    SandboxResult,
-    describe_policy,
-    run_in_sandbox,
-)
+from nanoclaw.broker.protocol import GroupGrant, RunResult
+from nanoclaw.host.sandbox.client import SandboxError, describe_policy, run_in_sandbox
+from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
 from tests.support.machine import (
     BROKER_OVERRIDE,
@@ -112,13 +108,13 @@ def socket_of(machine: Machine) -> str:
 
 async def sh(
     machine: Machine, command: str, group: str = "alpha", timeout: int = 10, stdin: bytes = b""
-) -> SandboxResult:
+) -> RunResult:
     return await run_in_sandbox(
         socket_of(machine), group, ["/bin/sh", "-c", command], timeout=timeout, stdin=stdin
     )
 
 
-def out(result: SandboxResult) -> str:
+def out(result: RunResult) -> str:
     return result.stdout.decode() + result.stderr.decode()
 
 
@@ -266,7 +262,7 @@ async def test_output_is_capped_with_a_flag(machine: Machine) -> None:
     ("group", "argv", "timeout", "error"),
     [
         ("nobody", ["/bin/true"], 5, "nobody"),
-        ("alpha", ["/bin/true"], 999, "timeout"),
+        ("alpha", ["/bin/true"], 0, "timeout"),
         ("alpha", ["true"], 5, "absolute"),
         ("online", ["/bin/true"], 5, "IP filtering is not enforced"),
         ("web", ["/bin/true"], 5, "IP filtering is not enforced"),
@@ -277,6 +273,28 @@ async def test_the_broker_refuses(
 ) -> None:
     with pytest.raises(SandboxError, match=error):
         await run_in_sandbox(socket_of(machine), group, argv, timeout=timeout)
+
+
+async def test_a_longer_timeout_is_clamped_to_the_groups_bound(machine: Machine) -> None:
+    result = await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], timeout=999)
+    assert result.ok and result.timeout == LIMITS["wall_seconds"]
+    short = await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], timeout=3)
+    assert short.timeout == 3  # the control: a time within the bound is the time given
+
+
+async def test_a_call_relying_on_an_old_policy_is_refused_with_the_new_one(
+    machine: Machine,
+) -> None:
+    summary = await describe_policy(socket_of(machine))
+    with pytest.raises(SandboxError, match="policy has changed") as refused:
+        await run_in_sandbox(socket_of(machine), "web", ["/bin/true"], policy="0123456789abcdef")
+    assert refused.value.summary == summary
+    assert refused.value.summary.generation == summary.generation
+    # The control: the generation the broker has now is accepted (past that check).
+    result = await run_in_sandbox(
+        socket_of(machine), "alpha", ["/bin/true"], timeout=5, policy=summary.generation
+    )
+    assert result.ok
 
 
 @pytest.mark.parametrize("token", ["short", "a" * 20 + "\nUser=0", "a:b@c/" * 4])
@@ -418,7 +436,7 @@ def test_nanoclaw_exec_brings_its_own_proxy_unless_the_host_holds_the_address(
 
 
 async def test_the_file_tools_work_inside_the_sandbox(machine: Machine) -> None:
-    async def runner(argv: Sequence[str], stdin: bytes) -> SandboxResult:
+    async def runner(argv: Sequence[str], stdin: bytes) -> RunResult:
         return await run_in_sandbox(socket_of(machine), "alpha", argv, timeout=10, stdin=stdin)
 
     tools = SandboxTools(runner)
@@ -448,3 +466,29 @@ async def test_large_stdin_reaches_the_unit(machine: Machine) -> None:
     content = b"x" * 3_000_000
     result = await sh(machine, "wc -c", stdin=content)
     assert result.stdout.decode().strip() == "3000000"
+
+
+async def test_the_gateway_follows_a_policy_changed_under_it(machine: Machine) -> None:
+    """One round trip per call; when the broker restarts with another policy, the host's
+    next call is refused with the new summary and made once more on it."""
+    gateway = await SandboxGateway.open(socket_of(machine), 10, proxy_required=False)
+    try:
+        before = gateway.summary
+        assert (await gateway.run("alpha", ["/bin/true"])).ok
+        changed = json.loads(json.dumps(POLICY))
+        changed["groups"]["web"]["egress"]["domains"] = ["example.org"]
+        machine.succeed(
+            f"printf %s {shlex.quote(json.dumps(changed))} > /etc/nanoclaw/policy.json"
+            " && systemctl restart nanoclaw-sandboxd.service"
+        )
+        try:
+            assert (await gateway.run("alpha", ["/bin/true"])).ok
+            assert gateway.summary.generation != before.generation
+            assert gateway.summary.groups["web"].domains == ("example.org",)
+        finally:
+            machine.succeed(
+                "install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json"
+                " && systemctl restart nanoclaw-sandboxd.service"
+            )
+    finally:
+        await gateway.close()

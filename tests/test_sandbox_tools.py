@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nanoclaw.host.sandbox.client import SandboxResult
+from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.sandbox.tools import (
     MAX_TOOL_OUTPUT,
     ToolInputError,
@@ -28,8 +28,8 @@ def result(
     signal: int | None = None,
     outcome: str = "success",
     truncated: bool = False,
-) -> SandboxResult:
-    return SandboxResult("u.service", outcome, status, signal, out, err, truncated, 5)
+) -> RunResult:
+    return RunResult("u.service", outcome, status, signal, out, err, truncated, 5, 10)
 
 
 @pytest.mark.parametrize(

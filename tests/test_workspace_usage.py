@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from nanoclaw.broker import workspace_usage
-from nanoclaw.broker.workspace_usage import Usage, measure, shown, size
+from nanoclaw.broker.protocol import Usage
+from nanoclaw.broker.workspace_usage import measure, shown, size
 
 
 def test_a_workspace_is_measured_by_its_blocks_and_its_links_are_not_followed(

@@ -13,25 +13,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 
 from nanoclaw.broker.nofollow_walk import walk
 from nanoclaw.broker.policy import WORKSPACES, Policy
+from nanoclaw.broker.protocol import Usage, UsageReport
 
 MAX_ENTRIES = 200_000
 BLOCK = 512  # st_blocks counts 512-byte blocks whatever the file system's block size
-
-
-@dataclass(frozen=True)
-class Usage:
-    bytes: int
-    complete: bool  # False: the walk stopped at MAX_ENTRIES; there is more
-
-
-@dataclass(frozen=True)
-class UsageReport:
-    free_bytes: int  # on the file system the workspaces share, for unprivileged writers
-    groups: dict[str, Usage]
 
 
 def measure(path: str) -> Usage:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from nanoclaw.broker.workspace_usage import UsageReport, shown, size
+from nanoclaw.broker.protocol import UsageReport
+from nanoclaw.broker.workspace_usage import shown, size
 from nanoclaw.host.agent import AgentError, AgentPool, UnknownSession
 from nanoclaw.host.config import Config, ConfigError, GroupConfig
 from nanoclaw.host.formatting import render_message

@@ -87,7 +87,7 @@ with subtest("only the host's main process starts units, not its children or the
 with subtest("requests cannot widen the policy"):
     for change, error in (
         ({"group": "nobody"}, "nobody"),
-        ({"timeout": 3600}, "timeout"),
+        ({"timeout": 0}, "timeout"),
         ({"properties": {"User": "root"}}, "unknown request fields"),
         ({"mounts": [["/", "/workspace/root"]]}, "unknown request fields"),
         ({"cwd": "/etc"}, "cwd"),
@@ -95,6 +95,11 @@ with subtest("requests cannot widen the policy"):
     ):
         reply = ask(base | change, user="root")  # root may start units: the check is next
         assert reply["ok"] is False and error in reply["error"], (change, reply)
+    # More time than the group's bound is not refused but clamped: the unit gets the bound.
+    policy = json.loads(machine.succeed("cat /etc/nanoclaw/policy.json"))
+    bound = policy["defaults"]["limits"]["wall_seconds"]
+    reply = ask(base | {"timeout": 3600}, user="root")
+    assert reply["ok"] is True and reply["timeout"] == bound, reply
 
 with subtest("the host's user cannot start a transient unit by itself"):
     status, output = machine.execute(

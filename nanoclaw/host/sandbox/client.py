@@ -1,64 +1,35 @@
-"""The host's side of the broker protocol (see sandboxd.py): run argv in a group's
-sandbox, or ask what the policy grants.
-
-Cancelling a call closes the connection, which makes the broker stop the unit.
-"""
+"""The host's side of the broker's socket: one request, one answer, in the grammar of
+nanoclaw.broker.protocol. Cancelling a call closes the connection, which makes the broker
+stop the unit."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nanoclaw.broker.workspace_usage import Usage, UsageReport
-
-MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
+from nanoclaw.broker.protocol import (
+    DESCRIBE,
+    MAX_REPLY_BYTES,
+    USAGE,
+    PolicySummary,
+    ProtocolError,
+    Refusal,
+    RunRequest,
+    RunResult,
+    UsageReport,
+    decode,
+    encode,
+)
 
 
 class SandboxError(Exception):
-    """The broker refused the request or could not be reached; the text says which."""
+    """The broker refused the request or could not be reached; the text says which.
+    `summary` is the broker's current policy summary when it sent one along."""
 
-
-@dataclass(frozen=True)
-class GroupGrant:
-    wall_seconds: int
-    domains: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Enforcement:
-    """What the broker's start-up checks found: whether IPAddressDeny= holds, and whether
-    the port filter keeps domain groups to the proxy's port."""
-
-    ip_filtering: bool
-    proxy_port_filter: bool
-    pid_isolation: bool  # PrivatePIDs= (systemd 257 and later)
-
-
-@dataclass(frozen=True)
-class PolicySummary:
-    proxy: tuple[str, int] | None
-    groups: dict[str, GroupGrant]
-    enforced: Enforcement | None = None  # None: a broker that does not say
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    unit: str
-    result: str  # systemd's Result=: success, exit-code, signal, timeout, oom-kill, ...
-    exit_status: int | None
-    signal: int | None
-    stdout: bytes
-    stderr: bytes
-    truncated: bool
-    duration_ms: int
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0
+    def __init__(self, message: str, summary: PolicySummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 async def run_in_sandbox(
@@ -69,73 +40,40 @@ async def run_in_sandbox(
     timeout: int = 60,
     stdin: bytes = b"",
     proxy_token: str | None = None,
-) -> SandboxResult:
-    request: dict[str, Any] = {
-        "group": group,
-        "argv": list(argv),
-        "cwd": cwd,
-        "timeout": timeout,
-        "stdin": base64.b64encode(stdin).decode(),
-    }
-    if proxy_token is not None:
-        request["proxy_token"] = proxy_token
-    reply = await _ask(socket_path, request)
-    return SandboxResult(
-        unit=reply["unit"],
-        result=reply["result"],
-        exit_status=reply["exit_status"],
-        signal=reply["signal"],
-        stdout=base64.b64decode(reply["stdout"]),
-        stderr=base64.b64decode(reply["stderr"]),
-        truncated=bool(reply["truncated"]),
-        duration_ms=int(reply["duration_ms"]),
-    )
+    policy: str | None = None,
+) -> RunResult:
+    """Run argv in a fresh unit of `group`; `timeout` is clamped to the group's bound.
+    `policy` is the generation of the summary a proxy secret was granted by."""
+    request = RunRequest(group, tuple(argv), cwd, timeout, stdin, proxy_token, policy)
+    return RunResult.from_wire(await _ask(socket_path, request.to_wire()))
 
 
 async def describe_policy(socket_path: str) -> PolicySummary:
-    reply = await _ask(socket_path, {"describe": True})
-    proxy = reply["proxy"]
-    enforced = reply.get("enforced")
-    return PolicySummary(
-        proxy=None if proxy is None else (str(proxy["address"]), int(proxy["port"])),
-        groups={
-            name: GroupGrant(int(g["wall_seconds"]), tuple(map(str, g["domains"])))
-            for name, g in reply["groups"].items()
-        },
-        enforced=None
-        if enforced is None
-        else Enforcement(
-            bool(enforced["ip_filtering"]),
-            bool(enforced["proxy_port_filter"]),
-            bool(enforced.get("pid_isolation", False)),
-        ),
-    )
+    return PolicySummary.from_wire(await _ask(socket_path, DESCRIBE))
 
 
 async def workspace_usage(socket_path: str) -> UsageReport:
-    reply = await _ask(socket_path, {"usage": True})
-    return UsageReport(
-        free_bytes=int(reply["free_bytes"]),
-        groups={
-            name: Usage(int(g["bytes"]), bool(g["complete"])) for name, g in reply["groups"].items()
-        },
-    )
+    return UsageReport.from_wire(await _ask(socket_path, USAGE))
 
 
-async def _ask(socket_path: str, request: dict[str, Any]) -> dict[str, Any]:
+async def _ask(socket_path: str, request: Mapping[str, Any]) -> dict[str, Any]:
     try:
         reader, writer = await asyncio.open_unix_connection(socket_path, limit=MAX_REPLY_BYTES)
     except OSError as exc:
         raise SandboxError(f"cannot reach the sandbox broker at {socket_path}: {exc}") from exc
     try:
-        writer.write(json.dumps(request).encode() + b"\n")
+        writer.write(encode(request))
         await writer.drain()
         line = await reader.readline()
     finally:
         writer.close()
     if not line:
         raise SandboxError("the sandbox broker closed the connection without an answer")
-    reply: dict[str, Any] = json.loads(line)
+    try:
+        reply = decode(line)
+    except ProtocolError as exc:
+        raise SandboxError(f"the sandbox broker's answer is garbled: {exc}") from None
     if not reply.get("ok"):
-        raise SandboxError(str(reply.get("error", "refused without a reason")))
+        refusal = Refusal.from_wire(reply)
+        raise SandboxError(refusal.error, refusal.policy)
     return reply

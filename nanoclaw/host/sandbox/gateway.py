@@ -1,9 +1,12 @@
 """The host's door to the broker: every sandboxed tool call of every group passes here.
 
-Per call it asks the broker what the policy grants the group now (the policy is the
-broker's, and may change while the host runs), so the call's time is clamped to the
-group's bound instead of being refused, and a group with egress domains gets a fresh
-secret for the egress proxy that is revoked as soon as the call returns.
+It keeps the broker's policy summary from its start and acts on it: a group with egress
+domains gets a fresh secret for the egress proxy, granted for the summary's domains and
+revoked as soon as the call returns. Each call names the summary's generation; when the
+policy has changed since (the broker is restarted with a new one), the broker refuses and
+sends the new summary, and the call is made once more on that. So a call is one round
+trip, and a secret is never granted for domains the policy no longer gives. The broker
+clamps each call's time to the group's bound.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from nanoclaw.broker.workspace_usage import UsageReport
+from nanoclaw.broker.protocol import PolicySummary, RunResult, UsageReport
 from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import (
     SandboxError,
-    SandboxResult,
     describe_policy,
     run_in_sandbox,
     workspace_usage,
@@ -25,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class SandboxGateway:
-    def __init__(self, socket_path: str, timeout: int, proxy: EgressProxy | None) -> None:
+    def __init__(
+        self, socket_path: str, timeout: int, proxy: EgressProxy | None, summary: PolicySummary
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.proxy = proxy
+        self.summary = summary
 
     @classmethod
     async def open(
@@ -48,7 +53,7 @@ class SandboxGateway:
                     raise SandboxError(f"cannot start the egress proxy: {exc}") from exc
                 log.warning("no egress proxy (%s): domains are unreachable from here", exc)
                 proxy = None
-        return cls(socket_path, timeout, proxy)
+        return cls(socket_path, timeout, proxy, summary)
 
     async def close(self) -> None:
         if self.proxy is not None:
@@ -57,23 +62,33 @@ class SandboxGateway:
     async def usage(self) -> UsageReport:
         return await workspace_usage(self.socket_path)
 
-    async def run(self, group: str, argv: Sequence[str], stdin: bytes = b"") -> SandboxResult:
-        grant = (await describe_policy(self.socket_path)).groups.get(group)
-        if grant is None:
-            raise SandboxError(f"group {group} has no entry in the sandbox policy")
-        timeout = min(self.timeout, grant.wall_seconds)
-        if grant.domains and self.proxy is None:
-            log.warning("group %s has egress domains, but no egress proxy runs here", group)
-        if not grant.domains or self.proxy is None:
-            result = await run_in_sandbox(
-                self.socket_path, group, argv, timeout=timeout, stdin=stdin
-            )
-        else:
-            with self.proxy.grant(group, grant.domains) as token:
-                result = await run_in_sandbox(
-                    self.socket_path, group, argv, timeout=timeout, stdin=stdin, proxy_token=token
-                )
+    async def run(self, group: str, argv: Sequence[str], stdin: bytes = b"") -> RunResult:
+        try:
+            result = await self._run(group, argv, stdin)
+        except SandboxError as refusal:
+            if refusal.summary is None or refusal.summary.generation == self.summary.generation:
+                raise
+            log.info("the sandbox policy changed; asking again", extra={"group": group})
+            self.summary = refusal.summary
+            result = await self._run(group, argv, stdin)
         # The outcome only: argv and output are the model's and the tool's, never logged.
         context = {"group": group, "tool_unit": result.unit, "duration_ms": result.duration_ms}
         log.info("tool call: %s, exit %s", result.result, result.exit_status, extra=context)
         return result
+
+    async def _run(self, group: str, argv: Sequence[str], stdin: bytes) -> RunResult:
+        summary = self.summary
+        grant = summary.groups.get(group)
+        domains = grant.domains if grant is not None else ()
+        if domains and self.proxy is None:
+            log.warning("group %s has egress domains, but no egress proxy runs here", group)
+        if not domains or self.proxy is None:
+            return await run_in_sandbox(
+                self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
+                policy=summary.generation,
+            )  # fmt: skip
+        with self.proxy.grant(group, domains) as token:
+            return await run_in_sandbox(
+                self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
+                proxy_token=token, policy=summary.generation,
+            )  # fmt: skip

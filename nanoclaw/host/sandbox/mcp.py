@@ -8,7 +8,8 @@ from typing import Any
 
 from claude_agent_sdk import SdkMcpTool, tool
 
-from nanoclaw.host.sandbox.client import SandboxError, SandboxResult
+from nanoclaw.broker.protocol import RunResult
+from nanoclaw.host.sandbox.client import SandboxError
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
 
@@ -87,7 +88,7 @@ def _call(tools: SandboxTools, name: str, args: dict[str, Any]) -> Awaitable[tup
 def sandbox_mcp_tools(gateway: SandboxGateway, group: str) -> list[SdkMcpTool[Any]]:
     """The seven tools for `group`, each call one unit through the broker."""
 
-    async def runner(argv: Sequence[str], stdin: bytes) -> SandboxResult:
+    async def runner(argv: Sequence[str], stdin: bytes) -> RunResult:
         return await gateway.run(group, argv, stdin)
 
     tools = SandboxTools(runner)

@@ -13,13 +13,13 @@ import posixpath
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from nanoclaw.host.sandbox.client import SandboxResult
+from nanoclaw.broker.protocol import RunResult
 
 WORKSPACE = "/workspace"
 MAX_TOOL_OUTPUT = 100_000  # characters shown to the model per call
 MAX_GLOB_RESULTS = 1000
 
-Runner = Callable[[Sequence[str], bytes], Awaitable[SandboxResult]]
+Runner = Callable[[Sequence[str], bytes], Awaitable[RunResult]]
 
 
 class ToolInputError(Exception):
@@ -144,7 +144,7 @@ def html_to_text(page: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def describe(result: SandboxResult, stdout: str | None = None) -> tuple[str, bool]:
+def describe(result: RunResult, stdout: str | None = None) -> tuple[str, bool]:
     """The text the model sees for a command's result, and whether it counts as an error."""
     body = result.stdout.decode(errors="replace") if stdout is None else stdout
     errors = result.stderr.decode(errors="replace")
