@@ -93,7 +93,7 @@ MUTATIONS = (
             ),
             Edit(
                 BROKER,
-                "if group.egress.domains and not self.proxy_port_filtered:",
+                "if group.egress.domains and not self.enforced.proxy_port_filter:",
                 "if False:",
             ),
         ),
@@ -113,7 +113,7 @@ MUTATIONS = (
         (
             Edit(
                 BROKER,
-                "if group.egress.domains and not self.proxy_port_filtered:",
+                "if group.egress.domains and not self.enforced.proxy_port_filter:",
                 "if False:",
             ),
         ),
@@ -125,9 +125,9 @@ MUTATIONS = (
         "the broker's refusal of unknown request fields",
         (
             Edit(
-                BROKER,
-                "    if extra:\n        raise Refused(",
-                "    if False:\n        raise Refused(",
+                "nanoclaw/broker/protocol.py",
+                "        if extra:\n            raise ProtocolError(",
+                "        if False:\n            raise ProtocolError(",
             ),
         ),
         "broker",
@@ -290,7 +290,7 @@ MUTATIONS = (
     Mutation(
         "any-group-member-runs",
         "the broker's rule that only root and the host's main process start units",
-        (drop(BROKER, "                await self.authorize_run(sock, peer)\n"),),
+        (drop(BROKER, "                await self.clients.may_start_units(sock, peer)\n"),),
         "broker",
         "only the host's main process starts units, not its children or the group",
     ),
