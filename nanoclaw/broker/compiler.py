@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from nanoclaw.broker.config_reader import CONTROL_CHARACTERS
 from nanoclaw.broker.policy import (
     ALWAYS_HIDDEN,
     GLOBAL_MEMORY,
@@ -41,7 +42,6 @@ MAX_ARG_BYTES = 64 * 1024
 MAX_ARGV_BYTES = 1024 * 1024
 _PATH_MAX = 4095
 _UNIT_ID = re.compile(r"[a-z0-9]{8,32}")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 SIGNATURES: Mapping[str, str] = MappingProxyType(
     {
@@ -316,7 +316,7 @@ def _argv(argv: object) -> tuple[str, ...]:
         or program.startswith("//")
         or program == "/"
         or posixpath.normpath(program) != program
-        or _CONTROL.search(program)
+        or CONTROL_CHARACTERS.search(program)
     ):
         raise RequestError(
             "argv[0] must be a normalised absolute path (no '.', '..' or '//'), "
@@ -335,7 +335,7 @@ def _no_expansion(arg: str) -> str:
 def _cwd(cwd: object, group: GroupPolicy) -> str:
     if not isinstance(cwd, str):
         raise RequestError(f"cwd must be a string, not {type(cwd).__name__}")
-    if _CONTROL.search(cwd):
+    if CONTROL_CHARACTERS.search(cwd):
         raise RequestError("cwd must not contain control characters (NUL, newline, ...)")
     try:
         size = len(cwd.encode())

@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+# C0 and C1 controls (NUL and newlines among them) and the Unicode line separators: no
+# value that becomes a path, a name or a line of a unit or a log may hold one.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
 BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 

@@ -35,8 +35,9 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from nanoclaw.broker.config_reader import CONTROL_CHARACTERS
 from nanoclaw.broker.nofollow_walk import walk
-from nanoclaw.broker.policy import CONTROL_CHARACTERS, Mount, blocked_component, is_text
+from nanoclaw.broker.policy import Mount, blocked_component, is_text
 
 # Files and directories the owner's tools read and act on when they work in a directory.
 OWNER_TOOL_NAMES = frozenset(

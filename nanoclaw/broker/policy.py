@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from nanoclaw.broker.config_reader import (
+    CONTROL_CHARACTERS,
     ConfigError,
     describe,
     key_part,
@@ -93,8 +94,6 @@ DEFAULT_BLOCKED_PATTERNS = (
 ENV_FILE_PREFIX = ".env"  # .env.local, .envrc, .env-prod: all dotenv files hold secrets
 
 
-# C0 and C1 controls (NUL and newlines among them) and the Unicode line separators.
-CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _PATH_MAX = 4095  # bytes, without the terminating NUL
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")

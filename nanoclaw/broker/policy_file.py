@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nanoclaw.broker.config_reader import (
+    CONTROL_CHARACTERS,
     ConfigError,
     Table,
     describe,
@@ -26,7 +27,6 @@ from nanoclaw.broker.config_reader import (
     read_text,
 )
 from nanoclaw.broker.policy import (
-    CONTROL_CHARACTERS,
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_LIMITS,
     GLOBAL_SANDBOX,

@@ -19,8 +19,15 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from nanoclaw.broker.config_reader import (
+    CONTROL_CHARACTERS,
+    Table,
+    describe,
+    key_part,
+    parse_json_object,
+    read_text,
+)
 from nanoclaw.broker.config_reader import ConfigError as ConfigError
-from nanoclaw.broker.config_reader import Table, describe, key_part, parse_json_object, read_text
 from nanoclaw.broker.policy import GROUP_PATTERN, RESERVED_GROUPS
 from nanoclaw.host.schedule import Schedule, ScheduleError, parse_schedule
 
@@ -41,8 +48,6 @@ _USER_ID = re.compile(rf"@[!-9;-~]+:{_SERVER}")
 _ROOM_ID = re.compile(rf"!(?:[!-9;-~]+:{_SERVER}|[A-Za-z0-9_-]{{43}})")
 _MAX_ID_LENGTH = 255  # the spec's limit for user and room IDs
 _CREDENTIAL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# C0 and C1 controls (newlines among them) and the Unicode line separators.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _TOP_KEYS = (
     "data_dir",
@@ -470,7 +475,7 @@ def _is_room_id(value: str) -> bool:
 
 
 def _is_url(value: str) -> bool:
-    if re.search(r"\s", value) or _CONTROL.search(value):
+    if re.search(r"\s", value) or CONTROL_CHARACTERS.search(value):
         return False
     try:
         parts = urlsplit(value)
@@ -481,7 +486,7 @@ def _is_url(value: str) -> bool:
 
 
 def _is_absolute(value: str) -> bool:
-    return not _CONTROL.search(value) and Path(value).is_absolute()
+    return not CONTROL_CHARACTERS.search(value) and Path(value).is_absolute()
 
 
 def _is_credential(value: str) -> bool:
@@ -489,7 +494,7 @@ def _is_credential(value: str) -> bool:
 
 
 def _is_model_id(value: str) -> bool:
-    return re.fullmatch(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}", value) is not None
+    return 0 < len(value) <= 200 and not re.search(r"\s", value) and _is_line(value)
 
 
 def _is_text(value: str) -> bool:
@@ -497,7 +502,7 @@ def _is_text(value: str) -> bool:
 
 
 def _is_line(value: str) -> bool:
-    return bool(value.strip()) and not _CONTROL.search(value)
+    return bool(value.strip()) and not CONTROL_CHARACTERS.search(value)
 
 
 def _is_assistant_name(value: str) -> bool:
@@ -505,6 +510,6 @@ def _is_assistant_name(value: str) -> bool:
     return (
         1 <= len(value) <= 64
         and value == value.strip()
-        and not _CONTROL.search(value)
+        and not CONTROL_CHARACTERS.search(value)
         and not re.search(r'[<>"]', value)
     )
