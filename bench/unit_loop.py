@@ -24,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nanoclaw.broker.compiler import ToolRequest, compile_unit, explain
+from nanoclaw.broker.compiler import compile_unit
+from nanoclaw.broker.explain import explain
 from nanoclaw.broker.policy_file import load_policy
+from nanoclaw.broker.tool_request import ToolRequest
 from nanoclaw.host.sandbox.client import run_in_sandbox
 
 SOCKET = "/run/nanoclaw/sandbox.sock"

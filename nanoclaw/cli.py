@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from nanoclaw.appliance.machine import ApplianceError
-from nanoclaw.broker.compiler import RequestError
 from nanoclaw.broker.policy import UnknownGroup
 from nanoclaw.broker.protocol import RunResult
+from nanoclaw.broker.tool_request import RequestError
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.host.journal import log_handler
 from nanoclaw.host.sandbox.client import SandboxError
@@ -65,8 +65,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from nanoclaw.broker.compiler import ToolRequest, compile_unit, explain
+    from nanoclaw.broker.compiler import compile_unit
+    from nanoclaw.broker.explain import explain
     from nanoclaw.broker.policy_file import load_policy
+    from nanoclaw.broker.tool_request import ToolRequest
 
     policy = load_policy(Path(args.policy))
     group = policy.group(args.group)

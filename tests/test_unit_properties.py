@@ -20,14 +20,13 @@ from nanoclaw.broker.compiler import (
     AF_INET6,
     SIGNATURES,
     SYSCALL_DENY,
-    RequestError,
-    ToolRequest,
     UnitPlan,
     compile_unit,
-    explain,
     slice_name,
     unit_name,
 )
+from nanoclaw.broker.explain import explain
+from nanoclaw.broker.tool_request import RequestError, ToolRequest
 from nanoclaw.broker.policy import ALWAYS_HIDDEN, Policy
 from nanoclaw.broker.policy_file import parse_policy
 from tests.test_policy import FULL, IPV6_PROXY, POLICY_PATH, STORE_TOOLS, at

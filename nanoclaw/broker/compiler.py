@@ -1,9 +1,11 @@
 """The compiler: a policy and one tool request in, the properties of a transient unit out.
 
 Pure and total: the same inputs give the same plan, and every property comes from the
-policy and this module. The request chooses only the group, argv, the working directory
-inside the sandbox and a timeout within the group's bound; nothing in it is ever parsed
-as a property, so it can add or change none (argv is one ExecStart= entry, verbatim).
+policy and this module. The request (nanoclaw.broker.tool_request, which judges it)
+chooses only the group, argv, the working directory inside the sandbox and a timeout
+within the group's bound; nothing in it is ever parsed as a property, so it can add or
+change none (argv is one ExecStart= entry, verbatim). nanoclaw.broker.explain shows a
+plan as unit-file lines.
 
 Each property is a (name, D-Bus signature, value) triple for StartTransientUnit, with the
 signature from SIGNATURES (those systemd 252 reads in dbus-execute.c, dbus-cgroup.c,
@@ -22,7 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from nanoclaw.broker.config_reader import CONTROL_CHARACTERS
 from nanoclaw.broker.policy import (
     ALWAYS_HIDDEN,
     GLOBAL_MEMORY,
@@ -34,13 +35,9 @@ from nanoclaw.broker.policy import (
     WORKSPACES,
     GroupPolicy,
     Policy,
-    UnknownGroup,
 )
+from nanoclaw.broker.tool_request import ToolRequest, check
 
-MAX_ARGS = 256
-MAX_ARG_BYTES = 64 * 1024
-MAX_ARGV_BYTES = 1024 * 1024
-_PATH_MAX = 4095
 _UNIT_ID = re.compile(r"[a-z0-9]{8,32}")
 
 SIGNATURES: Mapping[str, str] = MappingProxyType(
@@ -145,23 +142,8 @@ BASE_ENVIRONMENT = (
 )
 # curl reads only the lowercase http_proxy; other tools only the uppercase names.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-PROXY_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 USEC_PER_SECOND = 1_000_000
 STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
-
-
-class RequestError(Exception):
-    """A tool request the policy does not allow; the message says why."""
-
-
-@dataclass(frozen=True)
-class ToolRequest:
-    group: str
-    argv: tuple[str, ...]  # argv[0] an absolute path; sent as it is, never re-parsed
-    cwd: str  # in the sandbox: /workspace/group, or a mount's place, or below either
-    timeout_seconds: int  # 1 to the group's limits.wall_seconds
-    # The host's per-call secret for its egress proxy; used only for groups with domains.
-    proxy_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,14 +179,13 @@ def compile_unit(
     can give the unit a PID namespace of its own."""
     if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
         raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
-    group = _group(policy, request.group)
+    checked = check(policy, request)
+    group, argv = checked.group, checked.argv
     for path in covers:  # the broker's own: a bug there must not hide or show elsewhere
         if not any(path.startswith(mount.sandbox + "/") for mount in group.mounts):
             raise ValueError(f"cover {path!r} is not inside one of {group.name}'s mounts")
-    argv = _argv(request.argv)
-    cwd = _cwd(request.cwd, group)
-    timeout = _timeout(request.timeout_seconds, group)
-    environment = _base_environment(group) + _proxy_environment(policy, group, request.proxy_token)
+    cwd, timeout = checked.cwd, checked.timeout_seconds
+    environment = _base_environment(group) + _proxy_environment(policy, group, checked.proxy_token)
     network = group.egress.any
     slice_ = slice_name(group.name)
     values: list[tuple[str, object]] = [
@@ -281,86 +262,11 @@ def compile_unit(
     )
 
 
-def _group(policy: Policy, name: object) -> GroupPolicy:
-    if not isinstance(name, str):
-        raise RequestError(f"group must be a string, not {type(name).__name__}")
-    try:
-        return policy.group(name)
-    except UnknownGroup as exc:
-        raise RequestError(str(exc)) from None
-
-
-def _argv(argv: object) -> tuple[str, ...]:
-    if not isinstance(argv, tuple | list):
-        raise RequestError("argv must be a list of strings")
-    if not 1 <= len(argv) <= MAX_ARGS:
-        raise RequestError(f"argv must have 1 to {MAX_ARGS} arguments, not {len(argv)}")
-    total = 0
-    for index, arg in enumerate(argv):
-        if not isinstance(arg, str):
-            raise RequestError(f"argv[{index}] must be a string, not {type(arg).__name__}")
-        if "\0" in arg:
-            raise RequestError(f"argv[{index}] contains a NUL byte")
-        try:
-            size = len(arg.encode())
-        except UnicodeEncodeError:  # a lone surrogate: D-Bus strings are UTF-8
-            raise RequestError(f"argv[{index}] is not valid Unicode text") from None
-        if size > MAX_ARG_BYTES:
-            raise RequestError(f"argv[{index}] is {size} bytes, more than {MAX_ARG_BYTES}")
-        total += size
-    if total > MAX_ARGV_BYTES:
-        raise RequestError(f"argv is {total} bytes in all, more than {MAX_ARGV_BYTES}")
-    program = argv[0]
-    if (
-        not program.startswith("/")
-        or program.startswith("//")
-        or program == "/"
-        or posixpath.normpath(program) != program
-        or CONTROL_CHARACTERS.search(program)
-    ):
-        raise RequestError(
-            "argv[0] must be a normalised absolute path (no '.', '..' or '//'), "
-            f"not {program[:200]!r}"
-        )
-    return tuple(argv)
-
-
 def _no_expansion(arg: str) -> str:
     # systemd expands $NAME and ${NAME} in ExecStart= arguments, even ones from the bus
     # (and drops a lone "$"); "$$" is its escape for one literal "$". The path is not
     # expanded, so only argv is escaped.
     return arg.replace("$", "$$")
-
-
-def _cwd(cwd: object, group: GroupPolicy) -> str:
-    if not isinstance(cwd, str):
-        raise RequestError(f"cwd must be a string, not {type(cwd).__name__}")
-    if CONTROL_CHARACTERS.search(cwd):
-        raise RequestError("cwd must not contain control characters (NUL, newline, ...)")
-    try:
-        size = len(cwd.encode())
-    except UnicodeEncodeError:
-        raise RequestError("cwd is not valid Unicode text") from None
-    if not cwd.startswith("/") or size > _PATH_MAX:
-        raise RequestError(f"cwd must be an absolute path of at most {_PATH_MAX} bytes")
-    parts = [part for part in cwd.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise RequestError("cwd must not contain a '..' component")
-    path = "/" + "/".join(parts)
-    roots = (GROUP_SANDBOX, *(mount.sandbox for mount in group.mounts))
-    if not any(path == root or path.startswith(root + "/") for root in roots):
-        raise RequestError(f"cwd must be in {' or '.join(roots)}, not {path}")
-    return path
-
-
-def _timeout(value: object, group: GroupPolicy) -> int:
-    bound = group.limits.wall_seconds
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
-        raise RequestError(
-            f"timeout_seconds must be an integer from 1 to {bound} (group {group.name}'s "
-            f"limit), not {value!r}"
-        )
-    return value
 
 
 def _base_environment(group: GroupPolicy) -> tuple[str, ...]:
@@ -383,10 +289,8 @@ def _empty_paths(group: GroupPolicy) -> list[tuple[str, object]]:
     return [("TemporaryFileSystem", tuple((path, "mode=0755") for path in group.empty_paths))]
 
 
-def _proxy_environment(policy: Policy, group: GroupPolicy, token: object) -> tuple[str, ...]:
+def _proxy_environment(policy: Policy, group: GroupPolicy, token: str | None) -> tuple[str, ...]:
     # Only groups with domains reach the proxy; for the others its address is blocked.
-    if token is not None and (not isinstance(token, str) or not PROXY_TOKEN.fullmatch(token)):
-        raise RequestError(f"proxy_token must match {PROXY_TOKEN.pattern}")
     if not group.egress.domains or policy.proxy is None or token is None:
         return ()
     address, port = policy.proxy
@@ -450,88 +354,3 @@ def _ip_filter(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
 def _ip_entry(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, bytes, int]:
     family = AF_INET if network.version == 4 else AF_INET6
     return (family, network.network_address.packed, network.prefixlen)
-
-
-# explain(): the unit-file settings whose names differ from the bus properties.
-_UNIT_FILE_NAMES = {
-    "CPUQuotaPerSecUSec": "CPUQuota",
-    "RuntimeMaxUSec": "RuntimeMaxSec",
-    "TimeoutStopUSec": "TimeoutStopSec",
-}
-_SAFE_WORD = re.compile(r"[A-Za-z0-9_@+=:,./$-]+")
-
-
-def explain(plan: UnitPlan) -> str:
-    """The plan as unit-file lines, one `Name=value` each, for `nanoclaw policy explain`.
-
-    Values are quoted as in unit files, so no argument can start a line of its own, and
-    credentials in proxy URLs are masked.
-    """
-    lines = [f"# {plan.name}"]
-    for name, signature, value in plan.properties:
-        lines.append(f"{_UNIT_FILE_NAMES.get(name, name)}={_render(name, signature, value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _render(name: str, signature: str, value: object) -> str:
-    match signature, value:
-        case "b", bool():
-            return "yes" if value else "no"
-        case "t", int() if name == "CPUQuotaPerSecUSec":
-            return f"{value * 100 // USEC_PER_SECOND}%"
-        case "t", int() if name.endswith("USec"):
-            return f"{value / USEC_PER_SECOND:g}"
-        case "t", 0 if name in ("CapabilityBoundingSet", "AmbientCapabilities"):
-            return ""  # the empty set
-        case "t", 0 if name == "RestrictNamespaces":
-            return "yes"
-        case "i", int() if name == "SystemCallErrorNumber":
-            return errno.errorcode.get(value, str(value))
-        case "t", int():
-            return str(value)
-        case "s", str() if value.isprintable():
-            return value.replace("%", "%%")  # these settings take the rest of the line
-        case "s", str():
-            return _quote(value)
-        case "as", tuple() if name == "Environment":
-            return " ".join(_quote(re.sub(r"(?<=://)[^/@]*@", "***@", str(e))) for e in value)
-        case "as", tuple():
-            return " ".join(_quote(str(item)) for item in value)
-        case "(bas)", (bool() as allow, tuple() as items):
-            return ("" if allow else "~") + " ".join(_quote(str(item)) for item in items)
-        case "a(sasb)", ((_, tuple() as argv, _),):
-            return " ".join(_quote(str(arg)) for arg in argv)
-        case "a(ssbt)", tuple():
-            return " ".join(
-                _quote(
-                    f"{'-' if ignore else ''}{_colons(source)}:{_colons(destination)}:"
-                    + ("rbind" if recursive else "norbind")
-                )
-                for source, destination, ignore, recursive in value
-            )
-        case "a(ss)", tuple():
-            return " ".join(_quote(f"{_colons(path)}:{options}") for path, options in value)
-        case "a(iayu)", tuple():
-            networks = [str(ipaddress.ip_network((raw, prefix))) for _, raw, prefix in value]
-            return "any" if networks == ["0.0.0.0/0", "::/0"] else " ".join(networks)
-    raise ValueError(f"cannot show {name} ({signature}) = {value!r}")
-
-
-def _quote(word: str) -> str:
-    word = word.replace("%", "%%")  # no specifiers
-    if _SAFE_WORD.fullmatch(word):
-        return word
-    escaped = "".join(
-        "\\" + char if char in '"\\' else char if char.isprintable() else _escape(char)
-        for char in word
-    )
-    return f'"{escaped}"'
-
-
-def _escape(char: str) -> str:
-    return "".join(f"\\x{byte:02x}" for byte in char.encode(errors="surrogatepass"))
-
-
-def _colons(path: str) -> str:
-    # In BindPaths= and TemporaryFileSystem= a ':' separates fields; a path's own is "\:".
-    return path.replace(":", "\\:")

@@ -32,12 +32,7 @@ from typing import Any
 
 from nanoclaw.broker import workspace_usage
 from nanoclaw.broker.clients import Clients, NotAllowed
-from nanoclaw.broker.compiler import (
-    PRIVATE_PIDS_SINCE,
-    RequestError,
-    ToolRequest,
-    compile_unit,
-)
+from nanoclaw.broker.compiler import PRIVATE_PIDS_SINCE, compile_unit
 from nanoclaw.broker.config_reader import ConfigError
 from nanoclaw.broker.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
 from nanoclaw.broker.mount_covers import TooManyCovers, scan_mount
@@ -58,6 +53,7 @@ from nanoclaw.broker.protocol import (
     encode,
 )
 from nanoclaw.broker.systemd_bus import BusError, Systemd
+from nanoclaw.broker.tool_request import RequestError, ToolRequest
 from nanoclaw.broker.units import run_unit
 
 log = logging.getLogger("nanoclaw.broker.sandboxd")
