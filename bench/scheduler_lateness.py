@@ -25,8 +25,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from bench.latency import summary
+from nanoclaw.host.records import RunClaim, TaskRun, TaskSpec, now_ms
 from nanoclaw.host.scheduler import Scheduler
-from nanoclaw.host.store import RunClaim, Store, TaskRun, TaskSpec, now_ms
+from nanoclaw.host.store import Store
 
 RESULTS = Path(__file__).parent / "results" / "scheduler_lateness.json"
 

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanoclaw.host.store import Store, TaskSpec
+from nanoclaw.host.records import TaskSpec
+from nanoclaw.host.store import Store
 
 GOOD = """\
 data_dir = "{data}"

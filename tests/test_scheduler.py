@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from nanoclaw.host.records import RunClaim, TaskRun, TaskSpec, now_ms
 from nanoclaw.host.scheduler import Scheduler, poke
-from nanoclaw.host.store import RunClaim, Store, TaskRun, TaskSpec, now_ms
+from nanoclaw.host.store import Store
 
 SPEC = TaskSpec("fam", "tick", "interval", "1h", "isolated")
 

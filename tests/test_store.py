@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.host.store import MIGRATIONS, InboundMessage, Store
+from nanoclaw.host.migrations import MIGRATIONS
+from nanoclaw.host.records import InboundMessage
+from nanoclaw.host.store import Store
 
 ROOM = "!room:localhost"
 

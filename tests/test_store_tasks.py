@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoclaw.host.store import Store, TaskSpec
+from nanoclaw.host.records import TaskSpec
+from nanoclaw.host.store import Store
 
 ROOM = "!room:localhost"
 SPEC = TaskSpec("fam", "water the plants", "interval", "1h", "isolated")

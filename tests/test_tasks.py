@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from nanoclaw.host.config import GroupConfig
-from nanoclaw.host.store import Store, TaskSpec
+from nanoclaw.host.records import TaskSpec
+from nanoclaw.host.store import Store
 from nanoclaw.host.task_tools import task_mcp_tools
 from nanoclaw.host.tasks import TaskRefused, TaskService
 

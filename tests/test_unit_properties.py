@@ -26,9 +26,9 @@ from nanoclaw.broker.compiler import (
     unit_name,
 )
 from nanoclaw.broker.explain import explain
-from nanoclaw.broker.tool_request import RequestError, ToolRequest
 from nanoclaw.broker.policy import ALWAYS_HIDDEN, Policy
 from nanoclaw.broker.policy_file import parse_policy
+from nanoclaw.broker.tool_request import RequestError, ToolRequest
 from tests.test_policy import FULL, IPV6_PROXY, POLICY_PATH, STORE_TOOLS, at
 
 UNIT_ID = "0123456789abcdef"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nanoclaw.host.store import InboundMessage
+from nanoclaw.host.records import InboundMessage
 
 COMMANDS = frozenset({"/new", "/status"})
 _CHAT_MSGTYPES = frozenset({"m.text", "m.emote"})

@@ -33,7 +33,8 @@ from nio import (
 
 from nanoclaw.host.crashpoint import crashpoint
 from nanoclaw.host.events import classify
-from nanoclaw.host.store import InboundMessage, OutboxEntry, Store
+from nanoclaw.host.records import InboundMessage, OutboxEntry
+from nanoclaw.host.store import Store
 
 log = logging.getLogger(__name__)
 

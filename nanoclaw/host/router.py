@@ -26,8 +26,9 @@ from nanoclaw.host.groups import GroupRegistry
 from nanoclaw.host.host_tools import ToolRefused
 from nanoclaw.host.memory import Memory, MemoryRefused
 from nanoclaw.host.prompt import PromptMessage, build_prompt, task_prompt
+from nanoclaw.host.records import OutboxEntry, RunClaim, StoredMessage, TaskRun
 from nanoclaw.host.sandbox.client import SandboxError
-from nanoclaw.host.store import OutboxEntry, RunClaim, Store, StoredMessage, TaskRun
+from nanoclaw.host.store import Store
 from nanoclaw.host.triggers import is_triggered
 
 log = logging.getLogger(__name__)

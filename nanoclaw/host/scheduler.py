@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from nanoclaw.host.records import RunClaim, TaskRow, TaskRun
 from nanoclaw.host.schedule import Schedule, due_slot
-from nanoclaw.host.store import RunClaim, Store, TaskRow, TaskRun
+from nanoclaw.host.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from nanoclaw.host.config import GroupConfig, TaskConfig
+from nanoclaw.host.records import TaskRow, TaskSpec, now_ms
 from nanoclaw.host.schedule import ScheduleError, first_slot, parse_schedule
 from nanoclaw.host.scheduler import to_datetime, to_ms
-from nanoclaw.host.store import Store, TaskRow, TaskSpec, now_ms
+from nanoclaw.host.store import Store
 
 CONTEXTS = ("group", "isolated")
 MAX_PROMPT = 10_000

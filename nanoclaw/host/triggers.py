@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from nanoclaw.host.config import GroupConfig
-from nanoclaw.host.store import InboundMessage
+from nanoclaw.host.records import InboundMessage
 
 
 def _starts_with_word(body: str, word: str) -> bool:

@@ -1,0 +1,9 @@
+"""The store's schema, one migration a module: each takes the database from the version
+before it to its own number (PRAGMA user_version). Never edit a shipped one: add the next.
+"""
+
+from __future__ import annotations
+
+from nanoclaw.host.migrations import v001_messages, v002_tasks
+
+MIGRATIONS: tuple[str, ...] = (v001_messages.SQL, v002_tasks.SQL)
