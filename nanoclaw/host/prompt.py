@@ -14,6 +14,8 @@ from datetime import datetime
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
+from nanoclaw.host.records import InboundMessage
+
 QUOTE_LIMIT = 500  # characters of a quoted message kept, ellipsis included
 
 TIME_FORMAT = "%Y-%m-%d %H:%M %Z"
@@ -37,6 +39,20 @@ class PromptMessage:
     quoted_sender: str | None = None  # display name of the author of the message replied to
     quoted_body: str | None = None  # its text
     thread_root: str | None = None
+
+
+def prompt_message(message: InboundMessage, quoted: InboundMessage | None) -> PromptMessage:
+    """A stored message as the prompt shows it, with the one it replies to, if known."""
+    return PromptMessage(
+        event_id=message.event_id,
+        sender_id=message.sender,
+        sender_name=message.sender_name,
+        timestamp_ms=message.ts,
+        body=message.body,
+        quoted_sender=quoted.sender_name if quoted else None,
+        quoted_body=quoted.body if quoted else None,
+        thread_root=message.thread_root,
+    )
 
 
 def build_prompt(

@@ -3,7 +3,8 @@
 A group's worker is the only thing that touches its cursor and session, so a group never
 has two runs at once; messages that arrive while it runs are taken by the same worker
 into the same warm session as the next turn. Runs across groups share a FIFO semaphore.
-Replies go through the outbox together with the cursor they answer (see store.py).
+Replies go through the outbox together with the cursor they answer (see store.py). What
+to answer next is nanoclaw.host.next_work; /status is nanoclaw.host.status.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from nanoclaw.broker.protocol import UsageReport
-from nanoclaw.broker.workspace_usage import shown, size
 from nanoclaw.host.agent import AgentError, AgentPool, UnknownSession
-from nanoclaw.host.config import Config, ConfigError, GroupConfig
+from nanoclaw.host.config import Config, GroupConfig
 from nanoclaw.host.formatting import render_message
 from nanoclaw.host.groups import GroupRegistry
-from nanoclaw.host.host_tools import ToolRefused
-from nanoclaw.host.memory import Memory, MemoryRefused
-from nanoclaw.host.prompt import PromptMessage, build_prompt, task_prompt
-from nanoclaw.host.records import OutboxEntry, RunClaim, StoredMessage, TaskRun
+from nanoclaw.host.next_work import Batch, Command, next_work
+from nanoclaw.host.prompt import PromptMessage, build_prompt, prompt_message, task_prompt
+from nanoclaw.host.records import InboundMessage, OutboxEntry, RunClaim, StoredMessage, TaskRun
 from nanoclaw.host.sandbox.client import SandboxError
+from nanoclaw.host.status import GroupStatus, render_status
 from nanoclaw.host.store import Store
 from nanoclaw.host.triggers import is_triggered
 
@@ -64,17 +64,6 @@ class ActiveRun:
 
 
 @dataclass
-class Batch:
-    messages: list[StoredMessage]
-    trigger: StoredMessage
-
-
-@dataclass
-class Command:
-    message: StoredMessage
-
-
-@dataclass
 class _Worker:
     task: asyncio.Task[None]
     state: GroupState = GroupState.IDLE
@@ -90,7 +79,6 @@ class Router:
         groups: GroupRegistry,
         channel: Channel,
         pool: AgentPool,
-        memory: Memory,
         workspace_usage: Callable[[], Awaitable[UsageReport]] | None = None,
     ) -> None:
         self._config = config
@@ -99,7 +87,6 @@ class Router:
         self._groups = groups
         self._channel = channel
         self._pool = pool
-        self._memory = memory
         self._slots = asyncio.Semaphore(config.max_concurrent_runs)
         self._workers: dict[str, _Worker] = {}
         self._claims: dict[str, deque[RunClaim]] = {}  # scheduled runs, before messages
@@ -177,27 +164,15 @@ class Router:
         if group is None:
             return None
         owners = self._config.matrix.owners
-        items: list[StoredMessage] = []
-        for item in self._store.pending(folder, group.room_id, self._config.max_prompt_messages):
-            if group.sender_allowed(item.message.sender, owners):
-                items.append(item)
-            elif item.message.kind == "command":
-                log.info("ignoring command from a sender not allowed here", extra={"group": folder})
-                self._store.mark_command_handled(item.message.event_id)
-        if not items:
-            return None
-        if items[0].message.kind == "command":
-            return Command(items[0])
-        chat = []
-        for item in items:
-            if item.message.kind == "command":
-                break
-            chat.append(item)
-        triggers = [m for m in chat if self._triggers(group, m)]
-        if triggers:
-            return Batch(chat, triggers[-1])
-        later_command = next((m for m in items if m.message.kind == "command"), None)
-        return Command(later_command) if later_command else None
+        choice = next_work(
+            self._store.pending(folder, group.room_id, self._config.max_prompt_messages),
+            lambda message: group.sender_allowed(message.sender, owners),
+            lambda item: self._triggers(group, item),
+        )
+        for item in choice.dropped:
+            log.info("ignoring command from a sender not allowed here", extra={"group": folder})
+            self._store.mark_command_handled(item.message.event_id)
+        return choice.work
 
     def _triggers(self, group: GroupConfig, item: StoredMessage) -> bool:
         replied = self._store.message(item.message.reply_to) if item.message.reply_to else None
@@ -219,7 +194,7 @@ class Router:
         )
         worker.active = run
         prompt = build_prompt(
-            [self._prompt_message(m) for m in batch.messages],
+            [self._shown(item.message) for item in batch.messages],
             self._config.timezone,
             self._channel.room_name(group.room_id),
         )
@@ -358,19 +333,9 @@ class Router:
             run.sent = True
         await self._channel.deliver(entries)
 
-    def _prompt_message(self, item: StoredMessage) -> PromptMessage:
-        m = item.message
-        quoted = self._store.message(m.reply_to) if m.reply_to else None
-        return PromptMessage(
-            event_id=m.event_id,
-            sender_id=m.sender,
-            sender_name=m.sender_name,
-            timestamp_ms=m.ts,
-            body=m.body,
-            quoted_sender=quoted.sender_name if quoted else None,
-            quoted_body=quoted.body if quoted else None,
-            thread_root=m.thread_root,
-        )
+    def _shown(self, message: InboundMessage) -> PromptMessage:
+        quoted = self._store.message(message.reply_to) if message.reply_to else None
+        return prompt_message(message, quoted)
 
     # --- room commands --------------------------------------------------------
 
@@ -386,7 +351,7 @@ class Router:
             text = "Started a new session. The conversation so far is forgotten; the memory stays."
             log.info("session reset by /new", extra={"group": folder})
         else:
-            text = self.status_text(folder) + await self._workspace_line(folder)
+            text = await self._status(folder)
         entries = self._store.enqueue_replies(
             group.room_id,
             render_message(text, item.message.thread_root),
@@ -395,90 +360,36 @@ class Router:
         )
         await self._channel.deliver(entries)
 
-    def status_text(self, folder: str) -> str:
-        row = self._store.group(folder)
+    async def _status(self, folder: str) -> str:
+        workspace: UsageReport | str | None = None
+        if self._workspace_usage is not None:
+            try:
+                workspace = await self._workspace_usage()
+            except SandboxError as error:
+                workspace = str(error)
         states = self.states()
-        running = sorted(f for f, s in states.items() if s is GroupState.RUNNING)
-        waiting = sorted(f for f, s in states.items() if s is GroupState.WAITING)
-        session = "none" if row is None or row.session_id is None else row.session_id
-        warm = "warm" if self._pool.is_warm(folder) else "cold"
-        last = "never"
-        if row is not None and row.last_run_ts is not None:
-            when = datetime.fromtimestamp(row.last_run_ts / 1000, self._config.timezone)
-            last = f"{when:%Y-%m-%d %H:%M:%S %Z}, {row.last_run_status}"
-        return "\n".join(
-            [
-                f"**Group** `{folder}`",
-                f"- runs: {len(running)} of {self._config.max_concurrent_runs} slots busy"
-                + (f" ({', '.join(running)})" if running else ""),
-                f"- waiting: {', '.join(waiting) if waiting else 'none'}",
-                f"- session: `{session}` ({warm})",
-                f"- last run: {last}",
-                f"- tasks: {self._task_counts(folder)}",
-            ]
+        return render_status(
+            GroupStatus(
+                folder=folder,
+                row=self._store.group(folder),
+                running=sorted(f for f, s in states.items() if s is GroupState.RUNNING),
+                waiting=sorted(f for f, s in states.items() if s is GroupState.WAITING),
+                slots=self._config.max_concurrent_runs,
+                warm=self._pool.is_warm(folder),
+                task_statuses=[task.status for task in self._store.tasks(folder)],
+                workspace=workspace,
+                timezone=self._config.timezone,
+            )
         )
 
-    async def _workspace_line(self, folder: str) -> str:
-        if self._workspace_usage is None:
-            return ""
-        try:
-            measured = await self._workspace_usage()
-        except SandboxError as error:
-            return f"\n- workspace: unknown ({error})"
-        usage = measured.groups.get(folder)
-        held = "not in the sandbox policy" if usage is None else shown(usage)
-        # No per-group bound: all workspaces share one file system (broker.workspace_usage).
-        return f"\n- workspace: {held}; {size(measured.free_bytes)} free, shared by all groups"
+    # --- for the agent's host tools (nanoclaw.host.tool_actions) ----------------
 
-    def _task_counts(self, folder: str) -> str:
-        statuses = [task.status for task in self._store.tasks(folder)]
-        return f"{statuses.count('active')} active, {statuses.count('paused')} paused"
-
-    # --- host tools (called by the agent, on behalf of `source`) ---------------
-
-    async def send_message(self, source: str, text: str, target: str | None) -> str:
-        origin = self._groups.get(source)
-        if origin is None:
-            raise ToolRefused(f"group {source} no longer exists")
-        destination = origin
-        if target and target != source:
-            if not origin.main:
-                raise ToolRefused("only the main group may send to another group's room")
-            found = self._groups.get(target)
-            if found is None:
-                known = ", ".join(sorted(g.folder for g in self._groups.all()))
-                raise ToolRefused(f"no group named {target!r}; registered groups: {known}")
-            destination = found
+    async def post_for(self, source: str, text: str, room_id: str) -> None:
+        """Post on behalf of `source`: as part of its run if it is in one (a reply in its
+        own room then moves its cursor), else on its own."""
         worker = self._workers.get(source)
         run = worker.active if worker else None
         if run is None:
-            run = ActiveRun(source, origin.room_id, 0, None)
-        await self._post(run, text, room_id=destination.room_id)
-        return f"sent to {destination.folder}"
-
-    async def register_group(self, source: str, folder: str, definition: dict[str, Any]) -> str:
-        origin = self._groups.get(source)
-        if origin is None or not origin.main:
-            raise ToolRefused("only the main group may register groups")
-        try:
-            group = self._groups.register(folder, definition)
-        except (ConfigError, ValueError) as exc:
-            raise ToolRefused(f"cannot register {folder!r}: {exc}") from exc
-        await self._channel.ensure_joined(group.room_id)
-        mode = (
-            "every message"
-            if not group.requires_trigger
-            else f"messages starting with {group.trigger!r}"
-        )
-        return f"registered group {folder} for room {group.room_id}; it answers {mode}"
-
-    async def write_memory(self, source: str, scope: str, content: str) -> str:
-        origin = self._groups.get(source)
-        if origin is None:
-            raise ToolRefused(f"group {source} no longer exists")
-        try:
-            path = self._memory.write(source, origin.main, scope, content)
-        except MemoryRefused as refusal:
-            raise ToolRefused(str(refusal)) from refusal
-        log.info("memory written: %s", scope, extra={"group": source})
-        return f"saved {len(content.encode())} bytes to the {scope} memory ({path.name})"
+            origin = self._groups.get(source)
+            run = ActiveRun(source, origin.room_id if origin else room_id, 0, None)
+        await self._post(run, text, room_id=room_id)

@@ -30,6 +30,7 @@ from nanoclaw.host.scheduler import Scheduler
 from nanoclaw.host.store import Store
 from nanoclaw.host.task_tools import task_mcp_tools
 from nanoclaw.host.tasks import TaskService
+from nanoclaw.host.tool_actions import HostToolActions
 from nanoclaw.host.untraceable import forbid_tracing
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ class Host:
             lambda folder: self._settings(folder), config.idle_timeout_seconds
         )
         self._groups = groups
+        self._channel = channel
         usage = self._sandbox.usage if self._sandbox is not None else None
-        self.router = router = Router(config, store, groups, channel, pool, self.memory, usage)
+        self.router = router = Router(config, store, groups, channel, pool, usage)
         scheduler = Scheduler(store, config.timezone, router, config.data_dir)
         self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)
         self._tasks.declare(config.tasks)
@@ -144,7 +146,8 @@ class Host:
         if group is None:
             raise LookupError(f"unknown group {folder}")
         self.memory.prepare(folder)
-        tools = host_mcp_tools(folder, self.router) + task_mcp_tools(folder, self._tasks)
+        actions = HostToolActions(self._groups, self.memory, self._channel, self.router.post_for)
+        tools = host_mcp_tools(folder, actions) + task_mcp_tools(folder, self._tasks)
         if self._sandbox is not None:
             tools += sandbox_mcp_tools(self._sandbox, folder)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)

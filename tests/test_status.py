@@ -1,0 +1,56 @@
+"""/status, rendered from what the router gathered."""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+from nanoclaw.broker.protocol import Usage, UsageReport
+from nanoclaw.host.records import GroupRow
+from nanoclaw.host.status import GroupStatus, render_status
+
+ROW = GroupRow("family", "!r:x", {}, "config", 3, "abc-123", 1_700_000_000_000, "ok")
+
+
+def status(**changes: object) -> str:
+    values: dict[str, object] = {
+        "folder": "family",
+        "row": ROW,
+        "running": ["main"],
+        "waiting": [],
+        "slots": 5,
+        "warm": True,
+        "task_statuses": ["active", "paused", "active", "done"],
+        "workspace": None,
+        "timezone": ZoneInfo("UTC"),
+    }
+    return render_status(GroupStatus(**{**values, **changes}))  # type: ignore[arg-type]
+
+
+def test_a_group_with_a_session_runs_and_tasks() -> None:
+    assert status().splitlines() == [
+        "**Group** `family`",
+        "- runs: 1 of 5 slots busy (main)",
+        "- waiting: none",
+        "- session: `abc-123` (warm)",
+        "- last run: 2023-11-14 22:13:20 UTC, ok",
+        "- tasks: 2 active, 1 paused",
+    ]
+
+
+def test_a_new_group_has_no_session_and_has_never_run() -> None:
+    shown = status(row=None, running=[], waiting=["family"], warm=False)
+    assert "- session: `none` (cold)" in shown and "- last run: never" in shown
+    assert "- runs: 0 of 5 slots busy\n" in shown and "- waiting: family" in shown
+
+
+def test_the_workspace_line_says_what_it_holds_or_why_it_cannot() -> None:
+    report = UsageReport(5 * 1024**3, {"family": Usage(3 * 1024**2, False)})
+    assert status(workspace=report).endswith(
+        "- workspace: at least 3.0 MiB; 5.0 GiB free, shared by all groups"
+    )
+    assert status(workspace=UsageReport(0, {})).endswith(
+        "- workspace: not in the sandbox policy; 0 bytes free, shared by all groups"
+    )
+    assert status(workspace="cannot reach the broker").endswith(
+        "- workspace: unknown (cannot reach the broker)"
+    )
