@@ -19,12 +19,12 @@ from nanoclaw.host.config import (
     GroupConfig,
     MatrixConfig,
     ModelConfig,
-    SecretRef,
     check_secrets,
     load_config,
     parse_config,
     validate_group,
 )
+from nanoclaw.host.secret_ref import SecretRef
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "units" / "config.example.toml"
 SECRET = "syt_s3cret-TOKEN-value"

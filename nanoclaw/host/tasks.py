@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from nanoclaw.host.config import GroupConfig, TaskConfig
+from nanoclaw.host.config import GroupConfig
+from nanoclaw.host.config_tasks import TaskConfig
 from nanoclaw.host.records import TaskRow, TaskSpec, now_ms
 from nanoclaw.host.schedule import ScheduleError, first_slot, parse_schedule
 from nanoclaw.host.scheduler import to_datetime, to_ms
