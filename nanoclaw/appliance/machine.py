@@ -38,7 +38,6 @@ import io
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tarfile
@@ -49,6 +48,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nanoclaw.appliance.child_process import dies_with_parent
+from nanoclaw.appliance.machine_cgroups import (
+    clean_leftovers,
+    find_init,
+    kill,
+    make_cgroups,
+    remove_cgroup,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # The environment of every command run in a machine: nothing of the host's leaks in.
@@ -161,7 +167,7 @@ class NspawnMachine:
         console = self._workdir / "console.log"
         systemd_host = Path("/run/systemd/system").is_dir()
         if not systemd_host:
-            self._cgroups = _make_cgroups(f"nanoclaw-{self.name}-{os.getpid()}-{next(_counter)}")
+            self._cgroups = make_cgroups(f"nanoclaw-{self.name}-{os.getpid()}-{next(_counter)}")
         command = [
             "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--",
             "systemd-nspawn",
@@ -205,7 +211,7 @@ class NspawnMachine:
                     raise _OverlayFailed(log_text)
                 self._fail_boot(f"systemd-nspawn exited with {self._process.returncode}")
             if not self.pid:
-                self.pid = _find_init(self._process.pid)
+                self.pid = find_init(self._process.pid)
                 if not self.pid:
                     time.sleep(0.05)
                     continue
@@ -269,11 +275,11 @@ class NspawnMachine:
         if process is not None:
             if process.poll() is None:
                 if self.pid:  # the end of its PID namespace kills everything in the container
-                    _kill(self.pid)
-                _kill(process.pid)
+                    kill(self.pid)
+                kill(process.pid)
                 process.wait()
         for cgroup in reversed(self._cgroups):
-            _remove_cgroup(cgroup)
+            remove_cgroup(cgroup)
         if self._workdir is not None:
             for child in self._workdir.iterdir():
                 child.unlink()
@@ -350,109 +356,6 @@ def _which(tool: str) -> bool:
 
 def _escape(path: str) -> str:
     return path.replace("\\", "\\\\").replace(":", "\\:")
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def _find_init(root: int) -> int:
-    """The container's systemd among the descendants of `unshare`, once it has exec'd."""
-    pending = _children(root)
-    while pending:
-        pid = pending.pop(0)
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid"))
-        # Two PID namespaces below ours: unshare's (nspawn is its PID 1), then the container's.
-        if comm in ("systemd", "init") and len(nspid) >= _own_depth() + 2 and nspid[-1] == "1":
-            return pid
-        pending.extend(_children(pid))
-    return 0
-
-
-def clean_leftovers() -> None:
-    """Remove the console-log directories and cgroups of machines whose test process was
-    killed (its machines died with it, but these stay behind)."""
-    candidates = list(Path(tempfile.gettempdir()).glob("nanoclaw-machine-*"))
-    for parent in _cgroup_parents():
-        candidates += parent.glob("nanoclaw-*")
-    for path in candidates:
-        owner = path.name.split("-")[-2]
-        if not owner.isdigit() or Path(f"/proc/{owner}").exists() or not path.is_dir():
-            continue
-        if path.name.startswith("nanoclaw-machine-"):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            _remove_cgroup(path, attempts=1)
-
-
-def _own_depth() -> int:
-    status = Path("/proc/self/status").read_text()
-    return len(next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid")))
-
-
-def _cgroup_parents() -> list[Path]:
-    """This process's cgroups in the named systemd hierarchy and the unified one, if mounted:
-    where nspawn --keep-unit would put its payload and supervisor cgroups."""
-    mine: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
-        if controllers == "name=systemd":
-            mine["systemd"] = path
-        elif hierarchy == "0" and controllers == "":
-            mine["unified"] = path
-    parents = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        separator = fields.index("-")
-        fstype, options = fields[separator + 1], fields[separator + 3]
-        if fstype == "cgroup" and "name=systemd" in options.split(","):
-            kind = "systemd"
-        elif fstype == "cgroup2":
-            kind = "unified"
-        else:
-            continue
-        if kind in mine:
-            parents.append(Path(fields[4]) / mine.pop(kind).lstrip("/"))
-    return parents
-
-
-def _make_cgroups(leaf: str) -> list[Path]:
-    """A cgroup of the machine's own in each of `_cgroup_parents()`."""
-    made = []
-    for parent in _cgroup_parents():
-        (parent / leaf).mkdir()
-        made.append(parent / leaf)
-    return made
-
-
-def _remove_cgroup(cgroup: Path, attempts: int = 50) -> None:
-    for _ in range(attempts):
-        try:
-            for below in sorted(
-                (p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
-            ):
-                below.rmdir()
-            cgroup.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:  # still busy for a moment after its last process died
-            time.sleep(0.1)
 
 
 @atexit.register

@@ -14,13 +14,8 @@ import time
 
 import pytest
 
-from nanoclaw.appliance.machine import (
-    REPO,
-    NspawnMachine,
-    clean_leftovers,
-    machine_available,
-    rootfs,
-)
+from nanoclaw.appliance.machine import REPO, NspawnMachine, machine_available, rootfs
+from nanoclaw.appliance.machine_cgroups import clean_leftovers
 from tests.support.driver_api import DriverApi
 
 __all__ = [
