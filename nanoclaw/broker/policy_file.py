@@ -9,10 +9,9 @@ policy file itself, credentials). The result is a `nanoclaw.broker.policy.Policy
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -40,18 +39,16 @@ from nanoclaw.broker.policy import (
     RESERVED_SANDBOX,
     SCRATCH,
     WORKSPACE,
-    Egress,
     GroupPolicy,
     Limits,
     Mount,
     Policy,
     absolute_path,
-    is_domain,
     is_text,
     path_relation,
 )
-
-_COMMENT = "$comment"
+from nanoclaw.broker.policy_egress import egress, proxy
+from nanoclaw.broker.policy_tables import COMMENT, comment, listed, paths, read_table, strings
 
 _TOP_KEYS = (
     "version",
@@ -76,10 +73,6 @@ _GROUP_KEYS = (
 
 _MOUNT_KEYS = ("host", "sandbox", "writable", "protect")
 
-_EGRESS_KEYS = ("cidrs", "domains")
-
-_PROXY_KEYS = ("address", "port")
-
 
 _PATTERN_WHAT = "one path component: 1 to 255 characters, no '/' or control characters"
 
@@ -94,7 +87,7 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
     """Validate an already parsed policy; `policy_path` is the file's absolute path."""
     if not os.path.isabs(policy_path):
         raise ValueError(f"the policy path must be absolute, not {policy_path!r}")
-    top = _table(data, "", _TOP_KEYS)
+    top = read_table(data, "", _TOP_KEYS)
     for name in ("version", "data_dir"):
         if name not in top.data:
             raise ConfigError(name, "is required")
@@ -104,21 +97,21 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
     data_dir = absolute_path(top.data["data_dir"], "data_dir")
     if data_dir == "/":
         raise ConfigError("data_dir", "must not be / (it is hidden from every tool)")
-    protected = _paths(top, "protected_paths")
+    protected = paths(top, "protected_paths")
     for index, path in enumerate(protected):
         if path == "/":
             raise ConfigError(f"protected_paths[{index}]", "must not be / (it would hide all)")
-    extra_patterns = _strings(top, "blocked_patterns", _PATTERN_WHAT, _is_pattern)
+    extra_patterns = strings(top, "blocked_patterns", _PATTERN_WHAT, _is_pattern)
     # Without groups first: their host paths are checked against this policy's rules.
     policy = Policy(
         data_dir=data_dir,
         protected_paths=protected,
         blocked_patterns=tuple(dict.fromkeys(DEFAULT_BLOCKED_PATTERNS + extra_patterns)),
-        proxy=_proxy(top),
+        proxy=proxy(top),
         groups=MappingProxyType({}),
         policy_path=os.path.normpath(policy_path),
     )
-    defaults = _table(top.data.get("defaults", {}), "defaults", ("limits",))
+    defaults = read_table(top.data.get("defaults", {}), "defaults", ("limits",))
     default_limits = _limits(defaults, DEFAULT_LIMITS)
     groups = _groups(top, policy, default_limits)
     needing = next((g for g in groups.values() if g.egress.domains), None)
@@ -143,8 +136,8 @@ def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, Gro
         raise ConfigError("groups", f"must be a table of groups by name, not {describe(tables)}")
     groups: dict[str, GroupPolicy] = {}
     for name, value in tables.items():
-        if name == _COMMENT:
-            _comment(value, "groups." + key_part(name))
+        if name == COMMENT:
+            comment(value, "groups." + key_part(name))
             continue
         group = _group(name, value, policy, default_limits)
         key = "groups." + key_part(name)
@@ -168,7 +161,7 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
         )
     if name in RESERVED_GROUPS:
         raise ConfigError(key, f"group name {name!r} is reserved (the memory all groups share)")
-    table = _table(value, key, _GROUP_KEYS)
+    table = read_table(value, key, _GROUP_KEYS)
     if "uid" not in table.data:
         raise ConfigError(table.at("uid"), f"is required: the group's own user ID, {MIN_UID} up")
     uid = table.integer("uid", 0, MIN_UID, MAX_UID)
@@ -176,7 +169,7 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
         raise ConfigError(table.at("uid"), "must not be 65534 (nobody), which others share")
     mounts = tuple(
         _mount(item, f"{table.at('mounts')}[{index}]", policy)
-        for index, item in enumerate(_list(table, "mounts"))
+        for index, item in enumerate(listed(table, "mounts"))
     )
     for index, mount in enumerate(mounts):
         for earlier, other in enumerate(mounts[:index]):
@@ -188,7 +181,7 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
                 )
     read_only = tuple(
         policy.check_host_path(item, f"{table.at('read_only_paths')}[{index}]")
-        for index, item in enumerate(_list(table, "read_only_paths"))
+        for index, item in enumerate(listed(table, "read_only_paths"))
     )
     for index, path in enumerate(read_only):
         if path_relation(path, WORKSPACE):
@@ -201,7 +194,7 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
         uid=uid,
         main=table.flag("main", False),
         mounts=mounts,
-        egress=_egress(table),
+        egress=egress(table),
         read_only_paths=read_only,
         limits=_limits(table, default_limits),
         path=_search_path(table, policy),
@@ -213,7 +206,7 @@ def _search_path(table: Table, policy: Policy) -> tuple[str, ...]:
     """`path`: as written (normalised), and judged like a host path to bind, since the
     unit runs what it finds there."""
     result: list[str] = []
-    for index, item in enumerate(_list(table, "path")):
+    for index, item in enumerate(listed(table, "path")):
         key = f"{table.at('path')}[{index}]"
         policy.check_host_path(item, key)
         path = absolute_path(item, key)
@@ -228,7 +221,7 @@ def _search_path(table: Table, policy: Policy) -> tuple[str, ...]:
 def _empty_paths(table: Table, policy: Policy) -> tuple[str, ...]:
     """`empty_paths`: never a place the broker or the policy already decides about (an
     empty tree over the data directory would make every unit fail to start)."""
-    result = _paths(table, "empty_paths")
+    result = paths(table, "empty_paths")
     decided = (
         *policy.sealed_paths(),
         ("the workspace", WORKSPACE),
@@ -246,7 +239,7 @@ def _empty_paths(table: Table, policy: Policy) -> tuple[str, ...]:
 
 
 def _mount(value: object, key: str, policy: Policy) -> Mount:
-    table = _table(value, key, _MOUNT_KEYS)
+    table = read_table(value, key, _MOUNT_KEYS)
     for name in ("host", "sandbox"):
         if name not in table.data:
             raise ConfigError(table.at(name), "is required")
@@ -273,57 +266,8 @@ def _sandbox_path(value: object, key: str) -> str:
     return path
 
 
-def _egress(group: Table) -> Egress:
-    table = _table(group.data.get("egress", {}), group.at("egress"), _EGRESS_KEYS)
-    cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for index, item in enumerate(_list(table, "cidrs")):
-        key = f"{table.at('cidrs')}[{index}]"
-        network = _network(item, key)
-        if network in cidrs:
-            raise ConfigError(key, f"{network} is listed twice (also at [{cidrs.index(network)}])")
-        cidrs.append(network)
-    domains = _strings(
-        table,
-        "domains",
-        "a lowercase DNS name like github.com, or *.example.com for the names below it",
-        _is_domain_pattern,
-    )
-    for index, domain in enumerate(domains):
-        if domain in domains[:index]:
-            raise ConfigError(
-                f"{table.at('domains')}[{index}]",
-                f"{domain} is listed twice (also at [{domains.index(domain)}])",
-            )
-    return Egress(cidrs=tuple(cidrs), domains=domains)
-
-
-def _network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    what = "an IP network like 140.82.112.0/20 or 2001:db8::/32"
-    if not isinstance(value, str) or re.search(r"[\s%]", value) or CONTROL_CHARACTERS.search(value):
-        raise ConfigError(key, f"must be {what}, not {describe(value)}")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        pass
-    try:
-        loose = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ConfigError(key, f"must be {what}, not {describe(value)}") from None
-    raise ConfigError(key, f"{value} has host bits set: the network is {loose}")
-
-
-def _proxy(top: Table) -> tuple[str, int] | None:
-    if "proxy" not in top.data:
-        return None
-    table = _table(top.data["proxy"], "proxy", _PROXY_KEYS)
-    if "port" not in table.data:
-        raise ConfigError(table.at("port"), "is required: the proxy's TCP port")
-    address = table.require("address", "an IP address like 127.0.0.1 or ::1", _is_proxy_address)
-    return str(ipaddress.ip_address(address)), table.integer("port", 0, 1, 65535)
-
-
 def _limits(parent: Table, defaults: Limits) -> Limits:
-    table = _table(
+    table = read_table(
         parent.data.get("limits", {}), parent.at("limits"), tuple(n for n, *_ in LIMIT_RANGES)
     )
     values = {
@@ -367,47 +311,6 @@ def _check_nested_mounts(groups: Mapping[str, GroupPolicy]) -> None:
                 )
 
 
-def _table(value: object, key: str, allowed: tuple[str, ...]) -> Table:
-    table = Table(value, key, (*allowed, _COMMENT))
-    if _COMMENT in table.data:
-        _comment(table.data[_COMMENT], table.at(_COMMENT))
-    return table
-
-
-def _comment(value: object, key: str) -> None:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a string (it is ignored), not {describe(value)}")
-
-
-def _list(table: Table, name: str) -> list[Any]:
-    values = table.data.get(name, [])
-    if not isinstance(values, list):
-        raise ConfigError(table.at(name), f"must be a list, not {describe(values)}")
-    return values
-
-
-def _strings(table: Table, name: str, what: str, valid: Callable[[str], bool]) -> tuple[str, ...]:
-    result: list[str] = []
-    for index, value in enumerate(_list(table, name)):
-        if not isinstance(value, str) or not valid(value):
-            raise ConfigError(
-                f"{table.at(name)}[{index}]", f"must be {what}, not {describe(value)}"
-            )
-        result.append(value)
-    return tuple(result)
-
-
-def _paths(table: Table, name: str) -> tuple[str, ...]:
-    paths: list[str] = []
-    for index, value in enumerate(_list(table, name)):
-        key = f"{table.at(name)}[{index}]"
-        path = absolute_path(value, key)
-        if path in paths:
-            raise ConfigError(key, f"{path} is listed twice (also at [{paths.index(path)}])")
-        paths.append(path)
-    return tuple(paths)
-
-
 def _is_pattern(value: str) -> bool:
     return (
         0 < len(value) <= 255
@@ -416,19 +319,3 @@ def _is_pattern(value: str) -> bool:
         and not CONTROL_CHARACTERS.search(value)
         and is_text(value)
     )
-
-
-def _is_domain_pattern(value: str) -> bool:
-    if value.startswith("*."):
-        suffix = value[2:]
-        return is_domain(suffix) and "." in suffix  # no *.com: at least two labels
-    return is_domain(value)
-
-
-def _is_proxy_address(value: str) -> bool:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    # Scope IDs cannot go into IPAddressAllow=, and 0.0.0.0 or multicast is no proxy.
-    return "%" not in value and not (address.is_unspecified or address.is_multicast)
