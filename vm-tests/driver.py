@@ -70,10 +70,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from nanoclaw.appliance.child_process import dies_with_parent
+from tests.support.driver_api import DriverApi  # the checkout is on PYTHONPATH (vm-tests/run)
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from vm-tests/: tests.support lives above
-from nanoclaw.appliance.child_process import dies_with_parent  # noqa: E402
-from tests.support.driver_api import DriverApi  # noqa: E402
 
 SCENARIOS = REPO / "vm-tests" / "scenarios"
 FIXTURES = REPO / "vm-tests" / "fixtures"
