@@ -14,7 +14,7 @@ import pytest
 
 from nanoclaw.broker.policy_file import parse_policy
 from nanoclaw.broker.port_filter import main, ruleset
-from tests.test_policy import FULL, IPV6_PROXY, MINIMAL, POLICY_PATH, at
+from tests.support.policies import FULL, IPV6_PROXY, MINIMAL, POLICY_PATH, at
 
 REPO = Path(__file__).resolve().parents[1]
 WEB_UID = 61004
