@@ -1,4 +1,6 @@
-"""The egress proxy against a real upstream and real clients (curl, as the fetch tool uses).
+"""The egress proxy against a real upstream and real clients (curl, as the fetch tool uses),
+reached the way tool units reach it: through a relay from TCP on 127.0.0.1 to the proxy's
+Unix socket, a stand-in for the namespace's systemd-socket-proxyd.
 
 The upstream can only live on loopback here, so most tests build the proxy with
 allow_private=True and the upstream's port allowed; the test of the default settings
@@ -10,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import shutil
+import socket
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from nanoclaw.host.egress_proxy import MAX_HEAD_BYTES, EgressProxy
+from tests.support.egress import SocketProxy
 from tests.support.net import free_port
 
 
@@ -48,27 +55,44 @@ async def upstream() -> AsyncIterator[Upstream]:
     await runner.cleanup()
 
 
+@pytest.fixture
+def socket_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # Not tmp_path: a parametrized test's name can push it past sun_path's 108 bytes.
+    return str(tmp_path_factory.mktemp("egress") / "proxy.sock")
+
+
 @dataclass
 class Running:
+    """The proxy on its Unix socket, and the relay a tool unit's client talks to."""
+
     proxy: EgressProxy
-    port: int
+    relay: SocketProxy
+
+    @property
+    def port(self) -> int:
+        return self.relay.port
 
     def url(self, user: str, token: str) -> str:
         return f"http://{user}:{token}@127.0.0.1:{self.port}"
 
+    async def close(self) -> None:
+        await self.relay.close()
+        await self.proxy.close()
 
-async def running(**settings: object) -> Running:
+
+async def running(socket_path: str, **settings: object) -> Running:
     proxy = EgressProxy(**settings)  # type: ignore[arg-type]
-    port = free_port()
-    await proxy.start("127.0.0.1", port)
-    return Running(proxy, port)
+    await proxy.start(socket_path)
+    relay = SocketProxy(socket_path)
+    await relay.start()
+    return Running(proxy, relay)
 
 
 @pytest.fixture
-async def proxy(upstream: Upstream) -> AsyncIterator[Running]:
-    made = await running(ports={upstream.port}, allow_private=True)
+async def proxy(upstream: Upstream, socket_path: str) -> AsyncIterator[Running]:
+    made = await running(socket_path, ports={upstream.port}, allow_private=True)
     yield made
-    await made.proxy.close()
+    await made.close()
 
 
 async def curl(*args: str, env: dict[str, str] | None = None) -> tuple[str, str]:
@@ -94,11 +118,16 @@ async def curl(*args: str, env: dict[str, str] | None = None) -> tuple[str, str]
 
 
 async def raw(port: int, head: bytes) -> bytes:
+    """The reply head, and for a refusal the body up to the proxy's close (an open tunnel
+    stays open). No half-close: the relay would end it all."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head)
-    writer.write_eof()
-    await writer.drain()
-    reply = await reader.read()
+    try:
+        reply = await reader.readuntil(b"\r\n\r\n")
+        if not reply.startswith(b"HTTP/1.1 200"):
+            reply += await reader.read()
+    except asyncio.IncompleteReadError as ended:
+        reply = ended.partial
     writer.close()
     return reply
 
@@ -122,7 +151,9 @@ async def test_plain_http_through_the_environment_as_a_unit_gets_it(
     assert seen["Host"] == f"localhost:{upstream.port}"
     assert seen["Connection"] == "close"
     assert "Proxy-Authorization" not in seen, "the proxy's credentials never go upstream"
-    assert f"allow GET localhost:{upstream.port} for group alpha" in caplog.text
+    assert f"allow GET localhost:{upstream.port} for group alpha via the relay (pid " in (
+        caplog.text
+    )
     assert token not in caplog.text
 
 
@@ -205,26 +236,28 @@ async def test_connect_targets_are_checked_by_name(
     assert reply.startswith(expected), reply
 
 
-async def test_ports_outside_the_allowed_set_are_refused(upstream: Upstream) -> None:
-    made = await running(allow_private=True)  # the default ports, 80 and 443
+async def test_ports_outside_the_allowed_set_are_refused(
+    upstream: Upstream, socket_path: str
+) -> None:
+    made = await running(socket_path, allow_private=True)  # the default ports, 80 and 443
     try:
         with made.proxy.grant("alpha", ["localhost"]) as token:
             code, body = await curl("-x", made.url("alpha", token), upstream.url)
     finally:
-        await made.proxy.close()
+        await made.close()
     assert code == "403" and f"port {upstream.port} is not allowed" in body
     assert upstream.seen == []
 
 
 async def test_by_default_a_name_resolving_to_loopback_reaches_nothing(
-    upstream: Upstream,
+    upstream: Upstream, socket_path: str
 ) -> None:
-    made = await running(ports={upstream.port})
+    made = await running(socket_path, ports={upstream.port})
     try:
         with made.proxy.grant("alpha", ["localhost"]) as token:
             code, body = await curl("-x", made.url("alpha", token), upstream.url)
     finally:
-        await made.proxy.close()
+        await made.close()
     assert code == "403" and "resolves only to non-public addresses" in body
     assert upstream.seen == []
 
@@ -253,7 +286,6 @@ async def test_a_host_header_cannot_ask_for_another_site(
         (b"GET http://localhost/ HTTP/1.1\r\nno colon\r\n\r\n", b"400", b"header"),
         ("GET http://l\u00f6calhost/ HTTP/1.1\r\n\r\n".encode(), b"400", b"ASCII"),
         (b"GET http://localhost:99999/ HTTP/1.1\r\n\r\n", b"400", b"bad port"),
-        (b"GET http://localhost/ HTTP/1.1\r\n", b"400", b"incomplete"),
         (b"GET http://localhost/ HTTP/1.1\r\nX: " + b"a" * MAX_HEAD_BYTES, b"431", b"larger"),
         (b"CONNECT localhost:80 HTTP/1.1\r\nProxy-Authorization: Basic !!\r\n\r\n", b"407", b""),
     ],
@@ -264,3 +296,70 @@ async def test_malformed_requests_get_a_clear_status(
     reply = await raw(proxy.port, head)
     assert reply.startswith(b"HTTP/1.1 " + status), reply
     assert reason in reply
+
+
+async def test_a_head_cut_short_by_the_clients_half_close_gets_400(
+    proxy: Running, socket_path: str
+) -> None:
+    # On the Unix socket itself: through the relay a half-close ends both directions, as
+    # systemd-socket-proxyd does, so there such a head only meets HEAD_TIMEOUT_SECONDS.
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    writer.write(b"GET http://localhost/ HTTP/1.1\r\n")
+    writer.write_eof()
+    reply = await reader.read()
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"incomplete request head" in reply, reply
+
+
+# --- the Unix socket ------------------------------------------------------------------
+
+
+async def test_the_socket_is_open_to_every_relay_and_removed_on_close(
+    socket_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    proxy = EgressProxy()
+    await proxy.start(socket_path)
+    found = os.lstat(socket_path)
+    assert stat.S_ISSOCK(found.st_mode)
+    assert stat.S_IMODE(found.st_mode) == 0o666, "relays run under dynamic uids"
+    assert f"egress proxy listening on {socket_path}" in caplog.text
+    await proxy.close()
+    assert not os.path.lexists(socket_path)
+
+
+async def test_a_stale_socket_is_replaced_but_a_live_one_is_not(socket_path: str) -> None:
+    with socket.socket(socket.AF_UNIX) as left_behind:  # an earlier run's, nobody listening
+        left_behind.bind(socket_path)
+    first = EgressProxy()
+    await first.start(socket_path)
+    second = EgressProxy()
+    with pytest.raises(OSError, match="is in use: another process listens on it"):
+        await second.start(socket_path)
+    await second.close()
+    assert os.path.lexists(socket_path), "the refused proxy leaves the live socket alone"
+    _, writer = await asyncio.open_unix_connection(socket_path)
+    writer.close()
+    await first.close()
+
+
+@pytest.mark.parametrize("found", ["a symlink to a file", "a symlink to a socket", "a file"])
+async def test_anything_but_a_socket_at_the_path_is_refused_and_left_alone(
+    socket_path: str, tmp_path: Path, found: str
+) -> None:
+    target = tmp_path / "target"
+    if found == "a symlink to a socket":
+        with socket.socket(socket.AF_UNIX) as elsewhere:
+            elsewhere.bind(str(target))
+    else:
+        target.write_text("keep")
+    if found == "a file":
+        os.rename(target, socket_path)
+    else:
+        os.symlink(target, socket_path)
+    before = os.lstat(socket_path)
+    with pytest.raises(FileExistsError, match="exists and is not a socket"):
+        await EgressProxy().start(socket_path)
+    assert os.lstat(socket_path) == before
+    if found != "a file":
+        assert os.path.lexists(target), "a symlink is never followed"

@@ -1,11 +1,14 @@
 """The egress proxy: the only way a tool unit reaches a domain name.
 
-A group with `egress.domains` gets this proxy's address in its units' IPAddressAllow=
-and its URL in their HTTP(S)_PROXY. The URL carries a secret the host issues for one
-tool call and revokes when the call ends, so a request passes only when it names a live
-secret, the group that secret was issued to, one of that group's domains (exact or
-`*.suffix`, see `domain_allowed`) and an allowed port, and the name resolves to public
-addresses only (a domain pointed at 127.0.0.1 reaches nothing). Every decision is logged.
+The proxy listens on a Unix socket. A group with `egress.domains` runs its tool units in
+a private network namespace whose only way out is a relay on the namespace's own
+127.0.0.1:3128 (systemd-socket-proxyd, which parses nothing) that carries bytes to that
+socket; the units find the relay through HTTP(S)_PROXY. That URL carries a secret the
+host issues for one tool call and revokes when the call ends, so a request passes only
+when it names a live secret, the group that secret was issued to, one of that group's
+domains (exact or `*.suffix`, see `domain_allowed`) and an allowed port, and the name
+resolves to public addresses only (a domain pointed at 127.0.0.1 reaches nothing). Every
+decision is logged.
 
 HTTPS is a CONNECT tunnel, so the proxy sees the name and port, never the content. Plain
 HTTP is forwarded in origin form, one request per connection.
@@ -18,8 +21,11 @@ import base64
 import binascii
 import ipaddress
 import logging
+import os
 import secrets
 import socket
+import stat
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -70,6 +76,7 @@ class EgressProxy:
         self.allow_private = allow_private
         self._grants: dict[str, Grant] = {}
         self._server: asyncio.Server | None = None
+        self._socket: tuple[str, int, int] | None = None  # path, device, inode
 
     @contextmanager
     def grant(self, group: str, domains: Sequence[str]) -> Iterator[str]:
@@ -81,16 +88,38 @@ class EgressProxy:
         finally:
             del self._grants[token]
 
-    async def start(self, address: str, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, address, port, limit=MAX_HEAD_BYTES, reuse_address=True
-        )
-        log.info("egress proxy listening on %s port %d", address, port)
+    async def start(self, socket_path: str) -> None:
+        """Listen on a Unix socket at `socket_path`, replacing a stale one. Raises OSError
+        when something else is there, or another process listens on it."""
+        await _remove_stale_socket(socket_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(socket_path)  # bind never follows a symlink: it fails on any file
+            # The relays run under dynamic uids; every request still needs a live secret.
+            # The directory is the host's own, so nothing swaps the path before the chmod.
+            os.chmod(socket_path, 0o666)
+            self._server = await asyncio.start_unix_server(
+                self._handle, sock=listener, limit=MAX_HEAD_BYTES
+            )
+        except BaseException:
+            listener.close()
+            raise
+        bound = os.lstat(socket_path)
+        self._socket = (socket_path, bound.st_dev, bound.st_ino)
+        log.info("egress proxy listening on %s", socket_path)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+            self._server = None
+        if self._socket is not None:
+            path, device, inode = self._socket
+            self._socket = None
+            with suppress(FileNotFoundError):
+                now = os.lstat(path)
+                if (now.st_dev, now.st_ino) == (device, inode):  # not a successor's socket
+                    os.unlink(path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
@@ -151,10 +180,41 @@ class EgressProxy:
 
 
 def _what(request: Request | None, group: str, writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
+    peer = _peer(writer)
     if request is None:
-        return f"request from {peer}"
-    return f"{request.method} {request.host}:{request.port} for group {group} from {peer}"
+        return f"request {peer}"
+    return f"{request.method} {request.host}:{request.port} for group {group} {peer}"
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """Who connected: a Unix socket peer has no address, but the kernel names its process
+    (the relay of one group's namespace) and uid."""
+    connection = writer.get_extra_info("socket")
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _ = _UCRED.unpack(credentials)
+    return f"via the relay (pid {pid}, uid {uid})"
+
+
+async def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left at `path` by an earlier run; refuse anything else there."""
+    try:
+        found = os.lstat(path)  # lstat: a symlink at the path is never followed
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        raise FileExistsError(
+            f"{path} exists and is not a socket; remove it or choose another socket path"
+        )
+    try:
+        _, writer = await asyncio.open_unix_connection(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nothing listens: stale
+        return
+    writer.close()
+    raise OSError(f"{path} is in use: another process listens on it")
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
