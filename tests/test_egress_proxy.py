@@ -13,8 +13,10 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import shutil
 import socket
+import ssl
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +25,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from nanoclaw.host.egress_proxy import MAX_HEAD_BYTES, EgressProxy
+from nanoclaw.host.egress_proxy import (
+    MAX_HEAD_BYTES,
+    ClientHelloError,
+    EgressProxy,
+    IncompleteClientHello,
+    client_hello_sni,
+)
 from tests.support.egress import SocketProxy
 from tests.support.net import free_port
 
@@ -363,3 +371,131 @@ async def test_anything_but_a_socket_at_the_path_is_refused_and_left_alone(
     assert os.lstat(socket_path) == before
     if found != "a file":
         assert os.path.lexists(target), "a symlink is never followed"
+
+
+# --- the ClientHello parser, on hellos from Python's TLS client -------------------------
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """The first bytes Python's TLS client sends for `server_name` (None: no SNI)."""
+    context = ssl.create_default_context()
+    context.check_hostname = server_name is not None
+    outgoing = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def handshake_message(hello: bytes) -> bytes:
+    """The handshake message of a hello sent as one record."""
+    assert len(hello) == 5 + int.from_bytes(hello[3:5], "big"), "one record"
+    return hello[5:]
+
+
+def records(message: bytes, size: int = 2**14) -> bytes:
+    """`message` as TLS handshake records of at most `size` bytes each."""
+    chunks = [message[at : at + size] for at in range(0, len(message), size)]
+    return b"".join(b"\x16\x03\x01" + len(chunk).to_bytes(2, "big") + chunk for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    ("server_name", "expected"),
+    [
+        ("allowed.test", "allowed.test"),
+        ("Allowed.Test.", "Allowed.Test."),  # as sent: the proxy compares, not the parser
+        (None, None),
+        ("127.0.0.1", None),  # TLS clients send no SNI for an address
+    ],
+)
+def test_the_server_name_of_a_real_hello(server_name: str | None, expected: str | None) -> None:
+    assert client_hello_sni(client_hello(server_name)) == expected
+
+
+@pytest.mark.parametrize("size", [1, 7, 100])
+def test_a_hello_spread_over_several_records_is_reassembled(size: int) -> None:
+    hello = records(handshake_message(client_hello("allowed.test")), size)
+    assert client_hello_sni(hello) == "allowed.test"
+    application_data = b"\x17\x03\x03\x00\x02hi"
+    assert client_hello_sni(hello + application_data) == "allowed.test", "what follows is not read"
+
+
+@pytest.mark.parametrize("size", [None, 7])
+def test_every_cut_of_a_hello_is_incomplete(size: int | None) -> None:
+    hello = client_hello("allowed.test")
+    if size is not None:
+        hello = records(handshake_message(hello), size)
+    assert client_hello_sni(hello) == "allowed.test"
+    for end in range(len(hello)):
+        with pytest.raises(IncompleteClientHello):
+            client_hello_sni(hello[:end])
+
+
+@pytest.mark.parametrize(
+    ("data", "fault"),
+    [
+        (b"G", "record at byte 0 is not a TLS handshake (content type 71)"),
+        (b"GET / HTTP/1.1\r\n", "not a TLS handshake (content type 71)"),
+        (b"\x80\x2e\x01\x03\x01", "not a TLS handshake (content type 128)"),  # SSLv2 hello
+        (b"\x16\x02\x00\x00\x05", "record version 2.0 is not TLS"),
+        (b"\x16\x03\x01\x00\x00", "TLS record length 0 is out of range"),
+        (b"\x16\x03\x01\x40\x01", "TLS record length 16385 is out of range"),
+        (b"\x16\x03\x03\x00\x01\x02", "handshake message type 2 is not ClientHello"),
+        (b"\x16\x03\x01\x00\x02\x01\x00\x15\x03\x03", "record at byte 7 is not a TLS handshake"),
+    ],
+)
+def test_bytes_that_cannot_start_a_hello_are_refused_at_once(data: bytes, fault: str) -> None:
+    with pytest.raises(ClientHelloError, match=re.escape(fault)) as raised:
+        client_hello_sni(data)
+    assert not isinstance(raised.value, IncompleteClientHello), "no waiting for more"
+
+
+def hello_message(extensions: bytes | None, after: bytes = b"") -> bytes:
+    """A minimal ClientHello message: TLS 1.2 fields, one cipher suite, no compression."""
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    if extensions is not None:
+        body += len(extensions).to_bytes(2, "big") + extensions
+    return b"\x01" + len(body + after).to_bytes(3, "big") + body + after
+
+
+def server_name(*entries: tuple[int, bytes], after: bytes = b"") -> bytes:
+    listed = b"".join(bytes([kind]) + len(name).to_bytes(2, "big") + name for kind, name in entries)
+    data = len(listed).to_bytes(2, "big") + listed + after
+    return b"\x00\x00" + len(data).to_bytes(2, "big") + data
+
+
+def test_a_hello_without_extensions_names_no_server() -> None:
+    assert client_hello_sni(records(hello_message(None))) is None
+    assert client_hello_sni(records(hello_message(server_name((0, b"a.test"))))) == "a.test"
+
+
+@pytest.mark.parametrize(
+    ("message", "fault"),
+    [
+        (b"\x01\x00\x00\x0c\x03\x03" + bytes(10), "the ClientHello ends inside its version"),
+        (
+            hello_message(server_name((0, b"a.test")) + server_name((0, b"b.test"))),
+            "extension 0 appears twice",
+        ),
+        (
+            hello_message(server_name((0, b"a.test"), (0, b"b.test"))),
+            "the server name list has 9 bytes too many",
+        ),
+        (hello_message(server_name((1, b"a.test"))), "server name type 1 is not host_name"),
+        (hello_message(server_name((0, b""))), "empty host name"),
+        (hello_message(server_name((0, "ä.test".encode()))), "the server name is not ASCII"),
+        (
+            hello_message(server_name((0, b"a.test"), after=b"\x00")),
+            "the server_name extension has 1 bytes too many",
+        ),
+        (
+            hello_message(server_name((0, b"a.test")), after=b"\x00"),
+            "the ClientHello has 1 bytes too many",
+        ),
+        (hello_message(b"\x00\x00\x00\x09ab"), "the extension list ends inside its extension 0"),
+    ],
+)
+def test_a_malformed_hello_is_refused_by_its_fault(message: bytes, fault: str) -> None:
+    with pytest.raises(ClientHelloError, match=re.escape(fault)) as raised:
+        client_hello_sni(records(message))
+    assert not isinstance(raised.value, IncompleteClientHello)

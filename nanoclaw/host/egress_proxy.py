@@ -67,6 +67,14 @@ class Denied(Exception):
         self.status = status
 
 
+class ClientHelloError(ValueError):
+    """The bytes are not a well-formed TLS ClientHello."""
+
+
+class IncompleteClientHello(ClientHelloError):
+    """The bytes are the start of a TLS ClientHello, and it goes on past them."""
+
+
 class EgressProxy:
     """A filtering HTTP(S) proxy in the host process, one listener for every group."""
 
@@ -264,6 +272,118 @@ def parse_head(head: bytes) -> Request:
     lines = [f"{method} {path} {version}", f"Host: {host}", *kept, "Connection: close", "", ""]
     upstream = "\r\n".join(lines)
     return Request(method, url.hostname, port, upstream.encode("ascii"), authorization)
+
+
+_TLS_HANDSHAKE = 22  # TLS record content type
+_TLS_CLIENT_HELLO = 1  # handshake message type
+_TLS_MAX_FRAGMENT = 2**14  # RFC 8446 5.1
+_SERVER_NAME = 0  # extension type, RFC 6066 3
+_HOST_NAME = 0  # server name type
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The host_name of the server_name extension in the TLS ClientHello that `data`
+    starts with (the first bytes of a TLS client, in one or more handshake records), or
+    None when the hello names no server.
+
+    Raises IncompleteClientHello while `data` ends before the hello does, and
+    ClientHelloError, naming the fault, when the bytes cannot be a ClientHello (checked
+    as early as the bytes allow, so plain text is refused from its first byte)."""
+    hello = _Fields(_client_hello_message(data), "ClientHello")
+    hello.take(2 + 32, "version and random")
+    hello.vector(1, "session id")
+    hello.vector(2, "cipher suites")
+    hello.vector(1, "compression methods")
+    if hello.done():
+        return None  # no extensions at all
+    extensions = _Fields(hello.vector(2, "extension list"), "extension list")
+    hello.end()
+    seen: set[int] = set()
+    name = None
+    while not extensions.done():
+        kind = int.from_bytes(extensions.take(2, "extension type"), "big")
+        body = extensions.vector(2, f"extension {kind}")
+        if kind in seen:  # forbidden by RFC 8446 4.2; a server might read either copy
+            raise ClientHelloError(f"extension {kind} appears twice")
+        seen.add(kind)
+        if kind == _SERVER_NAME:
+            name = _host_name(body)
+    return name
+
+
+def _client_hello_message(data: bytes) -> bytes:
+    """The ClientHello handshake message's body, reassembled from the records at the
+    start of `data`."""
+    handshake = b""
+    offset = 0
+    while True:
+        if handshake and handshake[0] != _TLS_CLIENT_HELLO:
+            raise ClientHelloError(f"handshake message type {handshake[0]} is not ClientHello")
+        if len(handshake) >= 4:
+            end = 4 + int.from_bytes(handshake[1:4], "big")
+            if len(handshake) >= end:
+                return handshake[4:end]
+        header = data[offset : offset + 5]
+        if not header:
+            raise IncompleteClientHello(f"the ClientHello goes on after {len(data)} bytes")
+        if header[0] != _TLS_HANDSHAKE:
+            raise ClientHelloError(
+                f"record at byte {offset} is not a TLS handshake (content type {header[0]})"
+            )
+        if len(header) < 5:
+            raise IncompleteClientHello("the data ends inside a TLS record header")
+        if header[1] != 3:
+            raise ClientHelloError(f"record version {header[1]}.{header[2]} is not TLS")
+        length = int.from_bytes(header[3:5], "big")
+        if not 0 < length <= _TLS_MAX_FRAGMENT:
+            raise ClientHelloError(f"TLS record length {length} is out of range")
+        handshake += data[offset + 5 : offset + 5 + length]
+        offset += 5 + length
+
+
+def _host_name(extension: bytes) -> str:
+    names = _Fields(extension, "server_name extension")
+    entries = _Fields(names.vector(2, "server name list"), "server name list")
+    names.end()
+    kind = entries.take(1, "name type")[0]
+    if kind != _HOST_NAME:
+        raise ClientHelloError(f"server name type {kind} is not host_name")
+    name = entries.vector(2, "host name")
+    entries.end()  # exactly one name, as OpenSSL's server also requires
+    if not name:
+        raise ClientHelloError("the server_name extension has an empty host name")
+    try:
+        return name.decode("ascii")
+    except UnicodeDecodeError:
+        raise ClientHelloError("the server name is not ASCII") from None
+
+
+class _Fields:
+    """A cursor over a complete TLS structure: running out is malformed, not incomplete."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.what = what
+        self.offset = 0
+
+    def take(self, size: int, field: str) -> bytes:
+        if self.offset + size > len(self.data):
+            raise ClientHelloError(f"the {self.what} ends inside its {field}")
+        self.offset += size
+        return self.data[self.offset - size : self.offset]
+
+    def vector(self, length_bytes: int, field: str) -> bytes:
+        """A field prefixed by its length, as TLS writes `opaque x<..2^(8*n)-1>`."""
+        return self.take(int.from_bytes(self.take(length_bytes, field), "big"), field)
+
+    def done(self) -> bool:
+        return self.offset == len(self.data)
+
+    def end(self) -> None:
+        if not self.done():
+            raise ClientHelloError(
+                f"the {self.what} has {len(self.data) - self.offset} bytes too many"
+            )
 
 
 async def _connect(
