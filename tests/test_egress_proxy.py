@@ -1,16 +1,19 @@
-"""The egress proxy against a real upstream and real clients (curl, as the fetch tool uses),
-reached the way tool units reach it: through a relay from TCP on 127.0.0.1 to the proxy's
-Unix socket, a stand-in for the namespace's systemd-socket-proxyd.
+"""The egress proxy against a real upstream and real clients (curl, as the fetch tool uses,
+and Python's TLS), reached the way tool units reach it: through a relay from TCP on
+127.0.0.1 to the proxy's Unix socket, a stand-in for the namespace's systemd-socket-proxyd.
 
 The upstream can only live on loopback here, so most tests build the proxy with
-allow_private=True and the upstream's port allowed; the test of the default settings
-shows that a domain pointing at loopback is refused.
+allow_private=True and the upstream's ports allowed; the test of the default settings
+shows that a domain pointing at loopback is refused. The upstream's name is localhost,
+the one name that resolves to 127.0.0.1 without touching the resolver; its TLS site has
+a certificate for that name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -27,38 +30,71 @@ from aiohttp import web
 
 from nanoclaw.host.egress_proxy import (
     MAX_HEAD_BYTES,
+    MAX_HELLO_BYTES,
     ClientHelloError,
     EgressProxy,
     IncompleteClientHello,
     client_hello_sni,
 )
-from tests.support.egress import SocketProxy
+from tests.support.egress import SocketProxy, self_signed_certificate
 from tests.support.net import free_port
+
+
+@dataclass(frozen=True)
+class Certificate:
+    certificate: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """Trusts the upstream's certificate without checking its name, so that when a
+        handshake with the wrong SNI fails, the proxy is what failed it."""
+        context = ssl.create_default_context(cafile=str(self.certificate))
+        context.check_hostname = False
+        return context
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return Certificate(*self_signed_certificate("localhost", tmp_path_factory.mktemp("tls")))
 
 
 @dataclass
 class Upstream:
     port: int
+    tls_port: int
     seen: list[dict[str, str]] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)  # SNI its TLS site got
 
     @property
     def url(self) -> str:
         return f"http://localhost:{self.port}/page?q=1"
 
+    @property
+    def tls_url(self) -> str:
+        return f"https://localhost:{self.tls_port}/page?q=1"
+
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
-    state = Upstream(free_port())
+async def upstream(certificate: Certificate) -> AsyncIterator[Upstream]:
+    """One site on two ports: plain HTTP, and HTTPS with a certificate for localhost."""
+    state = Upstream(free_port(), free_port())
 
     async def page(request: web.Request) -> web.Response:
         state.seen.append(dict(request.headers) | {"path": request.path_qs})
         return web.Response(text="hello from upstream")
 
+    def note_server_name(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
+        state.server_names.append(name)
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certificate.certificate, certificate.key)
+    tls.sni_callback = note_server_name
     app = web.Application()
     app.router.add_get("/page", page)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", state.port).start()
+    await web.TCPSite(runner, "127.0.0.1", state.tls_port, ssl_context=tls).start()
     yield state
     await runner.cleanup()
 
@@ -98,7 +134,7 @@ async def running(socket_path: str, **settings: object) -> Running:
 
 @pytest.fixture
 async def proxy(upstream: Upstream, socket_path: str) -> AsyncIterator[Running]:
-    made = await running(socket_path, ports={upstream.port}, allow_private=True)
+    made = await running(socket_path, ports={upstream.port, upstream.tls_port}, allow_private=True)
     yield made
     await made.close()
 
@@ -127,7 +163,7 @@ async def curl(*args: str, env: dict[str, str] | None = None) -> tuple[str, str]
 
 async def raw(port: int, head: bytes) -> bytes:
     """The reply head, and for a refusal the body up to the proxy's close (an open tunnel
-    stays open). No half-close: the relay would end it all."""
+    stays open, waiting for a ClientHello). No half-close: the relay would end it all."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head)
     try:
@@ -138,6 +174,35 @@ async def raw(port: int, head: bytes) -> bytes:
         reply = ended.partial
     writer.close()
     return reply
+
+
+async def connect(
+    port: int, target: str, token: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A CONNECT tunnel for group alpha through the relay, answered 200."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {basic('alpha', token)}\r\n\r\n"
+    writer.write(head.encode())
+    reply = await reader.readuntil(b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    return reader, writer
+
+
+async def https_get(
+    proxy: Running, target: str, server_name: str | None, context: ssl.SSLContext
+) -> bytes:
+    """The whole reply to GET /page over TLS inside a CONNECT tunnel, sending `server_name`
+    as SNI (none for None); a failed handshake raises."""
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        reader, writer = await connect(proxy.port, target, token)
+        try:
+            await writer.start_tls(context, server_hostname=server_name)
+            writer.write(
+                f"GET /page HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode()
+            )
+            return await reader.read()
+        finally:
+            writer.close()
 
 
 def basic(user: str, token: str) -> str:
@@ -165,10 +230,39 @@ async def test_plain_http_through_the_environment_as_a_unit_gets_it(
     assert token not in caplog.text
 
 
-async def test_connect_tunnels_bytes_both_ways(proxy: Running, upstream: Upstream) -> None:
+async def test_connect_tunnels_tls_both_ways(
+    proxy: Running,
+    upstream: Upstream,
+    certificate: Certificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        code, body = await curl(
+            "--cacert",
+            str(certificate.certificate),
+            "-x",
+            proxy.url("alpha", token),
+            upstream.tls_url,
+        )
+    assert (code, body) == ("200", "hello from upstream")
+    assert upstream.server_names == ["localhost"], "the client's own hello went upstream"
+    assert f"allow CONNECT localhost:{upstream.tls_port} for group alpha" in caplog.text
+
+
+async def test_plain_http_inside_a_connect_tunnel_is_refused(
+    proxy: Running, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
     with proxy.proxy.grant("alpha", ["localhost"]) as token:
         code, body = await curl("--proxytunnel", "-x", proxy.url("alpha", token), upstream.url)
-    assert (code, body) == ("200", "hello from upstream")
+    assert code == "000" and "Empty reply" in body, "the proxy closes the tunnel"
+    assert upstream.seen == []
+    assert (
+        f"deny CONNECT localhost:{upstream.port} for group alpha via the relay (pid " in caplog.text
+    )
+    assert "does not start with a TLS ClientHello" in caplog.text
+    assert "is not a TLS handshake (content type 71)" in caplog.text  # "G" of GET
 
 
 async def test_a_wildcard_allows_names_below_it(proxy: Running, upstream: Upstream) -> None:
@@ -371,6 +465,127 @@ async def test_anything_but_a_socket_at_the_path_is_refused_and_left_alone(
     assert os.lstat(socket_path) == before
     if found != "a file":
         assert os.path.lexists(target), "a symlink is never followed"
+
+
+# --- TLS inside a tunnel: the server name must be the CONNECT name ---------------------
+
+
+class _Awaited(logging.Handler):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+@contextlib.asynccontextmanager
+async def logged(text: str) -> AsyncIterator[None]:
+    """Wait, after the block, for the proxy to log `text`: a client can see its connection
+    end before the proxy has logged why."""
+    handler = _Awaited(text)
+    logger = logging.getLogger("nanoclaw.egress")
+    logger.addHandler(handler)
+    try:
+        yield
+        await asyncio.wait_for(handler.seen.wait(), 5)
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("server_name", ["localhost", "LocalHost", "localhost."])
+async def test_a_tunnel_whose_sni_is_the_connect_name_gets_through(
+    proxy: Running, upstream: Upstream, certificate: Certificate, server_name: str
+) -> None:
+    target = f"localhost:{upstream.tls_port}"
+    reply = await https_get(proxy, target, server_name, certificate.client_context())
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"hello from upstream"), reply
+    assert upstream.server_names == [server_name]
+
+
+async def test_a_tunnel_whose_sni_names_another_site_is_closed(
+    proxy: Running,
+    upstream: Upstream,
+    certificate: Certificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    context = certificate.client_context()
+    target = f"localhost:{upstream.tls_port}"
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await https_get(proxy, target, "other.test", context)
+    assert upstream.server_names == [], "the hello never reached the upstream"
+    assert upstream.seen == []
+    assert (
+        f"deny CONNECT {target} for group alpha via the relay (pid " in caplog.text
+        and "the TLS server name (SNI) other.test is not the CONNECT name localhost" in caplog.text
+    )
+    # The upstream itself would have served that name: only the proxy stood in the way.
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", upstream.tls_port, ssl=context, server_hostname="other.test"
+    )
+    writer.write(b"GET /page HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+
+
+async def test_a_tunnel_whose_hello_names_no_server_is_closed(
+    proxy: Running,
+    upstream: Upstream,
+    certificate: Certificate,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "nanoclaw.egress")
+    target = f"localhost:{upstream.tls_port}"
+    with pytest.raises((ConnectionError, ssl.SSLError)):
+        await https_get(proxy, target, None, certificate.client_context())
+    assert upstream.server_names == []
+    assert f"deny CONNECT {target} for group alpha" in caplog.text
+    assert "the TLS ClientHello names no server (SNI); CONNECT named localhost" in caplog.text
+
+
+async def test_a_hello_arriving_in_pieces_is_gathered_and_passed_on_whole(
+    proxy: Running, upstream: Upstream
+) -> None:
+    hello = records(handshake_message(client_hello("localhost")), 100)
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        reader, writer = await connect(proxy.port, f"localhost:{upstream.tls_port}", token)
+        for piece in (hello[:3], hello[3:250], hello[250:]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        answer = await reader.readexactly(5)
+        writer.close()
+    assert answer[:2] == b"\x16\x03", "the upstream answers with a TLS handshake record"
+    assert upstream.server_names == ["localhost"]
+
+
+async def test_a_hello_cut_short_by_the_client_is_refused(
+    proxy: Running, upstream: Upstream
+) -> None:
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        async with logged("the client ended the tunnel after 100 bytes"):
+            reader, writer = await connect(proxy.port, f"localhost:{upstream.tls_port}", token)
+            writer.write(client_hello("localhost")[:100])
+            writer.write_eof()
+            assert await reader.read() == b""
+            writer.close()
+    assert upstream.server_names == []
+
+
+async def test_a_hello_larger_than_the_limit_is_refused(proxy: Running, upstream: Upstream) -> None:
+    endless = b"\x01\xff\xff\xff" + bytes(MAX_HELLO_BYTES)  # declares a 16 MiB ClientHello
+    with proxy.proxy.grant("alpha", ["localhost"]) as token:
+        async with logged(f"no complete TLS ClientHello in the first {MAX_HELLO_BYTES} bytes"):
+            reader, writer = await connect(proxy.port, f"localhost:{upstream.tls_port}", token)
+            with contextlib.suppress(ConnectionError):
+                writer.write(records(endless))
+                await writer.drain()
+                assert await reader.read() == b""
+            writer.close()
+    assert upstream.server_names == []
 
 
 # --- the ClientHello parser, on hellos from Python's TLS client -------------------------

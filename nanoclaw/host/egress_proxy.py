@@ -10,8 +10,17 @@ domains (exact or `*.suffix`, see `domain_allowed`) and an allowed port, and the
 resolves to public addresses only (a domain pointed at 127.0.0.1 reaches nothing). Every
 decision is logged.
 
-HTTPS is a CONNECT tunnel, so the proxy sees the name and port, never the content. Plain
-HTTP is forwarded in origin form, one request per connection.
+HTTPS is a CONNECT tunnel. After its 200 the proxy reads the TLS ClientHello the client
+sends first, and closes the tunnel unless the hello's server name (SNI) is the CONNECT
+name: an allowed name's addresses (a CDN's, say) cannot be asked for another site by
+naming that site in SNI. The client sees a failed handshake; the reason is in the log.
+
+What the check does not stop: the proxy sees that one name in the clear and nothing
+after it. A client can send the allowed name in SNI and another site's name in the HTTP
+Host header inside the encrypted connection, and a front that routes by Host serves the
+other site. With Encrypted Client Hello the name checked is the outer, public one, and
+the inner name the front routes by stays hidden. Plain HTTP is forwarded in origin form,
+one request per connection, with Host: set to the checked name.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ MAX_HEAD_BYTES = 16 * 1024
 HEAD_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 CHUNK_BYTES = 64 * 1024
+MAX_HELLO_BYTES = 64 * 1024
+HELLO_TIMEOUT_SECONDS = 10.0
 # Hop-by-hop headers, and the credentials meant for this proxy, are not forwarded.
 _DROPPED_HEADERS = frozenset(
     {"host", "proxy-authorization", "proxy-connection", "connection", "keep-alive"}
@@ -62,9 +73,15 @@ class Request:
 
 
 class Denied(Exception):
+    """A refusal before any tunnel is open: the client gets `status` and the reason."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+class TunnelRefused(Exception):
+    """A refusal inside an open CONNECT tunnel, where closing is the only answer left."""
 
 
 class ClientHelloError(ValueError):
@@ -143,11 +160,18 @@ class EgressProxy:
             log.warning("deny %s: %s", _what(request, group, writer), denied)
             await _refuse(writer, denied)
             return
-        log.info("allow %s", _what(request, group, writer))
         if request.method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            try:
+                up_writer.write(await _read_hello_naming(reader, request.host))
+            except TunnelRefused as refused:
+                log.warning("deny %s: %s", _what(request, group, writer), refused)
+                up_writer.close()
+                writer.close()
+                return
         else:
             up_writer.write(request.head)
+        log.info("allow %s", _what(request, group, writer))
         await _splice(reader, writer, up_reader, up_writer)
 
     def _authenticate(self, request: Request) -> Grant:
@@ -272,6 +296,47 @@ def parse_head(head: bytes) -> Request:
     lines = [f"{method} {path} {version}", f"Host: {host}", *kept, "Connection: close", "", ""]
     upstream = "\r\n".join(lines)
     return Request(method, url.hostname, port, upstream.encode("ascii"), authorization)
+
+
+async def _read_hello_naming(reader: asyncio.StreamReader, host: str) -> bytes:
+    """The bytes a tunnel's client sends first, once they hold a complete TLS ClientHello
+    whose server name is `host`; anything else raises TunnelRefused with the reason."""
+    data = b""
+    try:
+        async with asyncio.timeout(HELLO_TIMEOUT_SECONDS):
+            while True:
+                chunk = await reader.read(MAX_HELLO_BYTES - len(data))
+                if not chunk:
+                    raise TunnelRefused(
+                        f"the client ended the tunnel after {len(data)} bytes,"
+                        " before a complete TLS ClientHello"
+                    )
+                data += chunk
+                try:
+                    sni = client_hello_sni(data)
+                    break
+                except IncompleteClientHello:
+                    if len(data) >= MAX_HELLO_BYTES:
+                        raise TunnelRefused(
+                            f"no complete TLS ClientHello in the first {MAX_HELLO_BYTES} bytes"
+                        ) from None
+    except TimeoutError:
+        raise TunnelRefused(
+            f"no complete TLS ClientHello within {HELLO_TIMEOUT_SECONDS:g} seconds"
+        ) from None
+    except ConnectionError as exc:
+        raise TunnelRefused(f"the client's connection failed: {exc}") from None
+    except ClientHelloError as exc:
+        raise TunnelRefused(f"the tunnel does not start with a TLS ClientHello: {exc}") from None
+    if sni is None:
+        raise TunnelRefused(f"the TLS ClientHello names no server (SNI); CONNECT named {host}")
+    if _dns_name(sni) != _dns_name(host):
+        raise TunnelRefused(f"the TLS server name (SNI) {sni} is not the CONNECT name {host}")
+    return data
+
+
+def _dns_name(name: str) -> str:
+    return name.lower().removesuffix(".")
 
 
 _TLS_HANDSHAKE = 22  # TLS record content type

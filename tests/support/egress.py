@@ -1,10 +1,17 @@
 """What surrounds the egress proxy in production, on loopback: the relay of a group's
-network namespace."""
+network namespace, and a TLS site with a certificate of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 class SocketProxy:
@@ -61,3 +68,34 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         while chunk := await source.read(64 * 1024):
             sink.write(chunk)
             await sink.drain()
+
+
+def self_signed_certificate(name: str, directory: Path) -> tuple[Path, Path]:
+    """(certificate, key) as PEM files: a certificate for the DNS name `name`, its own
+    issuer, so a client that trusts the file trusts the site."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path = directory / f"{name}.crt"
+    key_path = directory / f"{name}.key"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certificate_path, key_path
