@@ -3,7 +3,6 @@ systemd's D-Bus signatures."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import ipaddress
 import shutil
@@ -38,7 +37,7 @@ from tests.support.compiling import (
     request,
     unit_name_is_valid,
 )
-from tests.support.policies import FULL, IPV6_PROXY, POLICY_PATH, STORE_TOOLS, at
+from tests.support.policies import DOMAINS_ONLY, FULL, POLICY_PATH, STORE_TOOLS, at
 
 # --- the unit every call gets ---------------------------------------------------------
 
@@ -305,22 +304,26 @@ def test_no_egress_means_a_private_network_and_unix_sockets_only(policy: Policy)
     assert not any("PROXY" in entry.upper() for entry in unit["Environment"])
 
 
-def test_cidrs_only_allow_exactly_those_networks(policy: Policy) -> None:
+def test_cidrs_put_the_unit_on_the_hosts_network_allowing_exactly_those(policy: Policy) -> None:
     unit = compiled(policy, "ops-team", proxy_token=TOKEN)
-    assert unit["PrivateNetwork"] is False
+    assert unit["PrivateNetwork"] is False and "JoinsNamespaceOf" not in unit
     assert unit["RestrictAddressFamilies"] == (True, ("AF_UNIX", "AF_INET", "AF_INET6"))
     assert unit["IPAddressDeny"] == ((AF_INET, bytes(4), 0), (AF_INET6, bytes(16), 0))
-    assert unit["IPAddressAllow"] == ((AF_INET, bytes([192, 0, 2, 0]), 24),)  # no proxy
+    assert unit["IPAddressAllow"] == (
+        (AF_INET, bytes([192, 0, 2, 0]), 24),
+        (AF_INET6, ipaddress.IPv6Address("2001:db8::").packed, 32),
+    )
     assert not any("PROXY" in entry.upper() for entry in unit["Environment"])
 
 
-def test_domains_add_the_proxy_address_and_its_environment(policy: Policy) -> None:
+def test_domains_join_the_relays_network_and_name_it_as_the_proxy(policy: Policy) -> None:
+    """No host network and no IP filter: the namespace of nanoclaw-egress-main.socket,
+    whose loopback holds the relay to the egress proxy, and nothing else."""
     unit = compiled(policy, "main", proxy_token=TOKEN)
-    assert unit["IPAddressAllow"] == (
-        (AF_INET, bytes([140, 82, 112, 0]), 20),
-        (AF_INET6, ipaddress.IPv6Address("2001:db8::").packed, 32),
-        (AF_INET, bytes([127, 0, 0, 1]), 32),
-    )
+    assert unit["PrivateNetwork"] is True
+    assert unit["JoinsNamespaceOf"] == ("nanoclaw-egress-main.socket",)
+    assert unit["RestrictAddressFamilies"] == (True, ("AF_UNIX", "AF_INET"))
+    assert "IPAddressDeny" not in unit and "IPAddressAllow" not in unit
     url = f"http://main:{TOKEN}@127.0.0.1:3128"
     assert unit["Environment"][4:] == (
         f"HTTP_PROXY={url}",
@@ -330,23 +333,22 @@ def test_domains_add_the_proxy_address_and_its_environment(policy: Policy) -> No
     )
 
 
+def test_each_domain_group_joins_its_own_relay() -> None:
+    policy = parse_policy(
+        at(
+            DOMAINS_ONLY,
+            ("groups", "wiki"),
+            {"uid": 62001, "egress": {"domains": ["wikipedia.org"]}},
+        ),
+        POLICY_PATH,
+    )
+    assert compiled(policy, "web")["JoinsNamespaceOf"] == ("nanoclaw-egress-web.socket",)
+    assert compiled(policy, "wiki")["JoinsNamespaceOf"] == ("nanoclaw-egress-wiki.socket",)
+
+
 def test_domains_without_a_token_get_no_proxy_environment(policy: Policy) -> None:
     assert compiled(policy, "main")["Environment"] == compiled(policy)["Environment"]
-
-
-def test_an_ipv6_proxy_is_allowed_as_a_128_and_bracketed_in_its_url() -> None:
-    unit = compiled(parse_policy(IPV6_PROXY, POLICY_PATH), "web", proxy_token=TOKEN)
-    assert unit["IPAddressAllow"] == ((AF_INET6, bytes(15) + b"\x01", 128),)
-    assert f"HTTPS_PROXY=http://web:{TOKEN}@[::1]:8080" in unit["Environment"]
-
-
-def test_a_hand_made_policy_with_domains_but_no_proxy_allows_nothing(policy: Policy) -> None:
-    bare = dataclasses.replace(policy, proxy=None)
-    unit = compiled(bare, "main")
-    assert unit["IPAddressAllow"] == (
-        (AF_INET, bytes([140, 82, 112, 0]), 20),
-        (AF_INET6, ipaddress.IPv6Address("2001:db8::").packed, 32),
-    )
+    assert "HTTP_PROXY" not in str(compiled(policy, "main")["Environment"])
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-ROOT_ENTRY_POINTS = ("nanoclaw-sandboxd", "nanoclaw-port-filter")
+ROOT_ENTRY_POINTS = ("nanoclaw-sandboxd",)
 AGENT_LIBRARIES = ("claude_agent_sdk", "nio", "aiohttp", "markdown_it", "croniter")
 
 

@@ -1,4 +1,4 @@
-"""A group's egress and the proxy in the policy, and which names a group's domains allow."""
+"""A group's egress in the policy, and which names a group's domains allow."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from nanoclaw.broker.policy import (
 )
 from nanoclaw.broker.policy_file import parse_policy
 from tests.support.policies import (
-    DELETE,
     FULL,
     POLICY_PATH,
     at,
@@ -18,7 +17,7 @@ from tests.support.policies import (
     refused,
 )
 
-# --- refusals: egress and proxy -------------------------------------------------------
+# --- refusals -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -86,9 +85,7 @@ BAD_DOMAINS = [
 
 @pytest.mark.parametrize("domain", BAD_DOMAINS)
 def test_domains_are_checked(domain: str) -> None:
-    data = at(
-        group_with(egress={"domains": [domain]}), ("proxy",), {"address": "127.0.0.1", "port": 1}
-    )
+    data = group_with(egress={"domains": [domain]})
     refused(data, "groups.g.egress.domains[0]", "lowercase DNS name")
 
 
@@ -105,9 +102,7 @@ def test_domains_are_checked(domain: str) -> None:
     ],
 )
 def test_good_domains_are_accepted(domain: str) -> None:
-    data = at(
-        group_with(egress={"domains": [domain]}), ("proxy",), {"address": "127.0.0.1", "port": 1}
-    )
+    data = group_with(egress={"domains": [domain]})
     assert parse_policy(data, POLICY_PATH).group("g").egress.domains == (domain,)
 
 
@@ -118,30 +113,17 @@ def test_duplicate_domains_are_refused() -> None:
     refused(data, "groups.main.egress.domains[2]", "listed twice (also at [0])")
 
 
-def test_domains_need_a_proxy() -> None:
-    refused(at(FULL, ("proxy",), DELETE), "proxy", "groups.main.egress.domains", "is required")
+def test_a_group_reaches_either_cidrs_or_domains() -> None:
+    both = group_with(egress={"cidrs": ["192.0.2.0/24"], "domains": ["github.com"]})
+    refused(both, "groups.g.egress.domains", "not both: make two groups")
+    for one in ({"cidrs": ["192.0.2.0/24"]}, {"domains": ["github.com"]}):  # the controls
+        assert parse_policy(group_with(egress=one), POLICY_PATH).group("g").egress.any
 
 
-@pytest.mark.parametrize(
-    ("proxy", "key", "fragment"),
-    [
-        ({"address": "localhost", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": "0.0.0.0", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": "::", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": "224.0.0.1", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": "fe80::1%eth0", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": "127.0.0.1:3128", "port": 3128}, "proxy.address", "IP address"),
-        ({"address": 2130706433, "port": 3128}, "proxy.address", "IP address"),
-        ({"port": 3128}, "proxy.address", "is required"),
-        ({"address": "127.0.0.1"}, "proxy.port", "is required"),
-        ({"address": "127.0.0.1", "port": 0}, "proxy.port", "from 1 to 65535"),
-        ({"address": "127.0.0.1", "port": 65536}, "proxy.port", "from 1 to 65535"),
-        ({"address": "127.0.0.1", "port": "3128"}, "proxy.port", "from 1 to 65535"),
-        ({"address": "127.0.0.1", "port": True}, "proxy.port", "from 1 to 65535"),
-    ],
-)
-def test_the_proxy_is_checked(proxy: object, key: str, fragment: str) -> None:
-    refused(at(FULL, ("proxy",), proxy), key, fragment)
+def test_the_proxy_key_of_earlier_versions_is_refused_with_what_became_of_it() -> None:
+    old = at(FULL, ("proxy",), {"address": "127.0.0.9", "port": 3128})
+    refused(old, "proxy", "no longer used", "relay in their own network namespace")
+    assert parse_policy(FULL, POLICY_PATH).groups  # the control: the same file without it
 
 
 # --- domain matching ------------------------------------------------------------------

@@ -30,7 +30,6 @@ from tests.support.policies import (
     DELETE,
     EXAMPLE,
     FULL,
-    IPV6_PROXY,
     LIMIT_BOUNDS,
     MINIMAL,
     POLICY_PATH,
@@ -52,7 +51,6 @@ def test_the_full_policy_parses_to_exact_records() -> None:
         data_dir="/var/lib/nanoclaw",
         protected_paths=("/etc/nanoclaw", "/run/credentials"),
         blocked_patterns=(*DEFAULT_BLOCKED_PATTERNS, "extra-pattern"),
-        proxy=("127.0.0.1", 3128),
         groups=policy.groups,
         policy_path=POLICY_PATH,
     )
@@ -62,13 +60,7 @@ def test_the_full_policy_parses_to_exact_records() -> None:
             uid=61000,
             main=True,
             mounts=(Mount("/srv/project", "/workspace/project", True),),
-            egress=Egress(
-                cidrs=(
-                    ipaddress.IPv4Network("140.82.112.0/20"),
-                    ipaddress.IPv6Network("2001:db8::/32"),
-                ),
-                domains=("github.com", "*.githubusercontent.com"),
-            ),
+            egress=Egress(cidrs=(), domains=("github.com", "*.githubusercontent.com")),
             read_only_paths=("/nix/store/abc-ripgrep",),
             limits=dataclasses.replace(defaults, memory_max_bytes=GiB, cpu_quota_percent=50),
         ),
@@ -89,7 +81,9 @@ def test_the_full_policy_parses_to_exact_records() -> None:
             uid=61002,
             main=False,
             mounts=(),
-            egress=Egress((ipaddress.IPv4Network("192.0.2.0/24"),), ()),
+            egress=Egress(
+                (ipaddress.IPv4Network("192.0.2.0/24"), ipaddress.IPv6Network("2001:db8::/32")), ()
+            ),
             read_only_paths=(),
             limits=defaults,
         ),
@@ -97,10 +91,9 @@ def test_the_full_policy_parses_to_exact_records() -> None:
     assert list(policy.groups) == ["main", "family", "ops-team"]  # the file's order
 
 
-def test_a_minimal_policy_has_no_groups_no_proxy_and_the_builtin_patterns() -> None:
+def test_a_minimal_policy_has_no_groups_and_the_builtin_patterns() -> None:
     policy = parse_policy(MINIMAL, POLICY_PATH)
     assert policy.groups == {}
-    assert policy.proxy is None
     assert policy.protected_paths == ()
     assert policy.blocked_patterns == DEFAULT_BLOCKED_PATTERNS
 
@@ -131,10 +124,9 @@ def test_the_example_file_loads() -> None:
     assert (main.uid, main.main, family.uid, family.main) == (61000, True, 61001, False)
     assert main.mounts == (Mount("/srv/project", "/workspace/project", True),)
     assert main.egress.domains == ("github.com", "*.githubusercontent.com")
-    assert main.egress.cidrs == (ipaddress.IPv4Network("140.82.112.0/20"),)
+    assert main.egress.cidrs == ()
     assert family.mounts == (Mount("/srv/photos", "/workspace/photos", False),)
     assert not family.egress.any and main.egress.any
-    assert policy.proxy == ("127.0.0.9", 3128)
 
 
 def test_writable_defaults_to_false() -> None:
@@ -153,16 +145,6 @@ def test_egress_any(cidrs: tuple[str, ...], domains: tuple[str, ...], expected: 
 def test_an_empty_egress_means_no_network() -> None:
     policy = parse_policy(group_with(egress={"cidrs": [], "domains": []}), POLICY_PATH)
     assert not policy.group("g").egress.any
-
-
-def test_the_proxy_address_is_normalised() -> None:
-    data = at(IPV6_PROXY, ("proxy", "address"), "0:0:0:0:0:0:0:1")
-    assert parse_policy(data, POLICY_PATH).proxy == ("::1", 8080)
-
-
-def test_a_proxy_without_domain_groups_is_allowed() -> None:
-    data = at(MINIMAL, ("proxy",), {"address": "127.0.0.2", "port": 1})
-    assert parse_policy(data, POLICY_PATH).proxy == ("127.0.0.2", 1)
 
 
 def test_paths_are_normalised() -> None:
@@ -217,7 +199,6 @@ def test_an_unhashable_group_name_is_an_unknown_group() -> None:
         (("groups", "family", "mounts", 0, "rw"), True, "groups.family.mounts[0].rw", "unknown"),
         (("groups", "main", "egress", "ports"), [], "groups.main.egress.ports", "unknown"),
         (("groups", "main", "limits", "cpu"), 1, "groups.main.limits.cpu", "unknown"),
-        (("proxy", "host"), "x", "proxy.host", "unknown"),
         (("defaults", "uid"), 1, "defaults.uid", "unknown"),
         (("defaults", "limits", "memory"), 1, "defaults.limits.memory", "unknown"),
         (("data_dir",), None, "data_dir", "must not be null"),
@@ -257,7 +238,6 @@ def test_an_unhashable_group_name_is_an_unknown_group() -> None:
         (("groups", "family"), [], "groups.family", "must be a table"),
         (("defaults",), 1, "defaults", "must be a table"),
         (("defaults", "limits"), [], "defaults.limits", "must be a table"),
-        (("proxy",), "127.0.0.1:3128", "proxy", "must be a table"),
     ],
 )
 def test_structure_and_types_are_checked(

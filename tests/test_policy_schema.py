@@ -148,7 +148,8 @@ def test_the_example_conforms_to_the_schema() -> None:
         (("groups", "main", "path"), ["/opt/a:/opt/b"]),
         (("groups", "main", "empty_paths"), ["/"]),
         (("groups", "main", "empty_paths"), ["relative"]),
-        (("proxy", "port"), 0),
+        (("groups", "main", "egress", "cidrs"), ["192.0.2.0/24"]),  # and domains
+        (("proxy",), {"address": "127.0.0.1", "port": 3128}),
         (("$comment",), 1),
     ],
 )

@@ -38,11 +38,7 @@ def exposure(analyze: str, unit: Path) -> float:
 
 def test_every_unit_file_is_rated() -> None:
     names = {unit.name for unit in SERVICES}
-    assert {
-        "nanoclaw.service",
-        "nanoclaw-sandboxd.service",
-        "nanoclaw-port-filter.service",
-    } <= names
+    assert {"nanoclaw.service", "nanoclaw-sandboxd.service"} <= names
 
 
 @pytest.mark.parametrize("unit", SERVICES, ids=lambda unit: unit.name)

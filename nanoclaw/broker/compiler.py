@@ -88,6 +88,7 @@ SIGNATURES: Mapping[str, str] = MappingProxyType(
         "SystemCallErrorNumber": "i",
         "RestrictAddressFamilies": "(bas)",  # (allow-list?, families)
         "PrivateNetwork": "b",
+        "JoinsNamespaceOf": "as",  # the egress relay's socket unit, for groups with domains
         "IPAddressDeny": "a(iayu)",  # (AF_INET or AF_INET6, address bytes, prefix length)
         "IPAddressAllow": "a(iayu)",
     }
@@ -142,6 +143,10 @@ BASE_ENVIRONMENT = (
 )
 # curl reads only the lowercase http_proxy; other tools only the uppercase names.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+# Where a unit of a group with domains finds the egress proxy: the relay listening on its
+# own network namespace's loopback (nanoclaw.broker.egress_relay).
+RELAY_ADDRESS = "127.0.0.1"
+RELAY_PORT = 3128
 USEC_PER_SECOND = 1_000_000
 STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
 
@@ -155,6 +160,11 @@ class UnitPlan:
 
 def unit_name(group: str, unit_id: str) -> str:
     return f"nanoclaw-tool-{group}-{unit_id}.service"
+
+
+def relay_socket_name(group: str) -> str:
+    """The socket unit whose network namespace a domain group's units join."""
+    return f"nanoclaw-egress-{group}.socket"
 
 
 def slice_name(group: str) -> str:
@@ -185,8 +195,10 @@ def compile_unit(
         if not any(path.startswith(mount.sandbox + "/") for mount in group.mounts):
             raise ValueError(f"cover {path!r} is not inside one of {group.name}'s mounts")
     cwd, timeout = checked.cwd, checked.timeout_seconds
-    environment = _base_environment(group) + _proxy_environment(policy, group, checked.proxy_token)
-    network = group.egress.any
+    environment = _base_environment(group) + _proxy_environment(group, checked.proxy_token)
+    # cidrs: the host's network, filtered by IP; domains: a network of the group's own,
+    # joined from the relay to the egress proxy; neither: a network of the unit's own.
+    on_host_network = bool(group.egress.cidrs)
     slice_ = slice_name(group.name)
     values: list[tuple[str, object]] = [
         ("Description", f"nanoclaw tool call for group {group.name}"),
@@ -248,12 +260,10 @@ def compile_unit(
         ("SystemCallFilter", (True, SYSCALL_ALLOW)),
         ("SystemCallFilter", (False, SYSCALL_DENY)),
         ("SystemCallErrorNumber", errno.EPERM),
-        (
-            "RestrictAddressFamilies",
-            (True, ("AF_UNIX", "AF_INET", "AF_INET6") if network else ("AF_UNIX",)),
-        ),
-        ("PrivateNetwork", not network),
-        *_ip_filter(policy, group),
+        ("RestrictAddressFamilies", (True, _address_families(group))),
+        ("PrivateNetwork", not on_host_network),
+        *_network_namespace(group),
+        *_ip_filter(group),
     ]
     return UnitPlan(
         name=unit_name(group.name, unit_id),
@@ -289,13 +299,11 @@ def _empty_paths(group: GroupPolicy) -> list[tuple[str, object]]:
     return [("TemporaryFileSystem", tuple((path, "mode=0755") for path in group.empty_paths))]
 
 
-def _proxy_environment(policy: Policy, group: GroupPolicy, token: str | None) -> tuple[str, ...]:
-    # Only groups with domains reach the proxy; for the others its address is blocked.
-    if not group.egress.domains or policy.proxy is None or token is None:
+def _proxy_environment(group: GroupPolicy, token: str | None) -> tuple[str, ...]:
+    # The relay on the unit's loopback leads to the proxy, which admits only this secret.
+    if not group.egress.domains or token is None:
         return ()
-    address, port = policy.proxy
-    host = f"[{address}]" if ":" in address else address
-    url = f"http://{group.name}:{token}@{host}:{port}"
+    url = f"http://{group.name}:{token}@{RELAY_ADDRESS}:{RELAY_PORT}"
     return tuple(f"{name}={url}" for name in PROXY_VARIABLES)
 
 
@@ -338,16 +346,28 @@ def _is_below(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent + "/")
 
 
-def _ip_filter(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
-    if not group.egress.any:
-        return []  # PrivateNetwork= already leaves only a loopback of the unit's own
-    allowed = list(group.egress.cidrs)
-    if group.egress.domains and policy.proxy is not None:
-        allowed.append(ipaddress.ip_network(policy.proxy[0]))
+def _address_families(group: GroupPolicy) -> tuple[str, ...]:
+    if group.egress.cidrs:
+        return ("AF_UNIX", "AF_INET", "AF_INET6")
+    if group.egress.domains:
+        return ("AF_UNIX", "AF_INET")  # the relay listens on 127.0.0.1
+    return ("AF_UNIX",)
+
+
+def _network_namespace(group: GroupPolicy) -> list[tuple[str, object]]:
+    if not group.egress.domains:
+        return []  # PrivateNetwork= alone leaves only a loopback of the unit's own
+    # The relay's namespace: its loopback holds the relay, and nothing leads elsewhere.
+    return [("JoinsNamespaceOf", (relay_socket_name(group.name),))]
+
+
+def _ip_filter(group: GroupPolicy) -> list[tuple[str, object]]:
+    if not group.egress.cidrs:
+        return []  # no host network: nothing to filter
     deny_all = ((AF_INET, bytes(4), 0), (AF_INET6, bytes(16), 0))
     return [
         ("IPAddressDeny", deny_all),
-        ("IPAddressAllow", tuple(_ip_entry(network) for network in allowed)),
+        ("IPAddressAllow", tuple(_ip_entry(network) for network in group.egress.cidrs)),
     ]
 
 

@@ -2,17 +2,13 @@
 
 The broker asks once at start: a probe unit with IPAddressDeny=any tries to reach a
 loopback listener of ours, next to a control unit without the deny that must reach it.
-Only a refused probe with a successful control counts as enforced.
-
-It asks the same of the port filter (nanoclaw.broker.port_filter): with the proxy's address
-allowed, a unit running as a domain group's uid must fail to reach another port there,
-where a unit of a dynamic uid with the same allowance reaches it.
+Only a refused probe with a successful control counts as enforced. Groups with
+`egress.cidrs` need it; groups with domains do not (they have a network of their own).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 import socket
 import sys
@@ -37,12 +33,7 @@ class ProbeFailed(Exception):
     """A probe unit neither connected nor was refused: the question has no answer."""
 
 
-def _deny_all_but(*allowed: str) -> tuple[Property, ...]:
-    """IPAddressDeny=any, and IPAddressAllow= each of `allowed` (single addresses)."""
-    deny: Property = ("IPAddressDeny", "a(iayu)", ((2, bytes(4), 0), (10, bytes(16), 0)))
-    hosts = [ipaddress.ip_address(address) for address in allowed]
-    allow = tuple((2 if h.version == 4 else 10, h.packed, h.max_prefixlen) for h in hosts)
-    return (deny, ("IPAddressAllow", "a(iayu)", allow)) if allow else (deny,)
+_DENY_ALL: Property = ("IPAddressDeny", "a(iayu)", ((2, bytes(4), 0), (10, bytes(16), 0)))
 
 
 async def _reaches(
@@ -75,8 +66,7 @@ async def _reaches(
 @asynccontextmanager
 async def _listener(address: str) -> AsyncIterator[tuple[str, int]]:
     """A TCP listener on `address` (a free port) that accepts and closes."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.create_server((address, 0), family=family)
+    sock = socket.create_server((address, 0))
     sock.setblocking(False)
     server = await asyncio.start_server(lambda r, w: w.close(), sock=sock)
     async with server:
@@ -86,15 +76,5 @@ async def _listener(address: str) -> AsyncIterator[tuple[str, int]]:
 async def ip_filtering_enforced(systemd: Systemd) -> bool:
     async with _listener("127.0.0.1") as address:
         control = await _reaches(systemd, address, _DYNAMIC_USER, ())
-        probe = await _reaches(systemd, address, _DYNAMIC_USER, _deny_all_but())
-    return control and not probe
-
-
-async def proxy_port_only(systemd: Systemd, proxy_address: str, uid: int) -> bool:
-    """Whether a unit of `uid` allowed the proxy's address reaches only the proxy's port
-    there: here, another port of that address that a dynamic uid does reach."""
-    allow = _deny_all_but(proxy_address)
-    async with _listener(proxy_address) as address:
-        control = await _reaches(systemd, address, _DYNAMIC_USER, allow)
-        probe = await _reaches(systemd, address, ("User", "s", str(uid)), allow)
+        probe = await _reaches(systemd, address, _DYNAMIC_USER, (_DENY_ALL,))
     return control and not probe

@@ -176,7 +176,6 @@ class Policy:
     data_dir: str
     protected_paths: tuple[str, ...]
     blocked_patterns: tuple[str, ...]  # the defaults, then the file's own
-    proxy: tuple[str, int] | None
     groups: Mapping[str, GroupPolicy]  # read-only (a MappingProxyType)
     policy_path: str  # the file itself: protected like protected_paths
 

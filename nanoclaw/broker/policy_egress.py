@@ -1,5 +1,10 @@
-"""A group's egress in the policy file (`egress.cidrs`, `egress.domains`) and the
-egress proxy's place (`proxy`), checked with errors that name the key."""
+"""A group's egress in the policy file (`egress.cidrs` or `egress.domains`), checked with
+errors that name the key.
+
+A group reaches either networks or names, not both: its units run on the host's network
+with an IP allow-list (cidrs, which needs cgroup BPF), or in a network namespace of their
+own whose one way out leads to the egress proxy (domains, which needs nothing of the
+kernel but namespaces). One unit cannot be in both."""
 
 from __future__ import annotations
 
@@ -11,8 +16,6 @@ from nanoclaw.broker.policy import Egress, is_domain
 from nanoclaw.broker.policy_tables import listed, read_table, strings
 
 _EGRESS_KEYS = ("cidrs", "domains")
-
-_PROXY_KEYS = ("address", "port")
 
 
 def egress(group: Table) -> Egress:
@@ -36,6 +39,12 @@ def egress(group: Table) -> Egress:
                 f"{table.at('domains')}[{index}]",
                 f"{domain} is listed twice (also at [{domains.index(domain)}])",
             )
+    if cidrs and domains:
+        raise ConfigError(
+            table.at("domains"),
+            "a group reaches either cidrs (on the host's network, by IP) or domains (in a "
+            "network of its own, through the egress proxy), not both: make two groups",
+        )
     return Egress(cidrs=tuple(cidrs), domains=domains)
 
 
@@ -54,27 +63,8 @@ def _network(value: object, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6N
     raise ConfigError(key, f"{value} has host bits set: the network is {loose}")
 
 
-def proxy(top: Table) -> tuple[str, int] | None:
-    if "proxy" not in top.data:
-        return None
-    table = read_table(top.data["proxy"], "proxy", _PROXY_KEYS)
-    if "port" not in table.data:
-        raise ConfigError(table.at("port"), "is required: the proxy's TCP port")
-    address = table.require("address", "an IP address like 127.0.0.1 or ::1", _is_proxy_address)
-    return str(ipaddress.ip_address(address)), table.integer("port", 0, 1, 65535)
-
-
 def _is_domain_pattern(value: str) -> bool:
     if value.startswith("*."):
         suffix = value[2:]
         return is_domain(suffix) and "." in suffix  # no *.com: at least two labels
     return is_domain(value)
-
-
-def _is_proxy_address(value: str) -> bool:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    # Scope IDs cannot go into IPAddressAllow=, and 0.0.0.0 or multicast is no proxy.
-    return "%" not in value and not (address.is_unspecified or address.is_multicast)

@@ -47,7 +47,7 @@ from nanoclaw.broker.policy import (
     is_text,
     path_relation,
 )
-from nanoclaw.broker.policy_egress import egress, proxy
+from nanoclaw.broker.policy_egress import egress
 from nanoclaw.broker.policy_tables import COMMENT, comment, listed, paths, read_table, strings
 
 _TOP_KEYS = (
@@ -55,7 +55,6 @@ _TOP_KEYS = (
     "data_dir",
     "protected_paths",
     "blocked_patterns",
-    "proxy",
     "defaults",
     "groups",
 )
@@ -87,6 +86,12 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
     """Validate an already parsed policy; `policy_path` is the file's absolute path."""
     if not os.path.isabs(policy_path):
         raise ValueError(f"the policy path must be absolute, not {policy_path!r}")
+    if isinstance(data, Mapping) and "proxy" in data:  # earlier versions: say what became of it
+        raise ConfigError(
+            "proxy",
+            "is no longer used: units of groups with domains reach the egress proxy through "
+            "a relay in their own network namespace; remove the key",
+        )
     top = read_table(data, "", _TOP_KEYS)
     for name in ("version", "data_dir"):
         if name not in top.data:
@@ -107,20 +112,12 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
         data_dir=data_dir,
         protected_paths=protected,
         blocked_patterns=tuple(dict.fromkeys(DEFAULT_BLOCKED_PATTERNS + extra_patterns)),
-        proxy=proxy(top),
         groups=MappingProxyType({}),
         policy_path=os.path.normpath(policy_path),
     )
     defaults = read_table(top.data.get("defaults", {}), "defaults", ("limits",))
     default_limits = _limits(defaults, DEFAULT_LIMITS)
     groups = _groups(top, policy, default_limits)
-    needing = next((g for g in groups.values() if g.egress.domains), None)
-    if needing is not None and policy.proxy is None:
-        raise ConfigError(
-            "proxy",
-            f"is required: groups.{needing.name}.egress.domains are reached only through "
-            'the proxy; add "proxy": {"address": "127.0.0.1", "port": 3128}',
-        )
     _check_read_only_overlaps(groups)
     _check_nested_mounts(groups)
     policy = dataclasses.replace(policy, groups=MappingProxyType(groups))

@@ -14,9 +14,9 @@ the host writes requests and reads answers. It does no I/O.
   broker's, or when a group with domains comes without a secret, the broker refuses and
   sends its current summary along, so the client acts on that and asks once more. So a
   call is one round trip unless the policy changed.
-- {"describe": true} answered by the summary: {"ok": true, "generation", "proxy":
-  {"address", "port"} or null, "groups": {name: {"wall_seconds", "domains"}}, "enforced":
-  {"ip_filtering", "proxy_port_filter", "pid_isolation"}}.
+- {"describe": true} answered by the summary: {"ok": true, "generation", "groups":
+  {name: {"wall_seconds", "domains"}}, "enforced": {"ip_filtering", "pid_isolation",
+  "refused": {name: why}}}.
 - {"usage": true} answered by {"ok": true, "free_bytes", "groups": {name: {"bytes",
   "complete"}}}.
 - Any refusal: {"ok": false, "error": "why"}, with "policy": the summary where it helps.
@@ -35,6 +35,8 @@ from typing import Any
 MAX_STDIN_BYTES = 8 * 1024 * 1024
 MAX_REQUEST_BYTES = 12 * 1024 * 1024  # argv (1 MiB) + base64 stdin (8 MiB) + framing
 MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
+# Where the host's egress proxy listens, and the relays of groups with domains lead.
+DEFAULT_EGRESS_SOCKET = "/run/nanoclaw-egress/proxy.sock"
 DESCRIBE = {"describe": True}
 USAGE = {"usage": True}
 _RUN_FIELDS = frozenset({"group", "argv", "cwd", "timeout", "stdin", "proxy_token", "policy"})
@@ -138,57 +140,51 @@ class GroupGrant:
 
 @dataclass(frozen=True)
 class Enforcement:
-    """What the broker's start-up checks found: whether IPAddressDeny= holds, whether the
-    port filter keeps domain groups to the proxy's port, and whether units get a PID
-    namespace of their own (PrivatePIDs=, systemd 257 and later)."""
+    """What the broker's start-up checks found: whether IPAddressDeny= holds (groups with
+    cidrs need it), whether units get a PID namespace of their own (PrivatePIDs=, systemd
+    257 and later), and which groups it therefore refuses here, each with the reason."""
 
     ip_filtering: bool
-    proxy_port_filter: bool
     pid_isolation: bool
+    refused: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PolicySummary:
-    """What the host needs of the policy: the proxy's address and each group's bound and
-    domains. `generation` names exactly this content."""
+    """What the host needs of the policy: each group's bound and domains (for whom it
+    runs its egress proxy). `generation` names exactly this content."""
 
-    proxy: tuple[str, int] | None
     groups: Mapping[str, GroupGrant]
     enforced: Enforcement | None = None
     generation: str = field(default="", compare=False)
 
     @classmethod
     def of(
-        cls, proxy: tuple[str, int] | None, groups: Mapping[str, GroupGrant],
-        enforced: Enforcement | None = None,
-    ) -> PolicySummary:  # fmt: skip
+        cls, groups: Mapping[str, GroupGrant], enforced: Enforcement | None = None
+    ) -> PolicySummary:
         content = json.dumps(
-            [proxy, sorted((n, g.wall_seconds, list(g.domains)) for n, g in groups.items())]
+            sorted((n, g.wall_seconds, list(g.domains)) for n, g in groups.items())
         )
-        return cls(proxy, groups, enforced, hashlib.sha256(content.encode()).hexdigest()[:16])
+        return cls(groups, enforced, hashlib.sha256(content.encode()).hexdigest()[:16])
 
     def to_wire(self) -> dict[str, Any]:
-        proxy = None if self.proxy is None else {"address": self.proxy[0], "port": self.proxy[1]}
         groups = {
             name: {"wall_seconds": g.wall_seconds, "domains": list(g.domains)}
             for name, g in self.groups.items()
         }
-        data: dict[str, Any] = {
-            "ok": True, "generation": self.generation, "proxy": proxy, "groups": groups,
-        }  # fmt: skip
+        data: dict[str, Any] = {"ok": True, "generation": self.generation, "groups": groups}
         if self.enforced is not None:
             data["enforced"] = {
                 "ip_filtering": self.enforced.ip_filtering,
-                "proxy_port_filter": self.enforced.proxy_port_filter,
                 "pid_isolation": self.enforced.pid_isolation,
+                "refused": dict(self.enforced.refused),
             }
         return data
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> PolicySummary:
-        proxy, enforced = data["proxy"], data.get("enforced")
+        enforced = data.get("enforced")
         return cls(
-            proxy=None if proxy is None else (str(proxy["address"]), int(proxy["port"])),
             groups={
                 name: GroupGrant(int(g["wall_seconds"]), tuple(map(str, g["domains"])))
                 for name, g in data["groups"].items()
@@ -197,8 +193,8 @@ class PolicySummary:
             if enforced is None
             else Enforcement(
                 bool(enforced["ip_filtering"]),
-                bool(enforced["proxy_port_filter"]),
                 bool(enforced["pid_isolation"]),
+                {str(name): str(why) for name, why in enforced["refused"].items()},
             ),
             generation=str(data["generation"]),
         )

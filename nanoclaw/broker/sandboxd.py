@@ -8,7 +8,8 @@ root-owned policy file through the compiler (nanoclaw.broker.compiler); a reques
 only the group, argv, working directory, stdin, the time it wants (clamped to the group's
 bound) and the host's proxy secret. The requests and answers are those of
 nanoclaw.broker.protocol; who may ask what is nanoclaw.broker.clients; running the planned
-unit is nanoclaw.broker.units.
+unit is nanoclaw.broker.units; the way out for groups with domains is
+nanoclaw.broker.egress_relay.
 
 It imports nothing but this package, D-Bus and the standard library (tests/test_layout.py
 holds that).
@@ -34,11 +35,18 @@ from nanoclaw.broker import workspace_usage
 from nanoclaw.broker.clients import Clients, NotAllowed
 from nanoclaw.broker.compiler import PRIVATE_PIDS_SINCE, compile_unit
 from nanoclaw.broker.config_reader import ConfigError
-from nanoclaw.broker.ip_probe import ProbeFailed, ip_filtering_enforced, proxy_port_only
+from nanoclaw.broker.egress_relay import (
+    SOCKET_PROXYD_PLACES,
+    EgressRelays,
+    RelayUnavailable,
+    find_socket_proxyd,
+)
+from nanoclaw.broker.ip_probe import ProbeFailed, ip_filtering_enforced
 from nanoclaw.broker.mount_covers import TooManyCovers, scan_mount
 from nanoclaw.broker.policy import GroupPolicy, Policy, UnknownGroup
 from nanoclaw.broker.policy_file import load_policy
 from nanoclaw.broker.protocol import (
+    DEFAULT_EGRESS_SOCKET,
     DESCRIBE,
     MAX_REQUEST_BYTES,
     USAGE,
@@ -76,7 +84,7 @@ def summarize(policy: Policy, enforced: Enforcement | None = None) -> PolicySumm
         name: GroupGrant(g.limits.wall_seconds, g.egress.domains)
         for name, g in policy.groups.items()
     }
-    return PolicySummary.of(policy.proxy, groups, enforced)
+    return PolicySummary.of(groups, enforced)
 
 
 class Broker:
@@ -86,11 +94,13 @@ class Broker:
         systemd: Systemd,
         client_gid: int,
         enforced: Enforcement,
+        relays: EgressRelays,
         host_unit: str = "nanoclaw.service",
     ) -> None:
         self.policy = policy
         self.systemd = systemd
         self.enforced = enforced
+        self.relays = relays
         self.summary = summarize(policy, enforced)
         self.clients = Clients(client_gid, systemd, host_unit)
 
@@ -145,6 +155,11 @@ class Broker:
             self.policy.check_binds(group, self.policy.tool_users())
         except ConfigError as error:
             raise Refused(f"{error}; refusing the mount") from None
+        if group.egress.domains:
+            try:
+                await self.relays.ensure(group.name)
+            except RelayUnavailable as error:
+                raise Refused(str(error)) from None
         timeout = min(request.timeout, group.limits.wall_seconds)
         plan = compile_unit(
             self.policy,
@@ -170,16 +185,8 @@ class Broker:
         )
 
     def _check_enforcement(self, group: GroupPolicy) -> None:
-        if group.egress.any and not self.enforced.ip_filtering:
-            raise Refused(
-                f"group {group.name} has egress, but IP filtering is not enforced on this "
-                "machine (no cgroup BPF): refusing rather than running it unfiltered"
-            )
-        if group.egress.domains and not self.enforced.proxy_port_filter:
-            raise Refused(
-                f"group {group.name} has egress domains, but the other ports of the proxy's "
-                "address are open to it (is nanoclaw-port-filter.service loaded?): refusing"
-            )
+        if group.name in self.enforced.refused:
+            raise Refused(f"group {group.name}: {self.enforced.refused[group.name]}")
         try:
             pwd.getpwuid(group.uid)
             grp.getgrgid(group.uid)
@@ -209,6 +216,27 @@ def _covers(group: GroupPolicy, blocked_patterns: tuple[str, ...]) -> tuple[str,
     return tuple(covers)
 
 
+def refusals(
+    policy: Policy, ip_filtering: bool, socket_proxyd: str | None, given: str | None = None
+) -> dict[str, str]:
+    """The groups this machine cannot confine as their policy says, and why; `given` is
+    where the operator said socket-proxyd is."""
+    refused = {}
+    for name, group in policy.groups.items():
+        if group.egress.cidrs and not ip_filtering:
+            refused[name] = (
+                "its egress cidrs need IP filtering, which this machine does not enforce "
+                "(no cgroup BPF): refusing rather than running it unfiltered"
+            )
+        elif group.egress.domains and socket_proxyd is None:
+            refused[name] = (
+                "its egress domains need systemd-socket-proxyd, which this machine lacks "
+                f"(looked at {given or ', '.join(SOCKET_PROXYD_PLACES)}; name it with "
+                "--socket-proxyd)"
+            )
+    return refused
+
+
 async def _holds(check: Coroutine[Any, Any, bool]) -> bool:
     """The answer of a start-up check; a check that cannot answer counts as "no"."""
     try:
@@ -216,14 +244,6 @@ async def _holds(check: Coroutine[Any, Any, bool]) -> bool:
     except (ProbeFailed, BusError) as error:
         log.warning("%s", error)
         return False
-
-
-async def proxy_port_filtered(systemd: Systemd, policy: Policy) -> bool:
-    """Whether the port filter holds for the groups with domains (trivially, without any)."""
-    uids = [group.uid for group in policy.groups.values() if group.egress.domains]
-    if policy.proxy is None or not uids:
-        return True
-    return await proxy_port_only(systemd, policy.proxy[0], uids[0])
 
 
 def listening_socket(path: str | None) -> socket.socket:
@@ -245,12 +265,13 @@ async def serve(args: argparse.Namespace) -> None:
     policy = load_policy(Path(args.policy))
     client_gid = grp.getgrnam(args.client_group).gr_gid
     systemd = await Systemd.connect()
-    enforced = await _holds(ip_filtering_enforced(systemd))
-    if not enforced:
-        log.warning("IP filtering is not enforced here: groups with egress will be refused")
-    port_filtered = enforced and await _holds(proxy_port_filtered(systemd, policy))
-    if enforced and not port_filtered:
-        log.warning("the proxy's other ports are open to tools: groups with domains refused")
+    ip_filtering = await _holds(ip_filtering_enforced(systemd))
+    socket_proxyd = find_socket_proxyd(args.socket_proxyd)
+    refused = refusals(policy, ip_filtering, socket_proxyd, args.socket_proxyd)
+    for name, why in refused.items():
+        log.warning("group %s will be refused: %s", name, why)
+    relays = EgressRelays(systemd, socket_proxyd, args.egress_socket)
+    await relays.clear()
     private_pids = await systemd.version() >= PRIVATE_PIDS_SINCE
     if not private_pids:
         log.warning(
@@ -263,7 +284,8 @@ async def serve(args: argparse.Namespace) -> None:
         policy,
         systemd,
         client_gid,
-        Enforcement(enforced, port_filtered, private_pids),
+        Enforcement(ip_filtering, private_pids, refused),
+        relays,
         args.host_unit,
     )
     server = await asyncio.start_unix_server(
@@ -284,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the unit whose main process (besides root) may start tool units",
     )
     parser.add_argument("--socket", help="bind this path instead of using socket activation")
+    parser.add_argument(
+        "--egress-socket",
+        default=DEFAULT_EGRESS_SOCKET,
+        help="the host's egress proxy, where relays of groups with domains lead",
+    )
+    parser.add_argument(
+        "--socket-proxyd",
+        help="systemd-socket-proxyd (found in systemd's usual places if not given)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

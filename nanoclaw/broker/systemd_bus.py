@@ -1,8 +1,8 @@
 """The few systemd D-Bus calls the broker makes, with explicit signatures.
 
 StartTransientUnit with properties as (name, signature, value) triples and pipes passed as
-file descriptors; the unit is created with AddRef so it stays loaded after it stops, until
-we have read its exit status and drop the reference.
+file descriptors; a tool unit is created with AddRef so it stays loaded after it stops,
+until we have read its exit status and drop the reference.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SERVICE = "org.freedesktop.systemd1.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
 Property = tuple[str, str, object]
+AuxUnit = tuple[str, Sequence[Property]]  # a unit started along with another (a socket's service)
 
 
 class BusError(Exception):
@@ -42,6 +43,10 @@ def _wire(value: object) -> object:
     if isinstance(value, tuple | list):
         return [_wire(item) for item in value]
     return value
+
+
+def _properties(properties: Sequence[Property]) -> list[list[object]]:
+    return [[key, Variant(signature, _wire(value))] for key, signature, value in properties]
 
 
 class Systemd:
@@ -82,19 +87,54 @@ class Systemd:
         return list(reply.body)
 
     async def start_transient(
-        self, name: str, properties: Sequence[Property], fds: Sequence[int]
+        self,
+        name: str,
+        properties: Sequence[Property],
+        fds: Sequence[int] = (),
+        aux: Sequence[AuxUnit] = (),
+        keep_loaded: bool = True,
     ) -> str:
-        """Start the unit; `fds` are referenced from properties of signature 'h' by index."""
+        """Start the unit; `fds` are referenced from properties of signature 'h' by index.
+        With `keep_loaded` it stays loaded once stopped, until release()."""
+        reference = [("AddRef", "b", True)] if keep_loaded else []
         body = [
             name,
             "fail",
-            [[key, Variant(signature, _wire(value))] for key, signature, value in properties]
-            + [["AddRef", Variant("b", True)]],
-            [],
+            _properties([*properties, *reference]),
+            [[aux_name, _properties(aux_properties)] for aux_name, aux_properties in aux],
         ]
         await self._call(MANAGER_PATH, MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", body, fds)
         (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
         return str(path)
+
+    async def active_state(self, name: str) -> str:
+        """ "active", "activating", "failed", ...; "inactive" for a unit not loaded."""
+        try:
+            (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
+        except BusError:  # NoSuchUnit
+            return "inactive"
+        return str(await self._get(str(path), UNIT, "ActiveState"))
+
+    async def has_job(self, name: str) -> bool:
+        """Whether a job (a start or stop still to be done) is queued for `name`."""
+        try:
+            (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
+        except BusError:
+            return False
+        job = await self._get(str(path), UNIT, "Job")  # (id, path); id 0 is none
+        return isinstance(job, list) and job[0] != 0
+
+    async def loaded_units(self, pattern: str) -> list[str]:
+        """The names of the loaded units matching the glob `pattern`."""
+        (units,) = await self._call(
+            MANAGER_PATH, MANAGER, "ListUnitsByPatterns", "asas", [[], [pattern]]
+        )
+        assert isinstance(units, list)
+        return [str(unit[0]) for unit in units]
+
+    async def stop_unit(self, name: str) -> None:
+        """Stop `name` the usual way (SIGTERM, then SIGKILL after its stop timeout)."""
+        await self._call(MANAGER_PATH, MANAGER, "StopUnit", "ss", [name, "replace"])
 
     async def _get(self, path: str, interface: str, name: str) -> object:
         (value,) = await self._call(path, PROPERTIES, "Get", "ss", [interface, name])

@@ -40,7 +40,6 @@ FULL: dict[str, Any] = {
     "data_dir": "/var/lib/nanoclaw",
     "protected_paths": ["/etc/nanoclaw", "/run/credentials"],
     "blocked_patterns": ["extra-pattern"],
-    "proxy": {"$comment": "proxy", "address": "127.0.0.1", "port": 3128},
     "defaults": {
         "$comment": "defaults",
         "limits": {"$comment": "limits", "tasks_max": 128, "wall_seconds": 600},
@@ -53,7 +52,6 @@ FULL: dict[str, Any] = {
             "mounts": [{"host": "/srv/project", "sandbox": "/workspace/project", "writable": True}],
             "egress": {
                 "$comment": "egress",
-                "cidrs": ["140.82.112.0/20", "2001:db8::/32"],
                 "domains": ["github.com", "*.githubusercontent.com"],
             },
             "read_only_paths": ["/nix/store/abc-ripgrep"],
@@ -67,15 +65,14 @@ FULL: dict[str, Any] = {
                 {"host": "/srv/inbox", "sandbox": "/workspace/inbox", "writable": True},
             ],
         },
-        "ops-team": {"uid": 61002, "egress": {"cidrs": ["192.0.2.0/24"]}},
+        "ops-team": {"uid": 61002, "egress": {"cidrs": ["192.0.2.0/24", "2001:db8::/32"]}},
     },
 }
 
-# A proxy on IPv6 and a domains-only group; used by the compiler's tests too.
-IPV6_PROXY: dict[str, Any] = {
+# A group that reaches names only; used by the compiler's tests too.
+DOMAINS_ONLY: dict[str, Any] = {
     "version": 1,
     "data_dir": "/srv/nanoclaw",
-    "proxy": {"address": "::1", "port": 8080},
     "groups": {"web": {"uid": 62000, "egress": {"domains": ["example.org"]}}},
 }
 
@@ -97,7 +94,7 @@ STORE_TOOLS: dict[str, Any] = {
 VALID_FIXTURES: dict[str, dict[str, Any]] = {
     "minimal": MINIMAL,
     "full": FULL,
-    "ipv6-proxy": IPV6_PROXY,
+    "domains-only": DOMAINS_ONLY,
     "store-tools": STORE_TOOLS,
     "limits-at-bounds": {
         "version": 1,

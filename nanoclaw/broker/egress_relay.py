@@ -1,0 +1,122 @@
+"""The egress relay: the one way out of the network namespace of a group with domains.
+
+Such a group's units run with PrivateNetwork= and JoinsNamespaceOf= the relay's socket unit,
+so they share its namespace: a loopback on which the socket listens at 127.0.0.1:3128, and
+nothing else. systemd-socket-proxyd, started by that socket, carries each connection to the
+egress proxy's Unix socket on the host (nanoclaw.host.egress_proxy), which lets through only
+the group's secret and domains. There is no route, no DNS and no other address to try: the
+kernel's network namespaces hold it, with no need for cgroup BPF.
+
+The relay itself runs as a dynamic user with no capabilities and may open Unix sockets only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import defaultdict
+
+from nanoclaw.broker.compiler import RELAY_ADDRESS, RELAY_PORT, relay_socket_name
+from nanoclaw.broker.systemd_bus import BusError, Property, Systemd
+
+log = logging.getLogger(__name__)
+
+RELAY_UNITS = "nanoclaw-egress-*"
+SOCKET_PROXYD_PLACES = (
+    "/usr/lib/systemd/systemd-socket-proxyd",
+    "/lib/systemd/systemd-socket-proxyd",
+)
+START_SECONDS = 5.0
+
+
+class RelayUnavailable(Exception):
+    """The relay cannot run; the message says why."""
+
+
+def find_socket_proxyd(given: str | None = None) -> str | None:
+    """systemd-socket-proxyd: at `given`, else where systemd usually keeps it; None when
+    there is no program there."""
+    places = (given,) if given else SOCKET_PROXYD_PLACES
+    return next(
+        (path for path in places if os.path.isfile(path) and os.access(path, os.X_OK)), None
+    )
+
+
+def relay_properties(
+    group: str, socket_proxyd: str, egress_socket: str
+) -> tuple[tuple[Property, ...], tuple[Property, ...]]:
+    """The socket unit's properties and its service's."""
+    description = ("Description", "s", f"nanoclaw egress relay for group {group}")
+    socket_unit: tuple[Property, ...] = (
+        description,
+        ("Listen", "a(ss)", (("Stream", f"{RELAY_ADDRESS}:{RELAY_PORT}"),)),
+        ("PrivateNetwork", "b", True),  # the namespace the group's units then join
+        ("CollectMode", "s", "inactive-or-failed"),
+    )
+    service: tuple[Property, ...] = (
+        description,
+        ("ExecStart", "a(sasb)", ((socket_proxyd, (socket_proxyd, egress_socket), False),)),
+        ("DynamicUser", "b", True),
+        ("PrivateNetwork", "b", True),
+        ("JoinsNamespaceOf", "as", (relay_socket_name(group),)),
+        # Accepting on the socket it was handed needs no family; the proxy is a Unix socket.
+        ("RestrictAddressFamilies", "(bas)", (True, ("AF_UNIX",))),
+        ("CapabilityBoundingSet", "t", 0),
+        ("NoNewPrivileges", "b", True),
+        ("PrivateDevices", "b", True),
+        ("ProtectKernelTunables", "b", True),
+        ("ProtectControlGroups", "b", True),
+        ("RestrictNamespaces", "t", 0),  # no namespace types may be created
+        ("MemoryDenyWriteExecute", "b", True),
+        ("SystemCallFilter", "(bas)", (True, ("@system-service",))),
+        ("CollectMode", "s", "inactive-or-failed"),
+    )
+    return socket_unit, service
+
+
+class EgressRelays:
+    """Starts each group's relay before its first unit, and clears those of an earlier run."""
+
+    def __init__(self, systemd: Systemd, socket_proxyd: str | None, egress_socket: str) -> None:
+        self.systemd = systemd
+        self.socket_proxyd = socket_proxyd
+        self.egress_socket = egress_socket
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def clear(self) -> None:
+        """Stop relays an earlier broker left: they may serve groups or paths no longer meant."""
+        for name in await self.systemd.loaded_units(RELAY_UNITS):
+            log.info("stopping %s, left by an earlier run", name)
+            await self.systemd.stop_unit(name)
+
+    async def ensure(self, group: str) -> None:
+        """Have `group`'s relay listening, or say why it cannot."""
+        if self.socket_proxyd is None:  # the broker refuses such groups before this
+            raise RelayUnavailable(f"group {group}: no systemd-socket-proxyd for its relay")
+        name = relay_socket_name(group)
+        async with self._locks[group]:
+            if await self.systemd.active_state(name) == "active":
+                return
+            socket_unit, service = relay_properties(group, self.socket_proxyd, self.egress_socket)
+            service_name = name.removesuffix(".socket") + ".service"
+            try:
+                await self.systemd.start_transient(
+                    name, socket_unit, aux=[(service_name, service)], keep_loaded=False
+                )
+            except BusError as error:
+                raise RelayUnavailable(f"cannot start {name}: {error}") from None
+            await self._wait_listening(name)
+            log.info("started %s", name)
+
+    async def _wait_listening(self, name: str) -> None:
+        deadline = asyncio.get_running_loop().time() + START_SECONDS
+        delay = 0.005
+        while (state := await self.systemd.active_state(name)) != "active":
+            ended = state == "failed" or (
+                state == "inactive" and not await self.systemd.has_job(name)
+            )
+            if ended or asyncio.get_running_loop().time() > deadline:
+                raise RelayUnavailable(f"{name} did not start listening ({state}); see its journal")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
