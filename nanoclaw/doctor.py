@@ -131,41 +131,37 @@ async def _workspaces(socket: str) -> Check:
 
 
 def _enforcement(summary: PolicySummary) -> list[Check]:
-    restart = "then restart nanoclaw-sandboxd.service, whose start-up checks ask again"
-    if summary.enforced is None:
-        return [Check("ip filtering", False, "the broker does not say", "update nanoclaw-sandboxd")]
+    enforced = summary.enforced
+    if enforced is None:
+        return [Check("enforcement", False, "the broker does not say", "update nanoclaw-sandboxd")]
+    # What this machine cannot do is said once; it fails only where a group is refused for it.
     checks = [
-        Check("ip filtering", True, "IPAddressDeny= holds for tool units")
-        if summary.enforced.ip_filtering
-        else Check(
+        Check(
             "ip filtering",
-            False,
-            "IPAddressDeny= is not enforced here: groups with egress are refused",
-            "boot with cgroup v2 (systemd.unified_cgroup_hierarchy=1) on a kernel with cgroup "
-            f"BPF, {restart}",
-        )
-    ]
-    # Not a failure: systemd before 257 has no PrivatePIDs=, and nothing here can add it.
-    checks.append(
+            True,
+            "IPAddressDeny= holds for tool units"
+            if enforced.ip_filtering
+            else "not enforced here (no cgroup BPF): a group with egress.cidrs is refused; "
+            "groups with domains do not need it",
+        ),
         Check(
             "pid isolation",
             True,
             "each tool unit has a PID namespace of its own"
-            if summary.enforced.pid_isolation
+            if enforced.pid_isolation
             else "not available (systemd before 257): a tool unit can tell which PIDs exist, "
             "though it sees none of their processes",
+        ),
+    ]
+    for name, why in enforced.refused.items():
+        fix = (
+            "give the group egress.domains instead, or boot with cgroup v2 on a kernel with "
+            "cgroup BPF"
+            if "cidrs" in why
+            else "install systemd's socket-proxyd (Debian: package systemd)"
         )
-    )
-    if any(grant.domains for grant in summary.groups.values()):
         checks.append(
-            Check("port filter", True, "domain groups reach only the proxy's port")
-            if summary.enforced.proxy_port_filter
-            else Check(
-                "port filter",
-                False,
-                "the proxy's other ports are open to domain groups: they are refused",
-                f"start nanoclaw-port-filter.service, {restart}",
-            )
+            Check(f"group {name}", False, why, f"{fix}, then restart nanoclaw-sandboxd.service")
         )
     return checks
 

@@ -18,35 +18,38 @@ import pytest
 
 from nanoclaw.broker.policy_file import parse_policy
 from nanoclaw.broker.protocol import Enforcement
-from nanoclaw.broker.sandboxd import Broker
+from nanoclaw.broker.sandboxd import Broker, refusals
 from tests.support.host_process import write_secret
 from tests.support.scripted_model import ScriptedModel
 from tests.support.world import API_KEY, World
 
 pytestmark = pytest.mark.integration
 
-BrokerFactory = Callable[[bool, bool], AbstractAsyncContextManager[Path]]
+# (IP filtering enforced, the socket-proxyd found, whether a group has egress cidrs)
+BrokerFactory = Callable[[bool, str | None, bool], AbstractAsyncContextManager[Path]]
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> BrokerFactory:
     @asynccontextmanager
-    async def serve(ip_filtering: bool, port_filter: bool) -> AsyncIterator[Path]:
+    async def serve(
+        ip_filtering: bool, socket_proxyd: str | None, cidr_group: bool = True
+    ) -> AsyncIterator[Path]:
+        groups: dict[str, Any] = {
+            "main": {"uid": 61000, "main": True},
+            "web": {"uid": 61001, "egress": {"domains": ["example.org"]}},
+        }
+        if cidr_group:
+            groups["lan"] = {"uid": 61002, "egress": {"cidrs": ["192.0.2.0/24"]}}
         policy = parse_policy(
-            {
-                "version": 1,
-                "data_dir": str(tmp_path / "data"),
-                "proxy": {"address": "127.0.0.1", "port": 3128},
-                "groups": {
-                    "main": {"uid": 61000, "main": True},
-                    "web": {"uid": 61001, "egress": {"domains": ["example.org"]}},
-                },
-            },
+            {"version": 1, "data_dir": str(tmp_path / "data"), "groups": groups},
             str(tmp_path / "policy.json"),
         )
         path = tmp_path / "sandbox.sock"
-        enforced = Enforcement(ip_filtering, port_filter, pid_isolation=False)
-        handler = Broker(policy, None, os.getgid(), enforced)  # type: ignore[arg-type]
+        refused = refusals(policy, ip_filtering, socket_proxyd)
+        enforced = Enforcement(ip_filtering, pid_isolation=False, refused=refused)
+        # Describe and usage requests need neither systemd nor the relays.
+        handler = Broker(policy, None, os.getgid(), enforced, None)  # type: ignore[arg-type]
         server = await asyncio.start_unix_server(handler.handle, str(path))
         async with server:
             yield path
@@ -103,7 +106,7 @@ async def test_everything_in_order_passes(
     workspace.mkdir(parents=True)
     (workspace / "notes").write_bytes(b"x" * 8192)
     (workspace / "elsewhere").symlink_to("/usr")  # counted as a link, never followed
-    async with broker(True, True) as socket:
+    async with broker(True, "/usr/lib/systemd/systemd-socket-proxyd") as socket:
         status, checks = await doctor(world, sandbox_socket=str(socket))
     assert failed(checks) == set(), checks
     assert status == 0
@@ -114,16 +117,18 @@ async def test_everything_in_order_passes(
         "broker",
         "ip filtering",
         "pid isolation",
-        "port filter",
         "workspaces",
         "model",
         "data dir",
     ]
     assert world.bot.user_id in checks["matrix token"][0]
-    assert "2 groups in the policy" in checks["broker"][0]
+    assert "3 groups in the policy" in checks["broker"][0]
+    assert "IPAddressDeny= holds" in checks["ip filtering"][0]
     assert "not available (systemd before 257)" in checks["pid isolation"][0]
     shown = checks["workspaces"][0]
-    assert "main 0 bytes, web 8.0 KiB;" in shown and "no per-group bound" in shown, shown
+    assert "main 0 bytes, web 8.0 KiB, lan 0 bytes;" in shown and "no per-group bound" in shown, (
+        shown
+    )
     assert "the key is accepted" in checks["model"][0]
 
 
@@ -135,18 +140,33 @@ async def test_each_failure_is_named_with_what_to_do(
     )
     world.model.api_key = "sk-ant-another-key"
     (tmp_path / "data").chmod(0o777)
-    async with broker(False, False) as socket:
+    async with broker(False, None) as socket:
         status, checks = await doctor(world, sandbox_socket=str(socket))
     assert status == 1
-    assert failed(checks) == {"matrix token", "ip filtering", "port filter", "model", "data dir"}
+    assert failed(checks) == {"matrix token", "group lan", "group web", "model", "data dir"}
     assert "M_UNKNOWN_TOKEN" in checks["matrix token"][0]
-    assert "not enforced" in checks["ip filtering"][0]
-    assert "nanoclaw-port-filter.service" in checks["port filter"][1]
+    assert "IP filtering, which this machine does not enforce" in checks["group lan"][0]
+    assert "cgroup BPF" in checks["group lan"][1]
+    assert "systemd-socket-proxyd" in checks["group web"][0]
+    assert "socket-proxyd" in checks["group web"][1]
     assert "the key is refused (HTTP 401)" in checks["model"][0]
     assert "mode 0777" in checks["data dir"][0]
     for name in failed(checks):
         assert checks[name][1].startswith("fix: "), name
     assert API_KEY not in str(checks) and "syt_not_a_valid_token" not in str(checks)
+
+
+async def test_what_the_machine_cannot_do_is_said_once_and_fails_nothing_unneeded(
+    world: World, broker: BrokerFactory
+) -> None:
+    """Without cgroup BPF (the Quickstart's machine) and no group with cidrs: said, not failed."""
+    async with broker(False, "/usr/lib/systemd/systemd-socket-proxyd", False) as socket:
+        status, checks = await doctor(world, sandbox_socket=str(socket))
+    assert failed(checks) == set(), checks
+    assert status == 0
+    text = str(checks)
+    assert text.count("no cgroup BPF") == 1, text
+    assert "a group with egress.cidrs is refused" in checks["ip filtering"][0]
 
 
 async def test_what_cannot_be_reached_fails(world: World, tmp_path: Path) -> None:

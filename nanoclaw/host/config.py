@@ -27,6 +27,7 @@ from nanoclaw.broker.config_reader import (
     read_text,
 )
 from nanoclaw.broker.policy import GROUP_PATTERN, RESERVED_GROUPS
+from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET
 from nanoclaw.host.config_tasks import TaskConfig, parse_tasks
 from nanoclaw.host.config_values import (
     is_absolute,
@@ -55,6 +56,7 @@ _TOP_KEYS = (
     "max_prompt_messages",
     "log_level",
     "sandbox_socket",
+    "egress_socket",
     "tool_timeout_seconds",
     "matrix",
     "model",
@@ -150,6 +152,9 @@ class Config:
     groups: tuple[GroupConfig, ...]
     # The broker's socket: when set, groups get the sandboxed tools (bash, read, ...).
     sandbox_socket: Path | None = None
+    # Where the egress proxy listens for the relays of groups with domains (the broker's
+    # --egress-socket).
+    egress_socket: Path = Path(DEFAULT_EGRESS_SOCKET)
     tool_timeout_seconds: int = 120
     tasks: tuple[TaskConfig, ...] = ()
 
@@ -201,6 +206,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         model=_model(top.table("model", _MODEL_KEYS, required=False)),
         groups=(groups := _groups(top, assistant_name)),
         sandbox_socket=_optional_path(top.string("sandbox_socket", _PATH_WHAT, is_absolute)),
+        egress_socket=Path(
+            top.string("egress_socket", _PATH_WHAT, is_absolute) or DEFAULT_EGRESS_SOCKET
+        ),
         tool_timeout_seconds=top.integer("tool_timeout_seconds", 120, 1, 86400),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
     )

@@ -64,7 +64,7 @@ class Host:
         self._credentials = CredentialProxy(model_api_key(config.model), default_endpoint())
         if config.sandbox_socket is not None:
             socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
-            self._sandbox = await SandboxGateway.open(socket, timeout)
+            self._sandbox = await SandboxGateway.open(socket, timeout, str(config.egress_socket))
         store = Store(config.data_dir / "nanoclaw.db")
         groups = GroupRegistry(config, store)
         groups.load()

@@ -12,6 +12,7 @@ clamps each call's time to the group's bound.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 from nanoclaw.broker.protocol import PolicySummary, RunResult, UsageReport
@@ -37,17 +38,19 @@ class SandboxGateway:
 
     @classmethod
     async def open(
-        cls, socket_path: str, timeout: int, proxy_required: bool = True
+        cls, socket_path: str, timeout: int, egress_socket: str, proxy_required: bool = True
     ) -> SandboxGateway:
-        """Reach the broker once, and start the egress proxy if any group has domains.
-        Without `proxy_required`, a proxy address already taken (by the host, when an
-        operator runs `nanoclaw exec`) means running without one."""
+        """Reach the broker once, and start the egress proxy at `egress_socket` if any group
+        has domains. Without `proxy_required`, a proxy already listening there (the host's,
+        when an operator runs `nanoclaw exec`) means running without one."""
         summary = await describe_policy(socket_path)
         proxy = None
-        if summary.proxy is not None and any(g.domains for g in summary.groups.values()):
+        if any(g.domains for g in summary.groups.values()):
             proxy = EgressProxy()
             try:
-                await proxy.start(*summary.proxy)
+                # The host's RuntimeDirectory; made here for `nanoclaw exec` while it is down.
+                os.makedirs(os.path.dirname(egress_socket), mode=0o755, exist_ok=True)
+                await proxy.start(egress_socket)
             except OSError as exc:
                 if proxy_required:
                     raise SandboxError(f"cannot start the egress proxy: {exc}") from exc
