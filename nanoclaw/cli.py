@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nanoclaw.appliance.machine import ApplianceError
 from nanoclaw.broker.policy import UnknownGroup
-from nanoclaw.broker.protocol import RunResult
+from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET, RunResult
 from nanoclaw.broker.tool_request import RequestError
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.host.journal import log_handler
@@ -89,27 +89,35 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         print("nanoclaw exec: give a command after --", file=sys.stderr)
         return 2
+    if "/" not in command[0]:  # found on the unit's PATH, as the tools' commands are
+        command = ["/usr/bin/env", *command]
     _setup_logging("warning")
-    result = asyncio.run(_exec(args.socket, args.group, command, args.timeout))
+    result = asyncio.run(_exec(args, command))
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()  # the unit's output first, then the summary below
     sys.stderr.buffer.write(result.stderr)
     if result.truncated:
         print("nanoclaw exec: output was cut at the group's limit", file=sys.stderr)
+    # On a line of its own, even after output that did not end one.
+    unfinished = (result.stderr or result.stdout)[-1:] not in (b"", b"\n")
     print(
-        f"nanoclaw exec: {result.unit}: {result.result} in {result.duration_ms} ms", file=sys.stderr
+        "\n" * unfinished + f"nanoclaw exec: {result.unit}: {result.result} in "
+        f"{result.duration_ms} ms",
+        file=sys.stderr,
     )
     return result.exit_status if result.exit_status is not None else 128 + (result.signal or 0)
 
 
-async def _exec(socket: str, group: str, command: list[str], timeout: int) -> RunResult:
+async def _exec(args: argparse.Namespace, command: list[str]) -> RunResult:
     """As a tool call would: through a gateway, with its own egress proxy unless the host's
-    already holds the address."""
+    already listens there."""
     from nanoclaw.host.sandbox.gateway import SandboxGateway
 
-    gateway = await SandboxGateway.open(socket, timeout, proxy_required=False)
+    gateway = await SandboxGateway.open(
+        args.socket, args.timeout, args.egress_socket, proxy_required=False
+    )
     try:
-        return await gateway.run(group, command)
+        return await gateway.run(args.group, command)
     finally:
         await gateway.close()
 
@@ -175,7 +183,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from nanoclaw.appliance.up import logs
 
-    return logs(Path(args.data_dir), args.journalctl)
+    return logs(Path(args.data_dir), args.passed)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -183,6 +191,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     units = [u for u in LOG_UNITS if u != "-u"]
     return enter(Path(args.data_dir), ["systemctl", "--no-pager", "status", *units])
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from nanoclaw.appliance.up import enter
+
+    return enter(Path(args.data_dir), args.passed or ["/bin/bash", "--login"])
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -216,10 +230,16 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "exec",
         help="run a command in GROUP's sandbox, as a tool call would",
-        usage="nanoclaw exec [--socket PATH] [--timeout SECONDS] GROUP -- COMMAND...",
+        usage="nanoclaw exec [--socket PATH] [--egress-socket PATH] [--timeout SECONDS] GROUP "
+        "-- COMMAND...",
     )
     run.add_argument("group")
     run.add_argument("--socket", default=DEFAULT_SOCKET)
+    run.add_argument(
+        "--egress-socket",
+        default=DEFAULT_EGRESS_SOCKET,
+        help="where to run an egress proxy for the call, unless the host's listens there",
+    )
     run.add_argument("--timeout", type=int, default=60)
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_exec)
@@ -236,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
         "down": (cmd_down, "stop the appliance that `up` started, keeping its data"),
         "logs": (cmd_logs, "the appliance's journal (journalctl in its machine)"),
         "status": (cmd_status, "systemctl status of the appliance's units"),
+        "shell": (cmd_shell, "a root shell in the appliance's machine, or a command there"),
         "chat": (cmd_chat, "talk to the agent in a terminal, as the appliance's owner"),
     }
     for name, (func, text) in appliance.items():
@@ -248,6 +269,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--base-url", help="an Anthropic-compatible model endpoint")
         elif name == "logs":
             p.usage = "nanoclaw logs [--data-dir DATA_DIR] [JOURNALCTL-ARGS...], e.g. -f"
+        elif name == "shell":
+            p.usage = "nanoclaw shell [--data-dir DATA_DIR] [COMMAND...], e.g. nanoclaw exec ..."
         elif name == "chat":
             p.add_argument("group", nargs="?", default="main", help="main (default) or example")
             p.add_argument(
@@ -262,8 +285,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     top = parser()
     args, rest = top.parse_known_args(argv)
-    if args.command == "logs":  # journalctl's own options pass through
-        args.journalctl = rest
+    if args.command in ("logs", "shell"):  # journalctl's options, or the command, pass through
+        args.passed = rest
     elif rest:
         top.error(f"unrecognized arguments: {' '.join(rest)}")
     try:

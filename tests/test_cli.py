@@ -72,9 +72,11 @@ def test_policy_explain_prints_the_units_properties() -> None:
     family = nanoclaw("policy", "explain", "family", "--policy", example)
     assert family.returncode == 0, family.stderr
     assert "PrivateNetwork=yes" in family.stdout and "ProtectSystem=strict" in family.stdout
+    assert "JoinsNamespaceOf" not in family.stdout, "no domains: a network of its own"
     online = nanoclaw("policy", "explain", "main", "--policy", example)
-    assert "IPAddressDeny=" in online.stdout and "PrivateNetwork=yes" not in online.stdout
-    assert '"https_proxy=http://***@127.0.0.9:3128"' in online.stdout
+    assert "JoinsNamespaceOf=nanoclaw-egress-main.socket" in online.stdout
+    assert "IPAddressDeny=" not in online.stdout
+    assert '"https_proxy=http://***@127.0.0.1:3128"' in online.stdout
     assert "proxy" not in family.stdout.lower(), "no domains, no proxy variables"
     missing = nanoclaw("policy", "explain", "nope", "--policy", example)
     assert missing.returncode == 1 and "nope" in missing.stderr

@@ -1,7 +1,7 @@
 """The Quickstart, as a newcomer runs it: `scripts/up`, then `nanoclaw chat`, then down and up.
 
 The appliance is the real one: Synapse here, a systemd booted with systemd-nspawn from the
-cached rootfs, and in it the port filter, the broker and the host as the units of units/.
+cached rootfs, and in it the broker and the host as the units of units/.
 The model is the scripted server, given as an Anthropic-compatible base URL with a key that
 it insists on, so every answer also proves the key went in as a credential and through the
 host's credential proxy. Needs root, like tests/test_sandbox.py (NANOCLAW_ALLOW_NO_MACHINE=1
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -47,6 +48,8 @@ def script(request: ModelRequest) -> str | ToolCall:
         return "tool said: " + request.tool_results[-1]["content"]
     if "run it" in request.last_user_text:
         return ToolCall("mcp__nanoclaw__bash", {"command": "id -u; pwd"})
+    if fetch := re.search(r"fetch (http\S+)", request.last_user_text):
+        return ToolCall("mcp__nanoclaw__fetch", {"url": fetch[1]})
     if "do you remember" in request.last_user_text:
         earlier = request.all_text.replace(request.last_user_text, "")
         return "I remember: run it" if "run it" in earlier else "I remember nothing"
@@ -160,16 +163,31 @@ def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
         assert f"user {owner['user_id']}  password {owner['password']}" in banner
         assert "nanoclaw.service               active (running)" in banner
         assert "nanoclaw-sandboxd.socket       active (running)" in banner
-        assert "IPAddressDeny=" in banner and "NO KEY" in banner
+        assert "MemoryMax=" in banner and "NO KEY" in banner
         reply = chat(data, "hello")
         assert NO_MODEL_KEY.split(".")[0] in reply, reply
         assert not model.requests, "no key: the model is never asked"
         down(data, log)
 
-        up(data, port, log, newcomer_env(ANTHROPIC_BASE_URL=model.url, ANTHROPIC_API_KEY=KEY))
+        healthy = up(
+            data, port, log, newcomer_env(ANTHROPIC_BASE_URL=model.url, ANTHROPIC_API_KEY=KEY)
+        )
+        # Nothing is reported as failed; what the machine cannot enforce is said once.
+        assert "FAIL" not in healthy and " failed" not in healthy, healthy
+        assert healthy.count("no cgroup BPF") <= 1 and "ip filtering" in healthy, healthy
         for group, uid in UIDS.items():
             reply = chat(data, "please run it", group=group)
             assert f"tool said: {uid}\n/workspace/group" in reply, reply
+        # The example group's tools reach the web through its relay and the host's proxy,
+        # which refuses a name outside the group's domains...
+        refused = chat(data, "fetch http://github.com/", group="example")
+        assert "nanoclaw egress proxy" in refused and "github.com" in refused, refused
+        # ...and lets a listed one through (to the page, or to the proxy's own connection
+        # error where this machine has no way to the internet).
+        allowed = chat(data, "fetch http://example.com/", group="example")
+        assert "Example Domain" in allowed or "nanoclaw egress proxy: cannot" in allowed, allowed
+        # Without domains, no way out at all: main's fetch cannot even reach a proxy.
+        assert "[exit status" in chat(data, "fetch http://example.com/"), "main has no egress"
         assert all(r.headers["x-api-key"] == KEY for r in model.requests)
         journal = subprocess.run(
             [str(REPO / "scripts/up"), "logs", "--data-dir", str(data), "-o", "cat"],

@@ -17,6 +17,11 @@ How a machine runs:
   container must never configure the network (`scripts/rootfs` masks systemd-networkd and the
   like); and `IPAddressDeny=` does nothing here (no cgroup BPF in this nesting), so tests
   must prove network isolation with `PrivateNetwork=` instead.
+* The container keeps CAP_NET_ADMIN, which nspawn drops by default: without it the
+  container's systemd cannot bring up the loopback of a unit's private network namespace,
+  and the egress relay of a group with domains (nanoclaw.broker.egress_relay) listens
+  there. Its services keep their own bounding sets (the broker's and the host's leave it
+  out), and tool units have no capabilities at all.
 * `execute` enters every namespace of the container's PID 1 with nsenter, with a clean
   environment. Such a command runs as the host's root, outside the container's cgroups and
   without nspawn's capability bounding set and seccomp filter: to test confinement, start
@@ -179,6 +184,7 @@ class NspawnMachine:
             "--boot",
             "--console=read-only",
             "--setenv=SYSTEMD_COLORS=0",
+            "--capability=CAP_NET_ADMIN",
         ]  # fmt: skip
         for host, inside, writable in self.binds:
             option = "--bind" if writable else "--bind-ro"

@@ -18,8 +18,9 @@ VENV = "/opt/nanoclaw/venv"
 WHEELS = "/opt/nanoclaw-wheels"
 # Each group's tool units run as a user of their own.
 GROUP_UIDS = {"main": 61000, "example": 61001}
+# Where the example group's tools may go: a fetch elsewhere is refused by the egress proxy.
+EXAMPLE_DOMAINS = ("example.com", "*.wikipedia.org")
 UNITS = (
-    "nanoclaw-port-filter.service",
     "nanoclaw-sandboxd.socket",
     "nanoclaw-sandboxd.service",
     "nanoclaw.service",
@@ -27,7 +28,6 @@ UNITS = (
 SCRIPTS = {
     "nanoclaw": "nanoclaw.cli",
     "nanoclaw-sandboxd": "nanoclaw.broker.sandboxd",
-    "nanoclaw-port-filter": "nanoclaw.broker.port_filter",
 }
 
 
@@ -66,8 +66,9 @@ owners = [{json.dumps(state.owner.user_id)}]
 room_id = {json.dumps(state.rooms["main"])}
 main = true
 
-# An ordinary group: its own memory, workspace and tool user, no network. Only the owner
-# is in its room, so every message there is for the agent.
+# An ordinary group: its own memory, workspace and tool user; its tools reach the web only
+# at the policy's EXAMPLE_DOMAINS, through the egress proxy. Only the owner is in its
+# room, so every message there is for the agent.
 [groups.example]
 room_id = {json.dumps(state.rooms["example"])}
 requires_trigger = false
@@ -79,6 +80,7 @@ def render_policy() -> str:
         folder: {"uid": uid, **({"main": True} if folder == "main" else {})}
         for folder, uid in GROUP_UIDS.items()
     }
+    groups["example"]["egress"] = {"domains": list(EXAMPLE_DOMAINS)}
     policy = {
         "version": 1,
         "data_dir": "/var/lib/nanoclaw",

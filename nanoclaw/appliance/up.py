@@ -6,8 +6,8 @@ What runs where:
   in `DATA/homeserver`) and a systemd booted with systemd-nspawn from the cached Debian
   rootfs (`scripts/rootfs`; nanoclaw/appliance/machine.py). The machine shares this
   machine's network, so each side reaches the other on 127.0.0.1.
-* In the machine, as systemd units from `units/` exactly as shipped: the port filter, the
-  broker's socket and service, and the host (`nanoclaw.service`, Type=notify, with the bot's
+* In the machine, as systemd units from `units/` exactly as shipped: the broker's socket
+  and service, and the host (`nanoclaw.service`, Type=notify, with the bot's
   token and the model key as credentials). Every tool call is a transient unit there.
 
 The machine's root is thrown away at every stop; what must last is bound in from `DATA`
@@ -129,9 +129,7 @@ class Appliance:
         self.state = state = await prepare(self.homeserver, self.data)
         write_machine_files(self.data, state, self.model)
         run(machine, setup_script())
-        say("starting the units: port filter, broker, host")
-        # The port filter cannot load nftables here (see limitations): report, go on.
-        machine.execute("systemctl start nanoclaw-port-filter.service")
+        say("starting the units: broker, host")
         run(machine, "systemctl start nanoclaw-sandboxd.socket")
         status, out = machine.execute("systemctl start nanoclaw.service", timeout=330)
         if status != 0:
@@ -172,7 +170,7 @@ Running:
   Synapse      {state.homeserver}  (on this machine; data in {self.data}/homeserver)
   machine      systemd-nspawn {MACHINE_NAME}, PID 1 is {machine.pid} here; its units:
 {_indent(units, 4)}
-Not enforced in this machine (groups that would need it are refused, not weakened):
+Resource limits this machine cannot enforce:
 {_indent(_limitations(machine), 2)}
 nanoclaw doctor (in the machine, as the service's user):
 {_indent(doctor, 2)}
@@ -204,7 +202,9 @@ def _indent(text: str, spaces: int) -> str:
 
 
 def _limitations(machine: NspawnMachine) -> str:
-    """What systemd cannot enforce for tool units in this machine, as observed."""
+    """Which resource limits systemd cannot enforce for tool units in this machine, as
+    observed. (What the broker found, IP filtering and PID namespaces, `nanoclaw doctor`
+    says, once.)"""
     lines = []
     probe = machine.execute(
         "systemd-run --wait --pipe --quiet -p TasksMax=16 -p MemoryMax=64M cat /proc/self/cgroup"
@@ -215,23 +215,18 @@ def _limitations(machine: NspawnMachine) -> str:
         if ".service" in line
         for c in line.split(":")[1].split(",")
     }
-    unified = any(line.startswith("0::") and ".service" in line for line in probe.splitlines())
     hybrid = machine.execute("stat -fc %T /sys/fs/cgroup")[1].strip() != "cgroup2fs"
     if hybrid or "pids" not in controllers:
-        lines.append("TasksMax=: no pids controller for the machine's systemd (cgroup v1 hybrid)")
+        lines.append(
+            "TasksMax=: no pids controller for the machine's systemd (cgroup v1 hybrid), so "
+            "tool units run without a task limit"
+        )
     if hybrid or "memory" not in controllers:
-        lines.append("MemoryMax=: no memory controller for the machine's systemd")
-    if hybrid or not unified:
         lines.append(
-            "IPAddressDeny=/IPAddressAllow=: no cgroup BPF here, so groups with egress are "
-            "refused by the broker (these groups have none)"
+            "MemoryMax=: no memory controller for the machine's systemd, so tool units run "
+            "without a memory limit"
         )
-    if machine.execute("systemctl is-failed --quiet nanoclaw-port-filter.service")[0] == 0:
-        lines.append(
-            "the port filter: nftables cannot be loaded from a machine that shares this "
-            "machine's network, so groups with domains are refused (these groups have none)"
-        )
-    return "\n".join(lines) or "nothing: every protection holds here"
+    return "\n".join(lines) or "nothing: every limit holds here"
 
 
 async def up(
