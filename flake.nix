@@ -54,7 +54,6 @@
           ruff
           mypy
           nix
-          nftables
           python3Packages.pytest
           python3Packages.pytest-asyncio
         ];

@@ -77,9 +77,10 @@ let
       (check ((room.main or false) == group.main) ''
         ${option}.settings.groups.${name}.main: must be ${lib.boolToString group.main}, as ${at}.main
         (the sandbox policy's) says.'')
-      (check (group.egress.domains == [ ] || cfg.proxy != null) ''
-        ${at}.egress.domains: are reached only through the egress proxy; set ${option}.proxy,
-        e.g. { address = "127.0.0.9"; port = 3128; }.'')
+      (check (group.egress.cidrs == [ ] || group.egress.domains == [ ]) ''
+        ${at}.egress: has both cidrs and domains, but a group reaches either egress.cidrs (on the
+        host's network, by IP) or egress.domains (in a network of its own, through the egress
+        proxy), not both: make two groups.'')
     ]
     ++ concatLists (
       imap0 (

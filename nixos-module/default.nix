@@ -1,6 +1,6 @@
-# services.nanoclaw: the agent host, the root broker that starts its tool units, the port
-# filter, their users, state and files, from the options in options.nix. Mirrors units/,
-# which the Debian appliance uses; vm-tests/node.nix declares the VM tests' node with it.
+# services.nanoclaw: the agent host, the root broker that starts its tool units, their
+# users, state and files, from the options in options.nix. Mirrors units/, which the Debian
+# appliance uses; vm-tests/node.nix declares the VM tests' node with it.
 {
   config,
   lib,
@@ -14,6 +14,9 @@ let
   policyPath = "/etc/nanoclaw/policy.json";
   hardening = import ./hardening.nix;
   toolUser = name: "${rules.group.tool_user_prefix}${name}";
+  # The host's egress proxy listens there (settings.egress_socket), in a runtime directory
+  # of the host's; the broker's relays for groups with domains lead there.
+  egressSocket = cfg.settings.egress_socket;
   confined = lib.filterAttrs (_: group: group.confineStore) cfg.groups;
 
   # What a confined group's units read of /etc. On NixOS /etc/hosts links to
@@ -122,6 +125,10 @@ let
         ) "${cfg.settings.model.api_key_credential}:${cfg.apiKeyFile}";
         StateDirectory = lib.mkIf (cfg.dataDir == "/var/lib/nanoclaw") "nanoclaw";
         StateDirectoryMode = "0750";
+        # The egress proxy's socket: the relays run as dynamic users, so the directory is
+        # open to all (every request needs a secret). A list, so others add theirs.
+        RuntimeDirectory = [ (lib.removePrefix "/run/" (dirOf egressSocket)) ];
+        RuntimeDirectoryMode = "0755";
         # SIGTERM drains runs in progress for up to 60 s; then the rest of the cgroup is killed.
         KillMode = "mixed";
         TimeoutStopSec = 90;
@@ -143,45 +150,23 @@ let
     after = [
       "nanoclaw-sandboxd.socket"
       "dbus.service"
-      "nanoclaw-port-filter.service"
     ];
-    # The port filter first, as the broker checks at start that it holds; and when it
-    # stops or restarts, so does the broker, whose next start checks again.
-    wants = [ "nanoclaw-port-filter.service" ];
-    partOf = [ "nanoclaw-port-filter.service" ];
     restartTriggers = [ policyFile ];
     serviceConfig = lib.mapAttrs (_: lib.mkDefault) (
       hardening.broker
       // {
         Type = "simple";
-        ExecStart = "${cfg.package}/bin/nanoclaw-sandboxd --policy ${policyPath}";
-        # Its probe of the port filter listens on the proxy's address.
-        IPAddressAllow =
-          hardening.broker.IPAddressAllow ++ lib.optional (cfg.proxy != null) cfg.proxy.address;
+        # A group with domains gets a relay: a socket unit in its units' network namespace
+        # whose service, systemd-socket-proxyd, leads to the host's egress proxy. NixOS's
+        # systemd keeps it where the broker does not look.
+        ExecStart = lib.concatStringsSep " " [
+          "${cfg.package}/bin/nanoclaw-sandboxd"
+          "--policy ${policyPath}"
+          "--egress-socket ${egressSocket}"
+          "--socket-proxyd ${config.systemd.package}/lib/systemd/systemd-socket-proxyd"
+        ];
       }
     );
-  };
-
-  # units/nanoclaw-port-filter.service: one nftables table, from the same policy.
-  portFilterService = {
-    description = "nanoclaw port filter (tools reach only the egress proxy's port on its address)";
-    wantedBy = [ "multi-user.target" ];
-    before = [ "nanoclaw-sandboxd.service" ];
-    # Starting, restarting or reloading nftables.service flushes the whole ruleset (the
-    # NixOS firewall on nftables too): load the table again after each.
-    after = [ "nftables.service" ];
-    partOf = [ "nftables.service" ];
-    unitConfig.ReloadPropagatedFrom = [ "nftables.service" ];
-    restartTriggers = [ policyFile ];
-    path = [ pkgs.nftables ];
-    serviceConfig = {
-      Type = "oneshot";
-      RemainAfterExit = true;
-      ExecStart = "${cfg.package}/bin/nanoclaw-port-filter --policy ${policyPath}";
-      ExecReload = "${cfg.package}/bin/nanoclaw-port-filter --policy ${policyPath}";
-      ExecStop = "${cfg.package}/bin/nanoclaw-port-filter --remove";
-    }
-    // lib.mapAttrs (_: lib.mkDefault) hardening.portFilter;
   };
 
 in
@@ -281,7 +266,6 @@ in
     systemd.services = {
       nanoclaw = hostService;
       nanoclaw-sandboxd = brokerService;
-      nanoclaw-port-filter = portFilterService;
     };
   };
 

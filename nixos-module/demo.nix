@@ -1,8 +1,8 @@
-# The NixOS VM of `nix run .#vm`: the module with two groups, the broker and the port
-# filter running, the host installed but stopped until it has real secrets. Log in as root
-# (no password) and try
+# The NixOS VM of `nix run .#vm`: the module with two groups, the broker's socket
+# listening, the host installed but stopped until it has real secrets. Log in as root (no
+# password) and try
 #   nanoclaw exec family -- /bin/sh -c 'id; ls /workspace; echo $PATH'
-#   systemctl status nanoclaw-sandboxd.socket nanoclaw-port-filter; journalctl -u nanoclaw
+#   systemctl status nanoclaw-sandboxd.socket nanoclaw-sandboxd; journalctl -u nanoclaw
 { lib, pkgs, ... }:
 {
   networking.hostName = "nanoclaw-demo";
@@ -43,10 +43,6 @@
       "/etc/nanoclaw"
       "/etc/nanoclaw-secrets"
     ];
-    proxy = {
-      address = "127.0.0.9";
-      port = 3128;
-    };
     groups = {
       main = {
         uid = 61000;

@@ -1,7 +1,7 @@
 # The hardening of the units in units/, key by key; default.nix sets each with mkDefault,
 # and services.nanoclaw.serviceOverrides replaces what a setup must loosen in the host's.
 let
-  # What all three services share.
+  # What both services share.
   common = {
     NoNewPrivileges = true;
     ProtectSystem = "strict";
@@ -65,7 +65,8 @@ in
     PrivateMounts = true;
     ProtectHome = "read-only";
     DevicePolicy = "closed";
-    # IP only for its start-up probes' listeners (default.nix adds the proxy's address).
+    # IP only for its start-up probe's listener, on loopback: the relays it starts for groups
+    # with domains are units of their own.
     IPAddressDeny = "any";
     IPAddressAllow = [ "localhost" ];
     CapabilityBoundingSet = "CAP_SYS_ADMIN CAP_DAC_READ_SEARCH";
@@ -73,15 +74,6 @@ in
       "AF_UNIX"
       "AF_INET"
       "AF_INET6"
-    ];
-  };
-
-  # units/nanoclaw-port-filter.service: root with CAP_NET_ADMIN and netlink, for one table.
-  portFilter = common // {
-    CapabilityBoundingSet = "CAP_NET_ADMIN";
-    RestrictAddressFamilies = [
-      "AF_NETLINK"
-      "AF_UNIX"
     ];
   };
 }

@@ -146,7 +146,10 @@ let
             type = types.listOf types.str;
             default = [ ];
             example = [ "140.82.112.0/20" ];
-            description = "Networks the tool units reach directly (no host bits set). Empty, with no domains: no network at all.";
+            description = ''
+              Networks the tool units reach directly, on the host's network (no host bits
+              set; not with `domains`). Empty, with no domains: no network at all.
+            '';
           };
           domains = mkOption {
             type = types.listOf types.str;
@@ -156,8 +159,10 @@ let
               "*.githubusercontent.com"
             ];
             description = ''
-              Names the tool units reach through the egress proxy only (needs `proxy`):
-              exact, or `*.example.com` for every name below example.com.
+              Names the tool units reach through the host's egress proxy only, from a
+              network namespace of their own whose one way out leads there (not with
+              `cidrs`: make two groups): exact, or `*.example.com` for every name below
+              example.com.
             '';
           };
         };
@@ -250,6 +255,16 @@ let
           for tool units. Under `/run/`, which every tool unit sees empty.
         '';
       };
+      egress_socket = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "/run/nanoclaw-egress/proxy.sock";
+        description = ''
+          Where the host's egress proxy listens when a group has `egress.domains`, in the
+          host's `RuntimeDirectory=nanoclaw-egress`; the broker's `--egress-socket`, where
+          the relays of such groups lead.
+        '';
+      };
     };
   };
 in
@@ -261,7 +276,7 @@ in
       type = types.package;
       default = pkgs.callPackage ./package.nix { };
       defaultText = literalExpression "pkgs.callPackage ./package.nix { }";
-      description = "The nanoclaw package (the host, the broker `nanoclaw-sandboxd` and `nanoclaw-port-filter`).";
+      description = "The nanoclaw package (the host `nanoclaw` and the broker `nanoclaw-sandboxd`).";
     };
 
     settings = mkOption {
@@ -328,33 +343,6 @@ in
       description = "Path components never mounted, besides the built-in ${
         lib.concatMapStringsSep ", " (pattern: "`${pattern}`") rules.blocked_patterns
       } and `${rules.env_file_prefix}*`.";
-    };
-    proxy = mkOption {
-      default = null;
-      description = ''
-        Where the host runs the egress proxy, the one way to `egress.domains`; required when
-        a group has domains. An address of its own (`127.0.0.9`) keeps services on
-        127.0.0.1 out of reach; on it, `nanoclaw-port-filter.service` lets tool units reach
-        this port only.
-      '';
-      example = {
-        address = "127.0.0.9";
-        port = 3128;
-      };
-      type = types.nullOr (
-        types.submodule {
-          options = {
-            address = mkOption {
-              type = types.str;
-              description = "An IP address of this host.";
-            };
-            port = mkOption {
-              type = types.port;
-              description = "The proxy's TCP port.";
-            };
-          };
-        }
-      );
     };
     defaults.limits = limitsOption "every group";
 

@@ -43,7 +43,6 @@ python3Packages.buildPythonApplication {
   pythonImportsCheck = [
     "nanoclaw.cli"
     "nanoclaw.broker.sandboxd"
-    "nanoclaw.broker.port_filter"
   ];
 
   passthru = { inherit claude-agent-sdk; };

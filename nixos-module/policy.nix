@@ -45,4 +45,3 @@ nonEmpty {
   defaults = nonEmpty { limits = renderLimits cfg.defaults.limits; };
   groups = lib.mapAttrs group cfg.groups;
 }
-// lib.optionalAttrs (cfg.proxy != null) { proxy = { inherit (cfg.proxy) address port; }; }

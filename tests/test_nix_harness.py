@@ -31,7 +31,6 @@ MODULE_FILES = {
     "unit nanoclaw.service",
     "unit nanoclaw-sandboxd.service",
     "unit nanoclaw-sandboxd.socket",
-    "unit nanoclaw-port-filter.service",
     "tmpfiles 10-nanoclaw",
     "system.build.etc",
     "system.build.toplevel",

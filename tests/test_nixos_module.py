@@ -22,7 +22,8 @@ from tests.support.nix import NIX_ENV, REPO, harness, require_nixpkgs_lib
 
 nixpkgs_lib = pytest.fixture(scope="session")(require_nixpkgs_lib)
 
-# Two groups as the README has them: a project with GitHub egress, and one with nothing.
+# Two groups, much as the README has them: a project reaching GitHub by name (through the
+# egress proxy), and one reaching a network directly.
 BASE = """
 { pkgs, ... }: {
   services.nanoclaw = {
@@ -38,7 +39,6 @@ BASE = """
     };
     accessTokenFile = "/run/keys/matrix-token";
     apiKeyFile = "/run/keys/anthropic-key";
-    proxy = { address = "127.0.0.9"; port = 3128; };
     defaults.limits.tasksMax = 128;
     groups = {
       main = {
@@ -46,7 +46,6 @@ BASE = """
         main = true;
         roomId = "!owners:example.org";
         mounts = [ { host = "/srv/project"; sandbox = "/workspace/project"; writable = true; } ];
-        egress.cidrs = [ "140.82.112.0/20" ];
         egress.domains = [ "github.com" "*.githubusercontent.com" ];
         packages = [ pkgs.git pkgs.ripgrep ];
         limits = { memoryMaxBytes = 2147483648; wallSeconds = 900; };
@@ -56,6 +55,7 @@ BASE = """
         roomId = "!family:example.org";
         trigger = "@Andy";
         allowedSenders = [ "@me:example.org" "@partner:example.org" ];
+        egress.cidrs = [ "140.82.112.0/20" ];
         confineStore = false;
       };
     };
@@ -107,6 +107,7 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     }
     assert settings["model"] == {"name": "claude-sonnet-4-5", "api_key_credential": "anthropic-key"}
     assert settings["sandbox_socket"] == "/run/nanoclaw/sandbox.sock"
+    assert settings["egress_socket"] == "/run/nanoclaw-egress/proxy.sock"
     assert settings["data_dir"] == "/var/lib/nanoclaw"
     assert settings["timezone"] == "Europe/Berlin"
     assert settings["groups"]["family"] == {
@@ -118,6 +119,7 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     config = parse_config(settings)
     assert [g.folder for g in config.groups] == ["family", "main"]
     assert config.main_group is not None and config.main_group.folder == "main"
+    assert config.egress_socket == Path(settings["egress_socket"])
 
 
 def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:
@@ -137,7 +139,6 @@ def test_the_policy_is_the_one_written_by_hand(base: dict[str, Any]) -> None:
         "version": 1,
         "data_dir": "/var/lib/nanoclaw",
         "protected_paths": ["/etc/nanoclaw"],
-        "proxy": {"address": "127.0.0.9", "port": 3128},
         "defaults": {"limits": {"tasks_max": 128}},
         "groups": {
             "main": {
@@ -146,16 +147,13 @@ def test_the_policy_is_the_one_written_by_hand(base: dict[str, Any]) -> None:
                 "mounts": [
                     {"host": "/srv/project", "sandbox": "/workspace/project", "writable": True}
                 ],
-                "egress": {
-                    "cidrs": ["140.82.112.0/20"],
-                    "domains": ["github.com", "*.githubusercontent.com"],
-                },
+                "egress": {"domains": ["github.com", "*.githubusercontent.com"]},
                 "path": [paths["git"] + "/bin", paths["ripgrep"] + "/bin"],
                 # Its closure, /bin/sh and /etc's files join read_only_paths when it is built.
                 "empty_paths": ["/nix/store"],
                 "limits": {"memory_max_bytes": 2147483648, "wall_seconds": 900},
             },
-            "family": {"uid": 61001},
+            "family": {"uid": 61001, "egress": {"cidrs": ["140.82.112.0/20"]}},
         },
     }
     assert base["policy"] == expected
@@ -256,7 +254,7 @@ def test_the_host_service_is_hardened_and_gets_its_secrets_as_credentials(
     assert "X-Restart-Triggers=/nix/store/" in unit
 
 
-@pytest.mark.parametrize("name", ["nanoclaw", "nanoclaw-sandboxd", "nanoclaw-port-filter"])
+@pytest.mark.parametrize("name", ["nanoclaw", "nanoclaw-sandboxd"])
 def test_every_setting_of_the_plain_unit_is_set(base: dict[str, Any], name: str) -> None:
     """The module's units are those of units/: no [Service] key of theirs is left out
     (values may differ where paths do)."""
@@ -268,36 +266,100 @@ def test_every_setting_of_the_plain_unit_is_set(base: dict[str, Any], name: str)
 
 
 def test_an_override_loosens_one_key_and_leaves_the_rest(nixpkgs_lib: Path) -> None:
-    sample = changed("proxy = {", "serviceOverrides.PrivateUsers = false; proxy = {")
+    sample = changed(
+        "defaults.limits.tasksMax = 128;",
+        "serviceOverrides.PrivateUsers = false; defaults.limits.tasksMax = 128;",
+    )
     config = evaluate(nixpkgs_lib, sample)["services"]["nanoclaw"]["serviceConfig"]
     assert config["PrivateUsers"] is False and config["ProtectSystem"] == "strict"
 
 
-def test_the_broker_its_socket_and_the_port_filter(base: dict[str, Any]) -> None:
+def test_the_broker_and_its_socket(base: dict[str, Any]) -> None:
     broker = base["services"]["nanoclaw-sandboxd"]
-    assert broker["serviceConfig"]["ExecStart"] == (
-        f"{base['package']}/bin/nanoclaw-sandboxd --policy /etc/nanoclaw/policy.json"
-    )
     assert broker["serviceConfig"]["CapabilityBoundingSet"] == "CAP_SYS_ADMIN CAP_DAC_READ_SEARCH"
     # It must see /home as PID 1 does, to check the mount sources PID 1 binds.
     assert broker["serviceConfig"]["ProtectHome"] == "read-only"
-    # IP only to its probes' listeners: loopback and the proxy's address.
+    # IP only to its probe's listener on loopback: the relays are units of their own.
     assert broker["serviceConfig"]["IPAddressDeny"] == "any"
-    assert broker["serviceConfig"]["IPAddressAllow"] == ["localhost", "127.0.0.9"]
-    assert "nanoclaw-port-filter.service" in broker["after"]
+    assert broker["serviceConfig"]["IPAddressAllow"] == ["localhost"]
+    assert broker["after"] == ["nanoclaw-sandboxd.socket", "dbus.service"]
+    assert broker["wants"] == broker["partOf"] == []
     socket = base["sockets"]["nanoclaw-sandboxd"]
     assert socket["listenStreams"] == ["/run/nanoclaw/sandbox.sock"]
     assert socket["socketConfig"]["SocketGroup"] == "nanoclaw"
     assert socket["socketConfig"]["SocketMode"] == "0660"
     assert socket["wantedBy"] == ["sockets.target"]
-    port_filter = base["services"]["nanoclaw-port-filter"]
-    assert port_filter["path"] == [base["paths"]["nftables"]]
-    # A start, restart or reload of nftables.service flushes every table: ours follows.
-    assert "nftables.service" in port_filter["after"]
-    assert "nftables.service" in port_filter["partOf"]
-    assert port_filter["unitConfig"]["ReloadPropagatedFrom"] == ["nftables.service"]
-    assert port_filter["serviceConfig"]["ExecReload"] == port_filter["serviceConfig"]["ExecStart"]
-    assert port_filter["serviceConfig"]["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    # No port filter any more: a group with domains has a network namespace of its own.
+    assert not any("port-filter" in name for name in base["services"])
+    assert not any("port-filter" in name for name in base["units"])
+
+
+def test_the_broker_leads_relays_to_the_hosts_egress_socket(base: dict[str, Any]) -> None:
+    """The broker's relays run NixOS's systemd-socket-proxyd (which is not where the broker
+    looks by itself) and lead to the socket where the host's egress proxy listens."""
+    argv = base["services"]["nanoclaw-sandboxd"]["serviceConfig"]["ExecStart"].split(" ")
+    assert argv[:3] == [
+        f"{base['package']}/bin/nanoclaw-sandboxd",
+        "--policy",
+        "/etc/nanoclaw/policy.json",
+    ]
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert set(options) == {"--policy", "--egress-socket", "--socket-proxyd"}
+    assert options["--socket-proxyd"] == (
+        f"{base['paths']['systemd']}/lib/systemd/systemd-socket-proxyd"
+    )
+    assert options["--egress-socket"] == base["settings"]["egress_socket"]
+    assert parse_config(without_nulls(base["settings"])).egress_socket == Path(
+        options["--egress-socket"]
+    )
+    # In the unit file, with its dependency on systemd's package.
+    unit = base["units"]["nanoclaw-sandboxd.service"]
+    assert f"--socket-proxyd {options['--socket-proxyd']}" in unit
+
+
+def test_the_host_owns_the_egress_sockets_directory(base: dict[str, Any]) -> None:
+    """The host makes its egress proxy's socket in a runtime directory of its own, open to
+    the relays' dynamic users (units/nanoclaw.service has the same)."""
+    config = base["services"]["nanoclaw"]["serviceConfig"]
+    assert config["RuntimeDirectory"] == ["nanoclaw-egress"]
+    assert config["RuntimeDirectoryMode"] == "0755"
+    socket = Path(base["settings"]["egress_socket"])
+    assert socket.parent == Path("/run") / config["RuntimeDirectory"][0]
+    unit = base["units"]["nanoclaw.service"]
+    assert "RuntimeDirectory=nanoclaw-egress\n" in unit
+    assert "RuntimeDirectoryMode=0755\n" in unit
+
+
+def test_a_runtime_directory_of_ones_own_joins_the_hosts(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "  services.nanoclaw = {",
+        '  systemd.services.nanoclaw.serviceConfig.RuntimeDirectory = "nanoclaw-extra";\n'
+        "  services.nanoclaw = {",
+    )
+    config = evaluate(nixpkgs_lib, sample)["services"]["nanoclaw"]["serviceConfig"]
+    assert sorted(config["RuntimeDirectory"]) == ["nanoclaw-egress", "nanoclaw-extra"]
+
+
+def test_a_group_reaches_cidrs_or_domains_not_both(nixpkgs_lib: Path, base: dict[str, Any]) -> None:
+    # The control: one group with domains and one with cidrs evaluate.
+    assert base["failed"] == []
+    assert base["policy"]["groups"]["main"]["egress"] == {
+        "domains": ["github.com", "*.githubusercontent.com"]
+    }
+    assert base["policy"]["groups"]["family"]["egress"] == {"cidrs": ["140.82.112.0/20"]}
+    both = changed(
+        "egress.domains = [",
+        'egress.cidrs = [ "10.0.0.0/8" ]; egress.domains = [',
+    )
+    failed = [" ".join(message.split()) for message in evaluate(nixpkgs_lib, both)["failed"]]
+    assert failed == [
+        "services.nanoclaw.groups.main.egress: has both cidrs and domains, but a group reaches "
+        "either egress.cidrs (on the host's network, by IP) or egress.domains (in a network of "
+        "its own, through the egress proxy), not both: make two groups."
+    ]
+    # Which nanoclaw's own validator refuses too.
+    assert not python_accepts({"cidrs": ["10.0.0.0/8"], "domains": ["github.com"]})
+    assert python_accepts({"cidrs": ["10.0.0.0/8"]}) and python_accepts({"domains": ["github.com"]})
 
 
 def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
@@ -383,11 +445,6 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
         ('"github.com"', '"GitHub.com"', "must be a lowercase DNS name"),
         ('"github.com"', '"10.0.0.1"', "must be a lowercase DNS name"),
         (
-            'proxy = { address = "127.0.0.9"; port = 3128; };',
-            "",
-            "egress.domains: are reached only through the egress proxy",
-        ),
-        (
             'timezone = "Europe/Berlin";',
             'matrix.access_token = "syt_abc";',
             "services.nanoclaw.settings.matrix.access_token looks like a secret",
@@ -448,6 +505,11 @@ def test_bad_configurations_fail_with_their_message(
             'timezone = "Europe/Berlin";',
             'data_dir = "/srv/nanoclaw";',
             "services.nanoclaw.settings.data_dir' is read-only",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'egress_socket = "/run/nanoclaw/egress.sock";',
+            "services.nanoclaw.settings.egress_socket' is read-only",
         ),
     ],
 )
@@ -522,7 +584,6 @@ def python_accepts(egress: dict[str, list[str]]) -> bool:
     data = {
         "version": 1,
         "data_dir": "/var/lib/nanoclaw",
-        "proxy": {"address": "127.0.0.9", "port": 3128},
         "groups": {"g": {"uid": 61000, "egress": egress}},
     }
     try:

@@ -2,7 +2,7 @@
 # vm-tests/node/policy.json give the Debian node by hand, declared through services.nanoclaw,
 # and what the NixOS-only conversation scenario needs besides: a Synapse, a scripted model
 # and nanoclaw.service itself, all started with nanoclaw.service (never at boot: the host
-# would hold the egress proxy's address that `nanoclaw exec` takes in the other scenarios).
+# would hold the egress proxy's socket that `nanoclaw exec` serves in the other scenarios).
 #
 # This is the one place that names the options the scenarios need from the NixOS module
 # (self.nixosModules.default), which must provide:
@@ -10,7 +10,6 @@
 #   .settings                  RFC 42: matrix.{homeserver, user_id, owners}, model, ...
 #   .accessTokenFile, .apiKeyFile    outside the store, handed over with LoadCredential=
 #   .dataDir, .protectedPaths  the policy's data_dir and protected_paths
-#   .proxy.{address, port}     the policy's proxy
 #   .defaults.limits, .groups.<name>.limits
 #       {memoryMaxBytes, tasksMax, cpuQuotaPercent, wallSeconds, outputBytes, ...}
 #   .groups.<name>.{uid, main, roomId, mounts = [{host, sandbox, writable}],
@@ -18,8 +17,9 @@
 # and from them: /etc/nanoclaw/policy.json and config.toml; users nanoclaw (group nanoclaw:
 # the broker's clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); each
 # group's folder under dataDir/groups; every unit of units/ with its name and hardening
-# (nanoclaw-sandboxd.socket enabled, and nanoclaw-port-filter.service where units/ has it,
-# with nft on its path); the package's commands on PATH. A tool unit finds its group's
+# (nanoclaw-sandboxd.socket enabled; the broker given systemd-socket-proxyd for the relays
+# of groups with domains, and the socket of the host's egress proxy, settings.egress_socket,
+# where they lead); the package's commands on PATH. A tool unit finds its group's
 # packages first on PATH (the policy's `path`) and sees only their closure of the store
 # (`empty_paths` and `read_only_paths`), since /usr/local/bin:/usr/bin:/bin holds nothing here.
 { self }:
@@ -63,9 +63,8 @@ let
 
     ours, debian = (load_policy(Path(path)) for path in sys.argv[1:3])
     problems = []
-    for field in ("data_dir", "proxy"):
-        if getattr(ours, field) != getattr(debian, field):
-            problems.append(f"{field}: {getattr(ours, field)!r}, not {getattr(debian, field)!r}")
+    if ours.data_dir != debian.data_dir:
+        problems.append(f"data_dir: {ours.data_dir!r}, not {debian.data_dir!r}")
     # The module may protect more, never less.
     for field in ("protected_paths", "blocked_patterns"):
         missing = set(getattr(debian, field)) - set(getattr(ours, field))
@@ -141,10 +140,6 @@ in
 
     dataDir = "/var/lib/nanoclaw";
     protectedPaths = [ "/etc/nanoclaw" ];
-    proxy = {
-      address = "127.0.0.9";
-      port = 3128;
-    };
     defaults.limits = limits;
     inherit groups;
   };
@@ -238,7 +233,6 @@ in
     shadow # useradd
     util-linux # setpriv, findmnt
     procps # pgrep
-    nftables # nft, to look at the port filter's table
   ];
 
   # Files and directories setup.sh makes that the module does not (the group folders are

@@ -93,9 +93,11 @@ let
       {
         inherit failed;
         inherit (config) warnings users;
-        # Store paths of packages the examples name, to compare the policy's `path` with.
+        # Store paths of packages the examples name, to compare the policy's `path` with,
+        # and of the system's systemd (systemd.package), whose programs the units name.
         paths = lib.mapAttrs (_: package: "${package}") {
-          inherit (config.nixpkgs.pkgs) git ripgrep nftables;
+          inherit (config.nixpkgs.pkgs) git ripgrep;
+          systemd = config.systemd.package;
         };
         inherit (cfg) settings policy;
         configFile = "${cfg.configFile}";

@@ -358,6 +358,8 @@ let
         };
 
         systemd = {
+          # nixos/modules/system/boot/systemd.nix: mkPackageOption pkgs "systemd" { }.
+          package = option types.package pkgs.systemd;
           services = mkOption {
             type = types.attrsOf (types.submodule { options = serviceOptions; });
             default = { };
