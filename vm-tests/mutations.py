@@ -56,8 +56,8 @@ MUTATIONS = (
         "network-for-all",
         "PrivateNetwork= and the AF_UNIX-only address families of groups without egress",
         (
-            Edit(UNIT, '("PrivateNetwork", not network),', '("PrivateNetwork", False),'),
-            Edit(UNIT, 'if network else ("AF_UNIX",)', 'if True else ("AF_UNIX",)'),
+            Edit(UNIT, '("PrivateNetwork", not on_host_network),', '("PrivateNetwork", False),'),
+            Edit(UNIT, '    return ("AF_UNIX",)\n', '    return ("AF_UNIX", "AF_INET")\n'),
         ),
         "egress",
         "no network by default",
@@ -83,22 +83,24 @@ MUTATIONS = (
         "a listed domain through the proxy, an unlisted one refused",
     ),
     Mutation(
-        "no-port-filter",
-        "the nftables port filter on the proxy's address, and the broker's check of it",
+        "domain-group-on-host-network",
+        "the network namespace of a group with domains (its units on the host's network)",
+        (Edit(UNIT, "on_host_network = bool(group.egress.cidrs)", "on_host_network = True"),),
+        "egress",
+        "a listed domain through the proxy, an unlisted one refused",
+    ),
+    Mutation(
+        "relay-with-ipv6",
+        "the address families of a group with domains (IPv6 besides the relay's IPv4)",
         (
             Edit(
-                "nanoclaw/broker/port_filter.py",
-                "if policy.proxy is not None and uids:",
-                "if False:",
-            ),
-            Edit(
-                BROKER,
-                "if group.egress.domains and not self.enforced.proxy_port_filter:",
-                "if False:",
+                UNIT,
+                'return ("AF_UNIX", "AF_INET")  # the relay listens on 127.0.0.1',
+                'return ("AF_UNIX", "AF_INET", "AF_INET6")',
             ),
         ),
         "egress",
-        "on the proxy's address, only the proxy's port",
+        "around the relay: the node's addresses, DNS, io_uring, other families",
     ),
     Mutation(
         "host-run",
@@ -106,19 +108,6 @@ MUTATIONS = (
         (drop(UNIT, '                (RUN, "mode=0755"),\n'),),
         "egress",
         "no name service sockets",
-    ),
-    Mutation(
-        "broker-trusts-port-filter",
-        "the broker's start-up check that the port filter holds",
-        (
-            Edit(
-                BROKER,
-                "if group.egress.domains and not self.enforced.proxy_port_filter:",
-                "if False:",
-            ),
-        ),
-        "broker",
-        "without the port filter, groups with domains are refused",
     ),
     Mutation(
         "broker-takes-any-field",

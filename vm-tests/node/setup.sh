@@ -5,8 +5,7 @@ set -euo pipefail
 src=/opt/nanoclaw-src
 node=$src/vm-tests/node
 
-for tool in nanoclaw:nanoclaw.cli nanoclaw-sandboxd:nanoclaw.broker.sandboxd \
-  nanoclaw-port-filter:nanoclaw.broker.port_filter; do
+for tool in nanoclaw:nanoclaw.cli nanoclaw-sandboxd:nanoclaw.broker.sandboxd; do
   printf '#!/bin/sh\nexec /opt/nanoclaw/venv/bin/python -m %s "$@"\n' "${tool#*:}" \
     > "/usr/local/bin/${tool%%:*}"
   chmod 0755 "/usr/local/bin/${tool%%:*}"
@@ -49,6 +48,6 @@ cat >> /etc/hosts <<'HOSTS'
 HOSTS
 
 install -m 0644 "$src/units/nanoclaw-sandboxd.socket" "$src/units/nanoclaw-sandboxd.service" \
-  "$src/units/nanoclaw-port-filter.service" "$src/units/nanoclaw.service" /etc/systemd/system/
+  "$src/units/nanoclaw.service" /etc/systemd/system/
 systemctl daemon-reload
-systemctl start nanoclaw-port-filter.service nanoclaw-sandboxd.socket
+systemctl start nanoclaw-sandboxd.socket

@@ -108,18 +108,15 @@ with subtest("the host's user cannot start a transient unit by itself"):
     assert status != 0, output
     machine.succeed("systemd-run --wait --pipe -q true")  # control: root can
 
-with subtest("without the port filter, groups with domains are refused"):
-    assert tool_succeeds("web", "echo ran").startswith("ran\n")  # control: the filter holds
-    # Stopping the filter stops the broker too (PartOf=), and the broker's next start
-    # loads it again (Wants=), which fails here as where nft is missing.
-    machine.systemctl("stop nanoclaw-port-filter.service")
-    machine.fail("nft list table inet nanoclaw")
-    machine.succeed("mount --bind /dev/null /usr/sbin/nft")
+with subtest("without systemd-socket-proxyd, groups with domains are refused"):
+    assert tool_succeeds("web", "echo ran").startswith("ran\n")  # control: the relay starts
+    command = machine.succeed("systemctl show -P ExecStart nanoclaw-sandboxd.service").split()
+    given = [word for word in command if word.endswith("/systemd-socket-proxyd")]
+    proxyd = given[0] if given else "/usr/lib/systemd/systemd-socket-proxyd"
+    machine.succeed(f"mount --bind /dev/null {proxyd} && systemctl restart nanoclaw-sandboxd")
     refused = tool_fails("web", "echo ran")
-    assert "other ports of the proxy's address are open" in refused, refused
-    assert tool_succeeds("cidr", "echo ran").startswith("ran\n")  # a CIDR group needs no proxy
-    machine.require_unit_state("nanoclaw-port-filter.service", "failed")
-    machine.succeed("umount /usr/sbin/nft")
-    machine.systemctl("restart nanoclaw-port-filter.service")  # and, PartOf=, the broker
+    assert "need systemd-socket-proxyd, which this machine lacks" in refused, refused
+    assert tool_succeeds("cidr", "echo ran").startswith("ran\n")  # a CIDR group needs none
+    assert tool_succeeds("alpha", "echo ran").startswith("ran\n")
+    machine.succeed(f"umount {proxyd} && systemctl restart nanoclaw-sandboxd")
     assert tool_succeeds("web", "echo ran").startswith("ran\n")
-    machine.succeed("nft list table inet nanoclaw")

@@ -1,9 +1,42 @@
-# Egress: no network by default; CIDRs exactly; domains only through the proxy; loopback
-# services out of reach. 11.0.0.100 and 11.0.0.101 both forward to one HTTP server outside
-# the VM that answers "egress-ok"; /etc/hosts names them allowed.test and denied.test.
+# Egress: no network by default; CIDRs exactly; domains only through the group's relay to
+# the egress proxy, and no way around it; loopback services out of reach. 11.0.0.100 and
+# 11.0.0.101 both forward to one HTTP server outside the VM that answers "egress-ok";
+# /etc/hosts names them allowed.test and denied.test. `nanoclaw exec` runs the egress proxy
+# for its call where the host's would be (/run/nanoclaw-egress/proxy.sock).
 start_all()
 ensure_node()
 fetch = "curl -sS --fail --max-time 5 "
+
+# Run by python3 in a tool unit or on the node: "connected" or "answered", else the errno's
+# name. The UDP question is a DNS query for example.com.
+PROBE = """
+import errno, socket, sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if kind == "tcp":
+        socket.create_connection((host, port), 3).close()
+        print("connected")
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        query = "1234 0100 0001 0000 0000 0000 07 6578616d706c65 03 636f6d 00 0001 0001"
+        s.sendto(bytes.fromhex(query), (host, port))
+        s.recv(512)
+        print("answered")
+except TimeoutError:
+    print("timeout")
+except OSError as e:
+    print(errno.errorcode.get(e.errno or 0, str(e)))
+"""
+
+
+def probe(where: str, kind: str, host: str, port: int) -> str:
+    """The probe in a tool unit of group `where`, or on the node itself ("node")."""
+    command = f"python3 -c {shlex.quote(PROBE)} {kind} {host} {port}"
+    if where == "node":
+        return machine.succeed(command).strip()
+    return tool_succeeds(where, command).splitlines()[0].strip()
+
 
 with subtest("no network by default"):
     assert "egress-ok" in machine.succeed(fetch + "http://11.0.0.100/")  # control: the VM can
@@ -18,8 +51,8 @@ with subtest("a listed domain through the proxy, an unlisted one refused"):
     assert "egress-ok" in tool_succeeds("web", fetch + "http://allowed.test/")
     refused = tool_fails("web", fetch + "http://denied.test/")
     assert "403" in refused, refused
-    # The proxy is the only way out: the same address, straight, is blocked.
-    tool_fails("web", fetch + "--noproxy '*' http://11.0.0.100/")
+    # The proxy is the only way out: the same address, straight, has no route.
+    assert probe("web", "tcp", "11.0.0.100", 80) == "ENETUNREACH"
     # Only groups with domains get a proxy (and a secret for it).
     assert tool_succeeds("cidr", "env | grep -ci proxy || true").startswith("0\n")
 
@@ -34,19 +67,60 @@ with subtest("loopback services are out of reach"):
         tool_fails(group, fetch + "--noproxy '*' http://127.0.0.1:8008/")
     machine.succeed("systemctl stop stand-in-homeserver")
 
-with subtest("on the proxy's address, only the proxy's port"):
-    # A service on every address (as a homeserver or sshd may listen) answers on the
-    # proxy's address too, and so does one bound to that address alone.
-    for unit, bind, port in (("any", "0.0.0.0", 8009), ("proxy-neighbour", "127.0.0.9", 8010)):
-        machine.succeed(
-            f"systemd-run --unit=stand-in-{unit} -p DynamicUser=yes "
-            f"python3 -m http.server --bind {bind} {port}"
+with subtest("around the relay: the node's addresses, DNS, io_uring, other families"):
+    machine.succeed(
+        "systemd-run --unit=stand-in-any -p DynamicUser=yes "
+        "python3 -m http.server --bind 0.0.0.0 8009"
+    )
+    machine.wait_for_open_port(8009)
+    route = machine.succeed("ip -4 -o route get 11.0.0.100").split()
+    own = route[route.index("src") + 1]
+    for host in ("127.0.0.1", own):  # a service on every address, as sshd's or Synapse's
+        assert probe("node", "tcp", host, 8009) == "connected", host  # control
+        assert probe("web", "tcp", host, 8009) in ("ECONNREFUSED", "ENETUNREACH"), host
+    machine.succeed("systemctl stop stand-in-any")
+    # The relay is the one listener on the unit's loopback; a group without domains has no
+    # relay, and not even an IPv4 socket to try with.
+    assert probe("web", "tcp", "127.0.0.1", 3128) == "connected"
+    assert probe("alpha", "tcp", "127.0.0.1", 3128) == "EAFNOSUPPORT"
+    # DNS: a resolver on the node (as systemd-resolved's 127.0.0.53 would be) answers the
+    # node on every address, and nothing answers the unit. Names are the proxy's to resolve.
+    machine.succeed(
+        "systemd-run --unit=stand-in-resolver -p DynamicUser=yes python3 -c "
+        + shlex.quote(
+            "import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 5353))\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(512)\n"
+            "    s.sendto(data, peer)\n"
         )
-        machine.wait_until_succeeds(f"{fetch} http://127.0.0.9:{port}/")  # control
-        tool_fails("web", fetch + f"--noproxy '*' http://127.0.0.9:{port}/")
-        machine.succeed(f"systemctl stop stand-in-{unit}")
-    # The proxy's own port on that address stays open: the listed domain went through it.
-    assert "egress-ok" in tool_succeeds("web", fetch + "http://allowed.test/")
+    )
+    machine.wait_until_succeeds("ss -uln | grep -q ':5353 '")
+    for host in ("127.0.0.1", own):
+        assert probe("node", "udp", host, 5353) == "answered", host  # control
+        assert probe("web", "udp", host, 5353) in ("ENETUNREACH", "timeout"), host
+    machine.succeed("systemctl stop stand-in-resolver")
+    lookup = tool_fails(
+        "web", "python3 -c 'import socket; socket.getaddrinfo(\"example.com\", 443)'"
+    )
+    assert "gaierror" in lookup, lookup
+    # io_uring would make sockets without socket(2), past RestrictAddressFamilies=.
+    uring = errno_of(425, 4, "ctypes.create_string_buffer(120)")
+    assert tool_succeeds("web", uring).strip() == "1"  # EPERM
+    assert machine.succeed(f"systemd-run --wait --pipe -q {uring}").strip() == "0"  # control
+    for family in ("AF_INET6", "AF_NETLINK", "AF_PACKET"):
+        made = tool_fails("web", f"python3 -c 'import socket; socket.socket(socket.{family}, 2)'")
+        assert "Errno 97" in made, made  # EAFNOSUPPORT
+    tool_succeeds("web", "python3 -c 'import socket; socket.socket(socket.AF_INET, 1)'")
+
+with subtest("the relay runs as a dynamic user without capabilities"):
+    tool_succeeds("web", fetch + "http://allowed.test/")
+    pid = machine.succeed("systemctl show -P MainPID nanoclaw-egress-web.service").strip()
+    status = machine.succeed(f"cat /proc/{pid}/status")
+    uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+    assert 61184 <= uid <= 65519, f"not a dynamic user: {uid}"
+    assert "CapEff:\t0000000000000000" in status, status
 
 with subtest("no name service sockets"):
     for group in ("alpha", "web"):
