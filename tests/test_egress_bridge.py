@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import socketserver
-import ssl
 import subprocess
 import sys
 import threading
@@ -39,8 +38,16 @@ from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import describe_policy, run_in_sandbox
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools
-from tests.support.egress import self_signed_certificate
-from tests.support.machine import BROKER_OVERRIDE, REPO, SOURCE, Machine, require_machine, rootfs
+from tests.support.egress import self_signed_certificate, serve_site
+from tests.support.machine import (
+    BROKER_OVERRIDE,
+    REPO,
+    SOURCE,
+    Machine,
+    require_machine,
+    rootfs,
+    tool_users,
+)
 from tests.support.net import free_port
 
 POLICY = {
@@ -51,18 +58,14 @@ POLICY = {
         "web": {"uid": 61004, "egress": {"domains": ["localhost"]}},
     },
 }
-SETUP = """
+SETUP = (
+    """
 set -e
 groupadd --system nanoclaw
 mkdir -p /etc/nanoclaw /var/lib/nanoclaw
-for g in alpha:61001 web:61004; do
-  name=${g%%:*} id=${g##*:}
-  groupadd --gid $id nanoclaw-tool-$name
-  useradd --uid $id --gid $id --no-create-home --shell /usr/sbin/nologin nanoclaw-tool-$name
-  mkdir -p /var/lib/nanoclaw/groups/$name
-  chown $id:$id /var/lib/nanoclaw/groups/$name
-done
-install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json
+"""
+    + tool_users({"alpha": 61001, "web": 61004})
+    + """install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json
 install -m 0644 /tmp/units/site.crt /var/lib/nanoclaw/groups/web/site.crt
 cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
 mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
@@ -70,6 +73,7 @@ cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
 systemctl daemon-reload
 systemctl start nanoclaw-sandboxd.socket
 """
+)
 # Run by python3 in a unit: a CONNECT through the relay with the call's secret (from
 # https_proxy), then TLS naming argv[2] as the server (SNI): the page, or what failed.
 FRONT = r"""
@@ -157,16 +161,12 @@ async def upstream(site: Site) -> AsyncIterator[list[str]]:
         seen.append(request.path)
         return web.Response(text=f"upstream page {request.path}")
 
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(site.certificate, site.key)
     app = web.Application()
     app.router.add_get("/{name}", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", site.port).start()
-    await web.TCPSite(runner, "127.0.0.1", site.tls_port, ssl_context=tls).start()
-    yield seen
-    await runner.cleanup()
+    files = (site.certificate, site.key)
+    # Plain HTTP on every address: the host's own address too, for the probes below.
+    async with serve_site(app, (site.port, site.tls_port), files, plain_host="0.0.0.0"):
+        yield seen
 
 
 @pytest.fixture

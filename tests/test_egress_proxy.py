@@ -36,7 +36,7 @@ from nanoclaw.host.egress_proxy import (
     IncompleteClientHello,
     client_hello_sni,
 )
-from tests.support.egress import SocketProxy, self_signed_certificate
+from tests.support.egress import SocketProxy, self_signed_certificate, serve_site
 from tests.support.net import free_port
 
 
@@ -83,20 +83,12 @@ async def upstream(certificate: Certificate) -> AsyncIterator[Upstream]:
         state.seen.append(dict(request.headers) | {"path": request.path_qs})
         return web.Response(text="hello from upstream")
 
-    def note_server_name(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
-        state.server_names.append(name)
-
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(certificate.certificate, certificate.key)
-    tls.sni_callback = note_server_name
     app = web.Application()
     app.router.add_get("/page", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", state.port).start()
-    await web.TCPSite(runner, "127.0.0.1", state.tls_port, ssl_context=tls).start()
-    yield state
-    await runner.cleanup()
+    files = (certificate.certificate, certificate.key)
+    ports = (state.port, state.tls_port)
+    async with serve_site(app, ports, files, on_server_name=state.server_names.append):
+        yield state
 
 
 @pytest.fixture

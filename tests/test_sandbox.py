@@ -30,6 +30,7 @@ from tests.support.machine import (
     Machine,
     require_machine,
     rootfs,
+    tool_users,
 )
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 from tests.support.world import World
@@ -60,18 +61,14 @@ POLICY = {
         "web": {"uid": 61004, "egress": {"domains": ["example.org", "*.example.net"]}},
     },
 }
-SETUP = """
+SETUP = (
+    """
 set -e
 groupadd --system nanoclaw
 mkdir -p /etc/nanoclaw /srv/shared /srv/scratch /var/lib/nanoclaw/global
-for g in alpha:61001 beta:61002 online:61003 web:61004; do
-  name=${g%%:*} id=${g##*:}
-  groupadd --gid $id nanoclaw-tool-$name
-  useradd --uid $id --gid $id --no-create-home --shell /usr/sbin/nologin nanoclaw-tool-$name
-  mkdir -p /var/lib/nanoclaw/groups/$name
-  chown $id:$id /var/lib/nanoclaw/groups/$name
-done
-chown 61001:61001 /srv/scratch
+"""
+    + tool_users({name: group["uid"] for name, group in POLICY["groups"].items()})
+    + """chown 61001:61001 /srv/scratch
 echo shared-file > /srv/shared/readme
 echo beta-secret > /var/lib/nanoclaw/groups/beta/secret
 echo database > /var/lib/nanoclaw/nanoclaw.db
@@ -82,6 +79,7 @@ cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
 systemctl daemon-reload
 systemctl start nanoclaw-sandboxd.socket
 """
+)
 
 
 @pytest.fixture(scope="module")

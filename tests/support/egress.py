@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -68,6 +71,30 @@ async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         while chunk := await source.read(64 * 1024):
             sink.write(chunk)
             await sink.drain()
+
+
+@contextlib.asynccontextmanager
+async def serve_site(
+    app: web.Application,
+    ports: tuple[int, int],
+    certificate: tuple[Path, Path],
+    plain_host: str = "127.0.0.1",
+    on_server_name: Callable[[str | None], None] | None = None,
+) -> AsyncIterator[None]:
+    """`app` as one site on two ports: plain HTTP on `plain_host`, and HTTPS on 127.0.0.1
+    with `certificate` (its file and key), telling `on_server_name` each SNI it gets."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(*certificate)
+    if on_server_name is not None:
+        tls.sni_callback = lambda _, name, __: on_server_name(name)  # type: ignore[assignment]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, plain_host, ports[0]).start()
+        await web.TCPSite(runner, "127.0.0.1", ports[1], ssl_context=tls).start()
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def self_signed_certificate(name: str, directory: Path) -> tuple[Path, Path]:

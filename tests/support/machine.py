@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Mapping
 
 import pytest
 
@@ -28,6 +29,7 @@ __all__ = [
     "median_seconds",
     "require_machine",
     "rootfs",
+    "tool_users",
 ]
 
 
@@ -38,6 +40,20 @@ BROKER_OVERRIDE = f"""[Service]
 ExecStart=
 ExecStart=/usr/bin/python3 -m nanoclaw.broker.sandboxd --policy /etc/nanoclaw/policy.json
 Environment=PYTHONPATH={SOURCE}
+"""
+
+
+def tool_users(groups: Mapping[str, int]) -> str:
+    """Shell, run as root in a machine: each group's tool user and group (the same ID) as
+    sysusers would make them, and its workspace, the tool user's own."""
+    pairs = " ".join(f"{name}:{uid}" for name, uid in groups.items())
+    return f"""for g in {pairs}; do
+  name=${{g%%:*}} id=${{g##*:}}
+  groupadd --gid $id nanoclaw-tool-$name
+  useradd --uid $id --gid $id --no-create-home --shell /usr/sbin/nologin nanoclaw-tool-$name
+  mkdir -p /var/lib/nanoclaw/groups/$name
+  chown $id:$id /var/lib/nanoclaw/groups/$name
+done
 """
 
 
