@@ -5,6 +5,9 @@ Stdlib and nanoclaw only (the machine's python3 has nothing else), run as
 an order that rotates from round to round (so no series gets the quieter part of the
 run), one call of each, timed with perf_counter:
 - broker: `run_in_sandbox(socket, group, ["/bin/true"], timeout=10)`;
+- broker_domain: the same for a group with egress domains, with a proxy secret: its unit
+  joins the group's relay namespace, and the broker checks the relay is up each call (the
+  first such call starts the relay: its cost is kept apart);
 - systemd_run: plain `systemd-run --wait --pipe --quiet true`;
 - sandboxed_systemd_run: the same systemd-run with `-p` for every setting of the unit the
   broker would start for this call (compile_unit on the machine's real policy, rendered by
@@ -34,6 +37,7 @@ SOCKET = "/run/nanoclaw/sandbox.sock"
 POLICY = Path("/etc/nanoclaw/policy.json")
 SYSTEMD_RUN = ["systemd-run", "--wait", "--pipe", "--quiet"]
 MARKER = "UNIT_LOOP_RESULT "
+SECRET = "b" * 43  # the shape of the host's per-call secrets
 # Not settings of the sandbox: the command is given as systemd-run's own argument.
 NOT_SANDBOX = ("Description=", "ExecStart=")
 
@@ -58,18 +62,27 @@ def timed_process(argv: list[str]) -> Callable[[], float]:
     return call
 
 
-def measure(calls: int, warmup: int, group: str) -> dict[str, Any]:
+def measure(calls: int, warmup: int, group: str, domain_group: str) -> dict[str, Any]:
     loop = asyncio.new_event_loop()
     reported_ms: list[int] = []
 
-    def broker() -> float:
+    def call_broker(name: str, secret: str | None) -> float:
         start = time.perf_counter()
-        result = loop.run_until_complete(run_in_sandbox(SOCKET, group, ["/bin/true"], timeout=10))
+        result = loop.run_until_complete(
+            run_in_sandbox(SOCKET, name, ["/bin/true"], timeout=10, proxy_token=secret)
+        )
         elapsed = time.perf_counter() - start
         if not result.ok:
-            raise SystemExit(f"broker call failed: {result}")
-        reported_ms.append(result.duration_ms)
+            raise SystemExit(f"broker call for {name} failed: {result}")
+        if name == group:
+            reported_ms.append(result.duration_ms)
         return elapsed
+
+    def broker() -> float:
+        return call_broker(group, None)
+
+    def broker_domain() -> float:
+        return call_broker(domain_group, SECRET)
 
     properties = sandbox_properties(group)
     # Check that the translated settings do what the broker's unit does, once.
@@ -81,6 +94,7 @@ def measure(calls: int, warmup: int, group: str) -> dict[str, Any]:
     )
     series: dict[str, Callable[[], float]] = {
         "broker_s": broker,
+        "broker_domain_s": broker_domain,
         "systemd_run_s": timed_process([*SYSTEMD_RUN, "true"]),
         "sandboxed_systemd_run_s": timed_process([*SYSTEMD_RUN, *properties, "/bin/true"]),
     }
@@ -89,6 +103,7 @@ def measure(calls: int, warmup: int, group: str) -> dict[str, Any]:
     try:
         # The first call starts the socket-activated broker: its cold start, kept apart.
         first = broker()
+        first_domain = broker_domain()  # and the relay's start
         for _ in range(warmup):
             for call in series.values():
                 call()
@@ -101,6 +116,7 @@ def measure(calls: int, warmup: int, group: str) -> dict[str, Any]:
         loop.close()
     return {
         "broker_first_call_s": first,
+        "broker_domain_first_call_s": first_domain,
         "broker_reported_duration_ms": reported_ms,
         **samples,
         "sandbox_properties": properties,
@@ -113,8 +129,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--group", default="alpha")
+    parser.add_argument("--domain-group", default="web")
     args = parser.parse_args()
-    print(MARKER + json.dumps(measure(args.calls, args.warmup, args.group)), flush=True)
+    result = measure(args.calls, args.warmup, args.group, args.domain_group)
+    print(MARKER + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

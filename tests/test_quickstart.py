@@ -188,6 +188,9 @@ def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
         assert "Example Domain" in allowed or "nanoclaw egress proxy: cannot" in allowed, allowed
         # Without domains, no way out at all: main's fetch cannot even reach a proxy.
         assert "[exit status" in chat(data, "fetch http://example.com/"), "main has no egress"
+        # The operator's way in, as the README writes it: a shell command in the machine.
+        exec_id = appliance(data, "shell", "nanoclaw", "exec", "example", "--", "id", "-u")
+        assert exec_id == ["61001"], exec_id
         assert all(r.headers["x-api-key"] == KEY for r in model.requests)
         journal = subprocess.run(
             [str(REPO / "scripts/up"), "logs", "--data-dir", str(data), "-o", "cat"],

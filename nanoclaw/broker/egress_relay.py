@@ -8,6 +8,14 @@ the group's secret and domains. There is no route, no DNS and no other address t
 kernel's network namespaces hold it, with no need for cgroup BPF.
 
 The relay itself runs as a dynamic user with no capabilities and may open Unix sockets only.
+
+Why this way, of the ways to put a listener into a unit's private namespace: PID 1 makes
+the listening socket inside the namespace and hands the namespace to each unit that joins
+it, so the broker prepares no namespace (NetworkNamespacePath= would need one made and kept
+by root code of ours) and runs no forwarder of its own, and the forwarder is systemd's, out
+of the tool's reach (one started inside the unit could be replaced by the tool). What the
+broker adds is two units per group, whose every property is below. It costs a D-Bus query
+per call and, once per group, the relay's start (bench/tool_latency.py measures both).
 """
 
 from __future__ import annotations
