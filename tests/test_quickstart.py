@@ -140,6 +140,12 @@ def appliance(data: Path, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+def broker_journal(data: Path) -> str:
+    """What the broker and systemd said about it and the relays: for a failure's message."""
+    units = ("-u", "nanoclaw-sandboxd.service", "-u", "nanoclaw-egress-*")
+    return "\n".join(appliance(data, "shell", "journalctl", "--no-pager", "-n", "60", *units))
+
+
 def session_of(data: Path, folder: str) -> str:
     database = sqlite3.connect(data / "machine/state/nanoclaw.db")
     try:
@@ -177,7 +183,7 @@ def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
         assert healthy.count("no cgroup BPF") <= 1 and "ip filtering" in healthy, healthy
         for group, uid in UIDS.items():
             reply = chat(data, "please run it", group=group)
-            assert f"tool said: {uid}\n/workspace/group" in reply, reply
+            assert f"tool said: {uid}\n/workspace/group" in reply, (reply, broker_journal(data))
         # The example group's tools reach the web through its relay and the host's proxy,
         # which refuses a name outside the group's domains...
         refused = chat(data, "fetch http://github.com/", group="example")

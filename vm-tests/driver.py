@@ -776,6 +776,21 @@ def serve_http(body: bytes) -> tuple[http.server.ThreadingHTTPServer, int]:
     return server, server.server_address[1]
 
 
+def _after_failure(machine: VirtualMachine) -> None:
+    """Show what nanoclaw's units logged (the console has none of it), then power off, so
+    that the next scenario boots afresh instead of inheriting whatever broke this one."""
+    if not machine.is_up():
+        return
+    try:
+        _, journal = machine.execute(
+            "journalctl --no-pager -o short-monotonic -n 60 -u 'nanoclaw*'", timeout=60
+        )
+        log(f"=== nanoclaw's journal, last 60 lines:\n{journal}")
+    except Exception as error:  # the report must not hide the failure it reports on
+        log(f"=== nanoclaw's journal unavailable: {error}")
+    machine.shutdown()
+
+
 def discover_scenarios() -> list[Path]:
     """vm-tests/scenarios/*.py in name order, without helpers (names starting with "_")."""
     return sorted(path for path in SCENARIOS.glob("*.py") if not path.name.startswith("_"))
@@ -866,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"=== scenario {path.name} FAILED\n{results[-1].error}")
                 if args.fail_fast:
                     break
+                _after_failure(machine)
             else:
                 results.append(ScenarioResult(path, time.monotonic() - started))
                 log(f"=== scenario {path.name} passed ({results[-1].seconds:.1f} s)")

@@ -35,7 +35,8 @@ SOCKET_PROXYD_PLACES = (
     "/usr/lib/systemd/systemd-socket-proxyd",
     "/lib/systemd/systemd-socket-proxyd",
 )
-START_SECONDS = 5.0
+# A socket unit starts in milliseconds; a busy machine may queue its start for seconds.
+START_SECONDS = 30.0
 
 
 class RelayUnavailable(Exception):
@@ -120,11 +121,18 @@ class EgressRelays:
     async def _wait_listening(self, name: str) -> None:
         deadline = asyncio.get_running_loop().time() + START_SECONDS
         delay = 0.005
-        while (state := await self.systemd.active_state(name)) != "active":
-            ended = state == "failed" or (
-                state == "inactive" and not await self.systemd.has_job(name)
-            )
-            if ended or asyncio.get_running_loop().time() > deadline:
-                raise RelayUnavailable(f"{name} did not start listening ({state}); see its journal")
+        while True:
+            # The job first: read after the state, a start finished in between would look
+            # like an inactive unit with nothing queued, that is, one that failed.
+            queued = await self.systemd.has_job(name)
+            state = await self.systemd.active_state(name)
+            if state == "active":
+                return
+            if state == "failed" or (state == "inactive" and not queued):
+                raise RelayUnavailable(f"{name} failed to start ({state}); see its journal")
+            if asyncio.get_running_loop().time() > deadline:
+                raise RelayUnavailable(
+                    f"{name} did not start listening in {START_SECONDS:.0f} s ({state})"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)

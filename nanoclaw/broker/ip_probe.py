@@ -4,18 +4,21 @@ The broker asks once at start: a probe unit with IPAddressDeny=any tries to reac
 loopback listener of ours, next to a control unit without the deny that must reach it.
 Only a refused probe with a successful control counts as enforced. Groups with
 `egress.cidrs` need it; groups with domains do not (they have a network of their own).
+A probe that gives no answer (a slow or busy machine) is asked again, a few times, since
+"no" here refuses every such group until the broker's next start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from nanoclaw.broker.systemd_bus import Property, Systemd
+from nanoclaw.broker.systemd_bus import BusError, Property, Systemd
 
 # Exit 0 when connected and REFUSED when the connection fails; anything else (the probe
 # could not even run) is no answer, so that a broken probe never reads as "enforced".
@@ -25,6 +28,7 @@ _CONNECT = (
     "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)\n"
     f"except OSError: sys.exit({REFUSED})"
 )
+log = logging.getLogger(__name__)
 _DYNAMIC_USER: Property = ("DynamicUser", "b", True)
 CLD_EXITED = 1
 
@@ -73,8 +77,19 @@ async def _listener(address: str) -> AsyncIterator[tuple[str, int]]:
         yield address, sock.getsockname()[1]
 
 
-async def ip_filtering_enforced(systemd: Systemd) -> bool:
+async def _ask_once(systemd: Systemd) -> bool:
     async with _listener("127.0.0.1") as address:
         control = await _reaches(systemd, address, _DYNAMIC_USER, ())
         probe = await _reaches(systemd, address, _DYNAMIC_USER, (_DENY_ALL,))
     return control and not probe
+
+
+async def ip_filtering_enforced(systemd: Systemd, attempts: int = 3) -> bool:
+    """Raises ProbeFailed (or BusError) when the last of `attempts` gets no answer either."""
+    for attempt in range(1, attempts):
+        try:
+            return await _ask_once(systemd)
+        except (ProbeFailed, BusError) as error:
+            log.warning("IP filtering probe, attempt %d of %d: %s", attempt, attempts, error)
+            await asyncio.sleep(attempt)
+    return await _ask_once(systemd)
