@@ -121,7 +121,10 @@ class Systemd:
             (path,) = await self._call(MANAGER_PATH, MANAGER, "GetUnit", "s", [name])
         except BusError:
             return False
-        job = await self._get(str(path), UNIT, "Job")  # (id, path); id 0 is none
+        return await self._queued(str(path))
+
+    async def _queued(self, path: str) -> bool:
+        job = await self._get(path, UNIT, "Job")  # (id, path); id 0 is none
         return isinstance(job, list) and job[0] != 0
 
     async def loaded_units(self, pattern: str) -> list[str]:
@@ -157,9 +160,18 @@ class Systemd:
         return pid if isinstance(pid, int) else 0
 
     async def wait_inactive(self, path: str, poll: float = 0.005) -> UnitOutcome:
-        """Wait until the unit has stopped, then read how its main process ended."""
+        """Wait until the unit has run and stopped, then read how its main process ended.
+
+        A unit whose start job is still queued is "inactive" too, as if it had already
+        ended (a busy machine queued one for long enough, and a probe unit was read as
+        having succeeded before it ran): so it counts as stopped only with no job pending,
+        the job read before the state (a start finishing between the two reads would
+        otherwise pass as done)."""
         delay = poll
-        while await self._get(path, UNIT, "ActiveState") not in ("inactive", "failed"):
+        while await self._queued(path) or await self._get(path, UNIT, "ActiveState") not in (
+            "inactive",
+            "failed",
+        ):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
         result = await self._get(path, SERVICE, "Result")
