@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from nanoclaw.broker.config_reader import ConfigError, key_part
 from nanoclaw.broker.policy import (
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_LIMITS,
+    AgentPolicy,
     Egress,
     GroupPolicy,
     Limits,
@@ -63,6 +65,7 @@ def test_the_full_policy_parses_to_exact_records() -> None:
             egress=Egress(cidrs=(), domains=("github.com", "*.githubusercontent.com")),
             read_only_paths=("/nix/store/abc-ripgrep",),
             limits=dataclasses.replace(defaults, memory_max_bytes=GiB, cpu_quota_percent=50),
+            agent=AgentPolicy(uid=62000, memory_max_bytes=2 * GiB, tasks_max=512, cpu_weight=50),
         ),
         "family": GroupPolicy(
             name="family",
@@ -75,6 +78,7 @@ def test_the_full_policy_parses_to_exact_records() -> None:
             egress=Egress((), ()),
             read_only_paths=(),
             limits=defaults,
+            agent=AgentPolicy(uid=62001, memory_max_bytes=2 * GiB, tasks_max=256, cpu_weight=50),
         ),
         "ops-team": GroupPolicy(
             name="ops-team",
@@ -685,3 +689,64 @@ def test_parse_policy_wants_an_absolute_policy_path() -> None:
 def test_a_policy_that_is_not_a_table_is_refused() -> None:
     error = refusal([])
     assert "must be a table" in error.reason
+
+
+# --- the agent unit's section -----------------------------------------------------------
+
+
+def test_a_group_without_an_agent_section_gets_no_agent_unit() -> None:
+    assert parse_policy(group_with(), POLICY_PATH).group("g").agent is None
+
+
+def test_agent_limits_default_to_the_documented_values() -> None:
+    agent = parse_policy(group_with(agent={"uid": 62000}), POLICY_PATH).group("g").agent
+    assert agent == AgentPolicy(uid=62000, memory_max_bytes=GiB, tasks_max=256, cpu_weight=100)
+
+
+@pytest.mark.parametrize(
+    ("agent", "key", "fragment"),
+    [
+        ({}, "groups.g.agent.uid", "is required"),
+        ({"uid": 999}, "groups.g.agent.uid", "from 1000"),
+        ({"uid": 65534}, "groups.g.agent.uid", "nobody"),
+        ({"uid": 61000}, "groups.g.agent.uid", "must differ from the group's uid"),
+        ({"uid": 62000, "memory_max_bytes": 1024}, "groups.g.agent.memory_max_bytes", "from"),
+        ({"uid": 62000, "cpu_weight": 0}, "groups.g.agent.cpu_weight", "from 1 to 10000"),
+        ({"uid": 62000, "wall_seconds": 5}, "groups.g.agent.wall_seconds", ""),
+        ("62000", "groups.g.agent", "must be a table"),
+    ],
+)
+def test_a_bad_agent_section_is_refused_by_key(agent: object, key: str, fragment: str) -> None:
+    refused(group_with(agent=agent), key, fragment)
+
+
+def test_an_agent_uid_taken_by_any_other_user_of_the_policy_is_refused() -> None:
+    two = at(
+        MINIMAL, ("groups",), {"a": {"uid": 61000}, "b": {"uid": 61001, "agent": {"uid": 61000}}}
+    )
+    refused(two, "groups.b.agent.uid", "uid 61000 is already group a's")
+    agents = at(
+        MINIMAL,
+        ("groups",),
+        {"a": {"uid": 61000, "agent": {"uid": 62000}}, "b": {"uid": 62000}},
+    )
+    refused(agents, "groups.b.uid", "uid 62000 is already group a's agent's")
+
+
+def test_defaults_agent_sets_every_groups_agent_limits_and_takes_no_uid() -> None:
+    data = at(group_with(agent={"uid": 62000}), ("defaults",), {"agent": {"tasks_max": 64}})
+    assert parse_policy(data, POLICY_PATH).group("g").agent == AgentPolicy(62000, GiB, 64, 100)
+    refused(at(data, ("defaults", "agent", "uid"), 62001), "defaults.agent.uid", "")
+
+
+def test_agent_users_count_as_untrusted_for_mount_sources(tmp_path: Path) -> None:
+    # A directory the agent user may write is no mount source, like a tool user's.
+    owned = tmp_path / "agent-owned"
+    (owned / "inner").mkdir(parents=True)
+    os.chown(owned, 62077, 62077)
+    data = at(
+        mount(str(owned / "inner")),
+        ("groups", "g", "agent"),
+        {"uid": 62077},
+    )
+    refused(data, "groups.g.mounts[0].host", "group g's agent user (uid 62077) owns")

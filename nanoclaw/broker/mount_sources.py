@@ -56,9 +56,10 @@ def tool_user(uid: int) -> ToolUser:
 def writable_ancestor(path: str, users: Mapping[str, ToolUser]) -> str | None:
     """Why a tool user could change what the absolute, resolved `path` leads to, or None.
 
-    `users` are the tool users by group name. Every existing directory from / down to the
-    parent of `path` is judged; the walk ends at the first missing one (nothing to swap
-    there yet, and a missing source keeps the unit from starting).
+    `users` are the untrusted users by who they are ("group a's tool user"). Every existing
+    directory from / down to the parent of `path` is judged; the walk ends at the first
+    missing one (nothing to swap there yet, and a missing source keeps the unit from
+    starting).
     """
     parts = [part for part in path.split("/") if part]
     directory = "/"
@@ -75,8 +76,8 @@ def writable_ancestor(path: str, users: Mapping[str, ToolUser]) -> str | None:
             user = users[writers[0]]
             how = "owns" if info.st_uid == user.uid else "may write to"
             return (
-                f"group {writers[0]}'s tool user (uid {user.uid}) {how} {directory}, so a "
-                "tool could swap a path component between the broker's check and the bind"
+                f"{writers[0]} (uid {user.uid}) {how} {directory}, so a unit could swap "
+                "a path component between the broker's check and the bind"
             )
         directory = os.path.join(directory, child)
     return None

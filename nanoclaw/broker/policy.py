@@ -135,6 +135,24 @@ class Limits:
 
 DEFAULT_LIMITS = Limits(**{name: default for name, default, _, _ in LIMIT_RANGES})
 
+# The group's agent runtime (the Claude Code CLI) runs as user nanoclaw-agent-<name>: an
+# own uid, neither the tool user's nor the host's (nanoclaw.broker.agent_unit).
+AGENT_USER_PREFIX = "nanoclaw-agent-"
+# name, default, lowest, highest: the CLI alone needs about 220 MiB.
+AGENT_LIMIT_RANGES = (
+    ("memory_max_bytes", GiB, 256 * MiB, 64 * GiB),
+    ("tasks_max", 256, 32, 16384),
+    ("cpu_weight", 100, 1, 10000),
+)
+
+
+@dataclass(frozen=True)
+class AgentPolicy:
+    uid: int  # the agent unit's User= and Group=
+    memory_max_bytes: int
+    tasks_max: int
+    cpu_weight: int  # CPUWeight=: its share against the other groups' agents and tools
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -169,6 +187,7 @@ class GroupPolicy:
     # Directories the unit sees empty (a tmpfs) but for the read_only_paths below them:
     # ["/nix/store"] with a package closure in read_only_paths hides the rest of the store.
     empty_paths: tuple[str, ...] = ()
+    agent: AgentPolicy | None = None  # None: the broker starts no agent unit for it
 
 
 @dataclass(frozen=True)
@@ -186,8 +205,13 @@ class Policy:
             raise UnknownGroup(str(name)) from None
 
     def tool_users(self) -> dict[str, ToolUser]:
-        """Every group's tool user, as the user database knows it now."""
-        return {name: tool_user(group.uid) for name, group in self.groups.items()}
+        """Every user the policy runs untrusted code as, as the user database knows it now:
+        each group's tool user, and its agent runtime's."""
+        users = {f"group {name}'s tool user": tool_user(g.uid) for name, g in self.groups.items()}
+        for name, group in self.groups.items():
+            if group.agent is not None:
+                users[f"group {name}'s agent user"] = tool_user(group.agent.uid)
+        return users
 
     def check_binds(self, group: GroupPolicy, users: Mapping[str, ToolUser]) -> None:
         """ConfigError unless every path bound into `group`'s units still resolves to

@@ -26,6 +26,7 @@ from nanoclaw.broker.config_reader import (
     read_text,
 )
 from nanoclaw.broker.policy import (
+    AGENT_LIMIT_RANGES,
     DEFAULT_BLOCKED_PATTERNS,
     DEFAULT_LIMITS,
     GLOBAL_SANDBOX,
@@ -39,6 +40,7 @@ from nanoclaw.broker.policy import (
     RESERVED_SANDBOX,
     SCRATCH,
     WORKSPACE,
+    AgentPolicy,
     GroupPolicy,
     Limits,
     Mount,
@@ -68,6 +70,7 @@ _GROUP_KEYS = (
     "path",
     "empty_paths",
     "limits",
+    "agent",
 )
 
 _MOUNT_KEYS = ("host", "sandbox", "writable", "protect")
@@ -115,9 +118,18 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
         groups=MappingProxyType({}),
         policy_path=os.path.normpath(policy_path),
     )
-    defaults = read_table(top.data.get("defaults", {}), "defaults", ("limits",))
+    defaults = read_table(top.data.get("defaults", {}), "defaults", ("limits", "agent"))
     default_limits = _limits(defaults, DEFAULT_LIMITS)
-    groups = _groups(top, policy, default_limits)
+    agent_defaults = read_table(
+        defaults.data.get("agent", {}),
+        defaults.at("agent"),
+        tuple(n for n, *_ in AGENT_LIMIT_RANGES),
+    )
+    agent_limits = {
+        name: agent_defaults.integer(name, default, low, high)
+        for name, default, low, high in AGENT_LIMIT_RANGES
+    }
+    groups = _groups(top, policy, default_limits, agent_limits)
     _check_read_only_overlaps(groups)
     _check_nested_mounts(groups)
     policy = dataclasses.replace(policy, groups=MappingProxyType(groups))
@@ -127,7 +139,9 @@ def parse_policy(data: Mapping[str, Any], policy_path: str) -> Policy:
     return policy
 
 
-def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, GroupPolicy]:
+def _groups(
+    top: Table, policy: Policy, default_limits: Limits, agent_limits: Mapping[str, int]
+) -> dict[str, GroupPolicy]:
     tables = top.data.get("groups", {})
     if not isinstance(tables, Mapping):
         raise ConfigError("groups", f"must be a table of groups by name, not {describe(tables)}")
@@ -136,12 +150,17 @@ def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, Gro
         if name == COMMENT:
             comment(value, "groups." + key_part(name))
             continue
-        group = _group(name, value, policy, default_limits)
+        group = _group(name, value, policy, default_limits, agent_limits)
         key = "groups." + key_part(name)
-        owner = next((g.name for g in groups.values() if g.uid == group.uid), None)
-        if owner is not None:
+        taken = {uid: who for g in groups.values() for uid, who in _uids(g)}
+        for (uid, _), at in zip(_uids(group), (".uid", ".agent.uid"), strict=False):
+            if uid in taken:
+                raise ConfigError(
+                    key + at, f"uid {uid} is already {taken[uid]}'s; each needs its own"
+                )
+        if group.agent is not None and group.agent.uid == group.uid:
             raise ConfigError(
-                key + ".uid", f"uid {group.uid} is already group {owner}'s; each needs its own"
+                key + ".agent.uid", "must differ from the group's uid (its tool user's)"
             )
         main = next((g.name for g in groups.values() if g.main), None)
         if group.main and main is not None:
@@ -150,7 +169,21 @@ def _groups(top: Table, policy: Policy, default_limits: Limits) -> dict[str, Gro
     return groups
 
 
-def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> GroupPolicy:
+def _uids(group: GroupPolicy) -> list[tuple[int, str]]:
+    """(uid, whose) of the users the group's units run as."""
+    uids = [(group.uid, f"group {group.name}")]
+    if group.agent is not None:
+        uids.append((group.agent.uid, f"group {group.name}'s agent"))
+    return uids
+
+
+def _group(
+    name: str,
+    value: object,
+    policy: Policy,
+    default_limits: Limits,
+    agent_limits: Mapping[str, int],
+) -> GroupPolicy:
     key = "groups." + key_part(name)
     if not re.fullmatch(GROUP_PATTERN, name):
         raise ConfigError(
@@ -161,9 +194,7 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
     table = read_table(value, key, _GROUP_KEYS)
     if "uid" not in table.data:
         raise ConfigError(table.at("uid"), f"is required: the group's own user ID, {MIN_UID} up")
-    uid = table.integer("uid", 0, MIN_UID, MAX_UID)
-    if uid == NOBODY_UID:
-        raise ConfigError(table.at("uid"), "must not be 65534 (nobody), which others share")
+    uid = _uid(table)
     mounts = tuple(
         _mount(item, f"{table.at('mounts')}[{index}]", policy)
         for index, item in enumerate(listed(table, "mounts"))
@@ -196,7 +227,32 @@ def _group(name: str, value: object, policy: Policy, default_limits: Limits) -> 
         limits=_limits(table, default_limits),
         path=_search_path(table, policy),
         empty_paths=_empty_paths(table, policy),
+        agent=_agent(table, agent_limits),
     )
+
+
+def _uid(table: Table) -> int:
+    uid = table.integer("uid", 0, MIN_UID, MAX_UID)
+    if uid == NOBODY_UID:
+        raise ConfigError(table.at("uid"), "must not be 65534 (nobody), which others share")
+    return uid
+
+
+def _agent(group: Table, defaults: Mapping[str, int]) -> AgentPolicy | None:
+    """`agent`: the uid and bounds of the group's agent unit; absent, it gets none."""
+    if "agent" not in group.data:
+        return None
+    names = tuple(n for n, *_ in AGENT_LIMIT_RANGES)
+    table = read_table(group.data["agent"], group.at("agent"), ("uid", *names))
+    if "uid" not in table.data:
+        raise ConfigError(
+            table.at("uid"), f"is required: the agent runtime's own user ID, {MIN_UID} up"
+        )
+    limits = {
+        name: table.integer(name, defaults[name], low, high)
+        for name, _, low, high in AGENT_LIMIT_RANGES
+    }
+    return AgentPolicy(uid=_uid(table), **limits)
 
 
 def _search_path(table: Table, policy: Policy) -> tuple[str, ...]:

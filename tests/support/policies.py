@@ -43,6 +43,7 @@ FULL: dict[str, Any] = {
     "defaults": {
         "$comment": "defaults",
         "limits": {"$comment": "limits", "tasks_max": 128, "wall_seconds": 600},
+        "agent": {"$comment": "agent limits", "memory_max_bytes": 2 * GiB, "cpu_weight": 50},
     },
     "groups": {
         "$comment": "groups",
@@ -56,10 +57,12 @@ FULL: dict[str, Any] = {
             },
             "read_only_paths": ["/nix/store/abc-ripgrep"],
             "limits": {"memory_max_bytes": GiB, "cpu_quota_percent": 50},
+            "agent": {"$comment": "agent", "uid": 62000, "tasks_max": 512},
         },
         "family": {
             "$comment": "group",
             "uid": 61001,
+            "agent": {"uid": 62001},
             "mounts": [
                 {"$comment": "mount", "host": "/srv/photos", "sandbox": "/workspace/photos"},
                 {"host": "/srv/inbox", "sandbox": "/workspace/inbox", "writable": True},
