@@ -65,9 +65,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from nanoclaw.broker.agent_runs import find_agent_cli
+    from nanoclaw.broker.agent_unit import compile_agent_unit
     from nanoclaw.broker.compiler import compile_unit
     from nanoclaw.broker.explain import explain
     from nanoclaw.broker.policy_file import load_policy
+    from nanoclaw.broker.protocol import AgentRequest
     from nanoclaw.broker.tool_request import ToolRequest
 
     policy = load_policy(Path(args.policy))
@@ -81,6 +84,11 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         proxy_token="per-call-secret-here",
     )
     print(explain(compile_unit(policy, request, "0" * 16)))
+    if group.agent is not None:
+        # The arguments every session has; the host's SDK adds the prompt, tools and model.
+        start = AgentRequest(args.group, ("--output-format", "stream-json", "--verbose"), {})
+        cli = find_agent_cli() or "/path/to/the/bundled/claude"
+        print(explain(compile_agent_unit(policy, start, cli, "0" * 16)))
     return 0
 
 
@@ -223,7 +231,9 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     policy = sub.add_parser("policy", help="inspect the sandbox policy")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
-    explain = policy_sub.add_parser("explain", help="print the properties of GROUP's tool units")
+    explain = policy_sub.add_parser(
+        "explain", help="print the properties of GROUP's tool and agent units"
+    )
     explain.add_argument("group")
     explain.add_argument("--policy", default=DEFAULT_POLICY)
     explain.set_defaults(func=cmd_policy_explain)

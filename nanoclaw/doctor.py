@@ -113,7 +113,34 @@ async def _broker(config: Config) -> list[Check]:
         )
         return [Check("broker", False, str(exc), fix)]
     broker = Check("broker", True, f"{socket}: {len(summary.groups)} groups in the policy")
-    return [broker, *_enforcement(summary), await _workspaces(socket)]
+    return [
+        broker,
+        _agent_units(config, summary),
+        *_enforcement(summary),
+        await _workspaces(socket),
+    ]
+
+
+def _agent_units(config: Config, summary: PolicySummary) -> Check:
+    if not config.confine_agent:
+        return Check(
+            "agent units",
+            False,
+            "off (confine_agent = false): each group's CLI runs in the host's process tree, "
+            "as the host's user, next to its credentials and database",
+            "set confine_agent = true and give each group agent.uid in the policy",
+        )
+    policy = summary.groups
+    missing = [g.folder for g in config.groups if g.folder in policy and not policy[g.folder].agent]
+    if missing:
+        return Check(
+            "agent units",
+            False,
+            f"no agent unit in the policy for {', '.join(missing)}: their turns are refused",
+            "give each groups.NAME.agent.uid in the policy, and create the user "
+            "(sysusers: u nanoclaw-agent-NAME UID)",
+        )
+    return Check("agent units", True, "each group's CLI runs in a unit of its own")
 
 
 async def _workspaces(socket: str) -> Check:

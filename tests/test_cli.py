@@ -71,13 +71,14 @@ def test_policy_explain_prints_the_units_properties() -> None:
     example = str(Path(__file__).resolve().parent.parent / "policies" / "example.json")
     family = nanoclaw("policy", "explain", "family", "--policy", example)
     assert family.returncode == 0, family.stderr
-    assert "PrivateNetwork=yes" in family.stdout and "ProtectSystem=strict" in family.stdout
-    assert "JoinsNamespaceOf" not in family.stdout, "no domains: a network of its own"
+    tool_unit = family.stdout.split("\n\n")[0]  # the agent unit follows
+    assert "PrivateNetwork=yes" in tool_unit and "ProtectSystem=strict" in tool_unit
+    assert "JoinsNamespaceOf" not in tool_unit, "no domains: a network of its own"
     online = nanoclaw("policy", "explain", "main", "--policy", example)
     assert "JoinsNamespaceOf=nanoclaw-egress-main.socket" in online.stdout
     assert "IPAddressDeny=" not in online.stdout
     assert '"https_proxy=http://***@127.0.0.1:3128"' in online.stdout
-    assert "proxy" not in family.stdout.lower(), "no domains, no proxy variables"
+    assert "proxy" not in tool_unit.lower(), "no domains, no proxy variables"
     missing = nanoclaw("policy", "explain", "nope", "--policy", example)
     assert missing.returncode == 1 and "nope" in missing.stderr
 

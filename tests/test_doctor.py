@@ -25,15 +25,16 @@ from tests.support.world import API_KEY, World
 
 pytestmark = pytest.mark.integration
 
-# (IP filtering enforced, the socket-proxyd found, whether a group has egress cidrs)
-BrokerFactory = Callable[[bool, str | None, bool], AbstractAsyncContextManager[Path]]
+# (IP filtering enforced, the socket-proxyd found, whether a group has egress cidrs,
+# whether the groups have agent units)
+BrokerFactory = Callable[..., AbstractAsyncContextManager[Path]]
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> BrokerFactory:
     @asynccontextmanager
     async def serve(
-        ip_filtering: bool, socket_proxyd: str | None, cidr_group: bool = True
+        ip_filtering: bool, socket_proxyd: str | None, cidr_group: bool = True, agents: bool = True
     ) -> AsyncIterator[Path]:
         groups: dict[str, Any] = {
             "main": {"uid": 61000, "main": True},
@@ -41,6 +42,8 @@ def broker(tmp_path: Path) -> BrokerFactory:
         }
         if cidr_group:
             groups["lan"] = {"uid": 61002, "egress": {"cidrs": ["192.0.2.0/24"]}}
+        for group in groups.values() if agents else ():
+            group["agent"] = {"uid": group["uid"] + 1000}
         policy = parse_policy(
             {"version": 1, "data_dir": str(tmp_path / "data"), "groups": groups},
             str(tmp_path / "policy.json"),
@@ -49,7 +52,7 @@ def broker(tmp_path: Path) -> BrokerFactory:
         refused = refusals(policy, ip_filtering, socket_proxyd)
         enforced = Enforcement(ip_filtering, pid_isolation=False, refused=refused)
         # Describe and usage requests need neither systemd nor the relays.
-        handler = Broker(policy, None, os.getgid(), enforced, None)  # type: ignore[arg-type]
+        handler = Broker(policy, None, os.getgid(), enforced, None, None)  # type: ignore[arg-type]
         server = await asyncio.start_unix_server(handler.handle, str(path))
         async with server:
             yield path
@@ -115,6 +118,7 @@ async def test_everything_in_order_passes(
         "homeserver",
         "matrix token",
         "broker",
+        "agent units",
         "ip filtering",
         "pid isolation",
         "workspaces",
@@ -124,6 +128,7 @@ async def test_everything_in_order_passes(
     assert world.bot.user_id in checks["matrix token"][0]
     assert "3 groups in the policy" in checks["broker"][0]
     assert "IPAddressDeny= holds" in checks["ip filtering"][0]
+    assert "each group's CLI runs in a unit of its own" in checks["agent units"][0]
     assert "not available (systemd before 257)" in checks["pid isolation"][0]
     shown = checks["workspaces"][0]
     assert "main 0 bytes, web 8.0 KiB, lan 0 bytes;" in shown and "no per-group bound" in shown, (
@@ -196,3 +201,24 @@ async def test_a_bad_config_stops_at_the_first_check(world: World, tmp_path: Pat
     credentials = str(tmp_path / "secrets")
     status, checks = await doctor(world, env={"CREDENTIALS_DIRECTORY": credentials})
     assert failed(checks) == set() and status == 0, checks
+
+
+@pytest.mark.parametrize(
+    ("agents", "overrides", "shown", "fix"),
+    [
+        (False, {}, "no agent unit in the policy for main", "agent.uid"),
+        (True, {"confine_agent": False}, "as the host's user", "confine_agent = true"),
+    ],
+)
+async def test_an_agent_runtime_outside_a_unit_of_its_own_fails(
+    world: World,
+    broker: BrokerFactory,
+    agents: bool,
+    overrides: dict[str, Any],
+    shown: str,
+    fix: str,
+) -> None:
+    async with broker(True, "/usr/lib/systemd/systemd-socket-proxyd", agents=agents) as socket:
+        status, checks = await doctor(world, sandbox_socket=str(socket), **overrides)
+    assert status == 1 and failed(checks) == {"agent units"}, checks
+    assert shown in checks["agent units"][0] and fix in checks["agent units"][1]

@@ -19,6 +19,7 @@ def status(**changes: object) -> str:
         "waiting": [],
         "slots": 5,
         "warm": True,
+        "agent_unit": None,
         "task_statuses": ["active", "paused", "active", "done"],
         "workspace": None,
         "timezone": ZoneInfo("UTC"),
@@ -53,4 +54,12 @@ def test_the_workspace_line_says_what_it_holds_or_why_it_cannot() -> None:
     )
     assert status(workspace="cannot reach the broker").endswith(
         "- workspace: unknown (cannot reach the broker)"
+    )
+
+
+def test_a_warm_confined_session_names_its_agent_unit() -> None:
+    shown = status(agent_unit="nanoclaw-agent-family-0123456789abcdef.service")
+    assert (
+        "- session: `abc-123` (warm), its agent in "
+        "`nanoclaw-agent-family-0123456789abcdef.service`" in shown
     )

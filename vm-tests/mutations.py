@@ -115,8 +115,8 @@ MUTATIONS = (
         (
             Edit(
                 "nanoclaw/broker/protocol.py",
-                "        if extra:\n            raise ProtocolError(",
-                "        if False:\n            raise ProtocolError(",
+                "        extra = set(data) - _RUN_FIELDS\n        if extra:\n",
+                "        extra = set(data) - _RUN_FIELDS\n        if False:\n",
             ),
         ),
         "broker",
@@ -128,7 +128,7 @@ MUTATIONS = (
         (
             Edit(
                 UNIT,
-                '("InaccessiblePaths", _hidden(policy) + tuple(',
+                '("InaccessiblePaths", hidden(policy) + tuple(',
                 '("InaccessiblePaths", tuple(',
             ),
         ),

@@ -56,6 +56,10 @@ SIGNATURES: Mapping[str, str] = MappingProxyType(
         "TimeoutStopUSec": "t",
         "RuntimeMaxUSec": "t",
         "MemoryMax": "t",
+        "CPUWeight": "t",
+        "StateDirectory": "as",
+        "StateDirectoryMode": "u",
+        "StandardError": "s",
         "MemorySwapMax": "t",
         "TasksMax": "t",
         "CPUQuotaPerSecUSec": "t",
@@ -143,10 +147,27 @@ BASE_ENVIRONMENT = (
 )
 # curl reads only the lowercase http_proxy; other tools only the uppercase names.
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-# Where a unit of a group with domains finds the egress proxy: the relay listening on its
-# own network namespace's loopback (nanoclaw.broker.egress_relay).
+# The relays (nanoclaw.broker.relay) listen on the loopback of a private network namespace.
 RELAY_ADDRESS = "127.0.0.1"
-RELAY_PORT = 3128
+
+
+@dataclass(frozen=True)
+class Route:
+    """A kind of relay: its socket unit's name prefix and the port it listens on."""
+
+    prefix: str
+    port: int
+
+    def socket_name(self, group: str) -> str:
+        """The socket unit whose network namespace the group's units join."""
+        return f"{self.prefix}{group}.socket"
+
+
+# Where a tool unit of a group with domains finds the egress proxy, and where a group's
+# agent unit finds the credential proxy, the model API's only way in.
+EGRESS = Route("nanoclaw-egress-", 3128)
+MODEL = Route("nanoclaw-model-", 8080)
+RELAY_PORT = EGRESS.port
 USEC_PER_SECOND = 1_000_000
 STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
 
@@ -160,11 +181,6 @@ class UnitPlan:
 
 def unit_name(group: str, unit_id: str) -> str:
     return f"nanoclaw-tool-{group}-{unit_id}.service"
-
-
-def relay_socket_name(group: str) -> str:
-    """The socket unit whose network namespace a domain group's units join."""
-    return f"nanoclaw-egress-{group}.socket"
 
 
 def slice_name(group: str) -> str:
@@ -203,7 +219,7 @@ def compile_unit(
     values: list[tuple[str, object]] = [
         ("Description", f"nanoclaw tool call for group {group.name}"),
         ("Type", "exec"),
-        ("ExecStart", ((argv[0], tuple(_no_expansion(arg) for arg in argv), False),)),
+        ("ExecStart", ((argv[0], tuple(no_expansion(arg) for arg in argv), False),)),
         ("User", str(group.uid)),
         ("Group", str(group.uid)),
         ("WorkingDirectory", cwd),
@@ -218,11 +234,7 @@ def compile_unit(
         ("MemorySwapMax", 0),
         ("TasksMax", group.limits.tasks_max),
         ("CPUQuotaPerSecUSec", group.limits.cpu_quota_percent * USEC_PER_SECOND // 100),
-        ("ProtectSystem", "strict"),
-        ("ProtectHome", "yes"),
-        ("PrivateDevices", True),
-        ("PrivateIPC", True),
-        *([("PrivatePIDs", True)] if private_pids else []),
+        *confinement(private_pids),
         # PrivateDevices= binds the host's /dev/shm into the unit: shared by every unit and
         # the host, it would be a channel between groups. Each unit gets its own bounded
         # scratch places instead (SCRATCH), and an empty /run (cheaper than hiding what is
@@ -237,7 +249,36 @@ def compile_unit(
         ),
         *_empty_paths(group),
         *_binds(policy, group),
-        ("InaccessiblePaths", _hidden(policy) + tuple("-" + path for path in covers)),
+        ("InaccessiblePaths", hidden(policy) + tuple("-" + path for path in covers)),
+        *kernel_and_privileges(),
+        ("RestrictAddressFamilies", (True, _address_families(group))),
+        ("PrivateNetwork", not on_host_network),
+        *_network_namespace(group),
+        *_ip_filter(group),
+    ]
+    return UnitPlan(
+        name=unit_name(group.name, unit_id),
+        slice=slice_,
+        properties=tuple((name, SIGNATURES[name], value) for name, value in values),
+    )
+
+
+def confinement(private_pids: bool) -> list[tuple[str, object]]:
+    """The file system and IPC every unit of the broker's starts with: nothing of the host
+    writable, no home directories, devices, IPC or (where systemd can) PIDs of others."""
+    return [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateDevices", True),
+        ("PrivateIPC", True),
+        *([("PrivatePIDs", True)] if private_pids else []),
+    ]
+
+
+def kernel_and_privileges() -> list[tuple[str, object]]:
+    """No privileges to gain, no kernel interface to change, a syscall filter: the same
+    for tool units and agent units."""
+    return [
         ("NoNewPrivileges", True),
         ("CapabilityBoundingSet", 0),
         ("AmbientCapabilities", 0),
@@ -253,26 +294,18 @@ def compile_unit(
         ("ProcSubset", "pid"),
         ("RestrictRealtime", True),
         ("RestrictNamespaces", ALLOWED_NAMESPACES),
-        # MemoryDenyWriteExecute= stays off: it breaks every JIT (node, the JVM, PyPy).
+        # MemoryDenyWriteExecute= stays off: it breaks every JIT (node, the JVM, PyPy, and
+        # the agent runtime's JavaScriptCore).
         ("SystemCallArchitectures", ("native",)),
         # Transient properties accumulate like unit-file lines: allow the service set,
         # then take the dangerous groups back out of it.
         ("SystemCallFilter", (True, SYSCALL_ALLOW)),
         ("SystemCallFilter", (False, SYSCALL_DENY)),
         ("SystemCallErrorNumber", errno.EPERM),
-        ("RestrictAddressFamilies", (True, _address_families(group))),
-        ("PrivateNetwork", not on_host_network),
-        *_network_namespace(group),
-        *_ip_filter(group),
     ]
-    return UnitPlan(
-        name=unit_name(group.name, unit_id),
-        slice=slice_,
-        properties=tuple((name, SIGNATURES[name], value) for name, value in values),
-    )
 
 
-def _no_expansion(arg: str) -> str:
+def no_expansion(arg: str) -> str:
     # systemd expands $NAME and ${NAME} in ExecStart= arguments, even ones from the bus
     # (and drops a lone "$"); "$$" is its escape for one literal "$". The path is not
     # expanded, so only argv is escaped.
@@ -325,7 +358,7 @@ def _binds(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
     return binds
 
 
-def _hidden(policy: Policy) -> tuple[str, ...]:
+def hidden(policy: Policy) -> tuple[str, ...]:
     # The data directory and the policy file exist; if not, the unit must fail to start.
     # Every group's mount sources are hidden too: a group sees a mount only at its place
     # in /workspace, and another group's sources not at all.
@@ -358,7 +391,7 @@ def _network_namespace(group: GroupPolicy) -> list[tuple[str, object]]:
     if not group.egress.domains:
         return []  # PrivateNetwork= alone leaves only a loopback of the unit's own
     # The relay's namespace: its loopback holds the relay, and nothing leads elsewhere.
-    return [("JoinsNamespaceOf", (relay_socket_name(group.name),))]
+    return [("JoinsNamespaceOf", (EGRESS.socket_name(group.name),))]
 
 
 def _ip_filter(group: GroupPolicy) -> list[tuple[str, object]]:

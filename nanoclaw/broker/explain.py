@@ -44,6 +44,8 @@ def _render(name: str, signature: str, value: object) -> str:
             return errno.errorcode.get(value, str(value))
         case "t", int():
             return str(value)
+        case "u", int() if name.endswith("Mode"):
+            return f"{value:04o}"
         case "s", str() if value.isprintable():
             return value.replace("%", "%%")  # these settings take the rest of the line
         case "s", str():

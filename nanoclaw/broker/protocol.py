@@ -14,8 +14,15 @@ the host writes requests and reads answers. It does no I/O.
   broker's, or when a group with domains comes without a secret, the broker refuses and
   sends its current summary along, so the client acts on that and asks once more. So a
   call is one round trip unless the policy changed.
+- agent: {"agent": group, "argv", "env"} asks for the group's agent unit
+  (nanoclaw.broker.agent_unit judges argv and env). The broker answers {"ok": true,
+  "send": "stdio"}; the client then sends one byte with two file descriptors
+  (SCM_RIGHTS): the read end of the CLI's stdin and the write end of its stdout. The
+  broker answers {"ok": true, "unit"} once the unit runs, and {"ok": true, "ended":
+  {"result", "exit_status", "signal"}} when it has stopped. Closing the connection stops
+  the unit.
 - {"describe": true} answered by the summary: {"ok": true, "generation", "groups":
-  {name: {"wall_seconds", "domains"}}, "enforced": {"ip_filtering", "pid_isolation",
+  {name: {"wall_seconds", "domains", "agent"}}, "enforced": {"ip_filtering", "pid_isolation",
   "refused": {name: why}}}.
 - {"usage": true} answered by {"ok": true, "free_bytes", "groups": {name: {"bytes",
   "complete"}}}.
@@ -37,6 +44,8 @@ MAX_REQUEST_BYTES = 12 * 1024 * 1024  # argv (1 MiB) + base64 stdin (8 MiB) + fr
 MAX_REPLY_BYTES = 160 * 1024 * 1024  # two capped outputs in base64, with room to spare
 # Where the host's egress proxy listens, and the relays of groups with domains lead.
 DEFAULT_EGRESS_SOCKET = "/run/nanoclaw-egress/proxy.sock"
+# Where the host's credential proxy listens, and the model relays of agent units lead.
+DEFAULT_CREDENTIAL_SOCKET = "/run/nanoclaw-credentials/proxy.sock"
 DESCRIBE = {"describe": True}
 USAGE = {"usage": True}
 _RUN_FIELDS = frozenset({"group", "argv", "cwd", "timeout", "stdin", "proxy_token", "policy"})
@@ -97,6 +106,34 @@ class RunRequest:
 
 
 @dataclass(frozen=True)
+class AgentRequest:
+    group: str
+    argv: tuple[str, ...]  # the CLI's arguments, without the program
+    env: Mapping[str, str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"agent": self.group, "argv": list(self.argv), "env": dict(self.env)}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> AgentRequest:
+        extra = set(data) - {"agent", "argv", "env"}
+        if extra:
+            raise ProtocolError(f"unknown request fields: {', '.join(sorted(extra))}")
+        group, argv, env = data.get("agent"), data.get("argv"), data.get("env")
+        if not isinstance(group, str):
+            raise ProtocolError("agent must be a group's name")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ProtocolError("argv must be a list of strings")
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ProtocolError("env must be a table of strings")
+        return cls(group, tuple(argv), dict(env))
+
+
+SEND_STDIO = {"ok": True, "send": "stdio"}
+STDIO_FDS = 2  # the CLI's stdin (read end) and stdout (write end)
+
+
+@dataclass(frozen=True)
 class RunResult:
     unit: str
     result: str  # systemd's Result=: success, exit-code, signal, timeout, oom-kill, ...
@@ -136,6 +173,7 @@ _RESULT_PLAIN = ("unit", "result", "exit_status", "signal", "truncated", "durati
 class GroupGrant:
     wall_seconds: int
     domains: tuple[str, ...]
+    agent: bool = False  # whether the broker starts an agent unit for the group
 
 
 @dataclass(frozen=True)
@@ -163,13 +201,13 @@ class PolicySummary:
         cls, groups: Mapping[str, GroupGrant], enforced: Enforcement | None = None
     ) -> PolicySummary:
         content = json.dumps(
-            sorted((n, g.wall_seconds, list(g.domains)) for n, g in groups.items())
+            sorted((n, g.wall_seconds, list(g.domains), g.agent) for n, g in groups.items())
         )
         return cls(groups, enforced, hashlib.sha256(content.encode()).hexdigest()[:16])
 
     def to_wire(self) -> dict[str, Any]:
         groups = {
-            name: {"wall_seconds": g.wall_seconds, "domains": list(g.domains)}
+            name: {"wall_seconds": g.wall_seconds, "domains": list(g.domains), "agent": g.agent}
             for name, g in self.groups.items()
         }
         data: dict[str, Any] = {"ok": True, "generation": self.generation, "groups": groups}
@@ -186,7 +224,9 @@ class PolicySummary:
         enforced = data.get("enforced")
         return cls(
             groups={
-                name: GroupGrant(int(g["wall_seconds"]), tuple(map(str, g["domains"])))
+                name: GroupGrant(
+                    int(g["wall_seconds"]), tuple(map(str, g["domains"])), bool(g.get("agent"))
+                )
                 for name, g in data["groups"].items()
             },
             enforced=None

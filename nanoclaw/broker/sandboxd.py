@@ -9,7 +9,8 @@ only the group, argv, working directory, stdin, the time it wants (clamped to th
 bound) and the host's proxy secret. The requests and answers are those of
 nanoclaw.broker.protocol; who may ask what is nanoclaw.broker.clients; running the planned
 unit is nanoclaw.broker.units; the way out for groups with domains is
-nanoclaw.broker.egress_relay.
+nanoclaw.broker.relay. It also runs each group's agent runtime in a unit of its own for as
+long as the host's session lasts (nanoclaw.broker.agent_runs).
 
 It imports nothing but this package, D-Bus and the standard library (tests/test_layout.py
 holds that).
@@ -32,24 +33,21 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.broker import workspace_usage
+from nanoclaw.broker.agent_runs import AgentRuns, find_agent_cli
 from nanoclaw.broker.clients import Clients, NotAllowed
-from nanoclaw.broker.compiler import PRIVATE_PIDS_SINCE, compile_unit
+from nanoclaw.broker.compiler import EGRESS, MODEL, PRIVATE_PIDS_SINCE, compile_unit
 from nanoclaw.broker.config_reader import ConfigError
-from nanoclaw.broker.egress_relay import (
-    SOCKET_PROXYD_PLACES,
-    EgressRelays,
-    RelayUnavailable,
-    find_socket_proxyd,
-)
 from nanoclaw.broker.ip_probe import ProbeFailed, ip_filtering_enforced
 from nanoclaw.broker.mount_covers import TooManyCovers, scan_mount
 from nanoclaw.broker.policy import GroupPolicy, Policy, UnknownGroup
 from nanoclaw.broker.policy_file import load_policy
 from nanoclaw.broker.protocol import (
+    DEFAULT_CREDENTIAL_SOCKET,
     DEFAULT_EGRESS_SOCKET,
     DESCRIBE,
     MAX_REQUEST_BYTES,
     USAGE,
+    AgentRequest,
     Enforcement,
     GroupGrant,
     PolicySummary,
@@ -60,6 +58,12 @@ from nanoclaw.broker.protocol import (
     decode,
     encode,
 )
+from nanoclaw.broker.relay import (
+    SOCKET_PROXYD_PLACES,
+    Relays,
+    RelayUnavailable,
+    find_socket_proxyd,
+)
 from nanoclaw.broker.systemd_bus import BusError, Systemd
 from nanoclaw.broker.tool_request import RequestError, ToolRequest
 from nanoclaw.broker.units import run_unit
@@ -67,6 +71,7 @@ from nanoclaw.broker.units import run_unit
 log = logging.getLogger("nanoclaw.broker.sandboxd")
 
 SD_LISTEN_FDS_START = 3
+AGENT_UNITS = "nanoclaw-agent-*.service"
 
 
 class Refused(Exception):
@@ -81,7 +86,7 @@ class Refused(Exception):
 def summarize(policy: Policy, enforced: Enforcement | None = None) -> PolicySummary:
     """What the host needs to grant proxy secrets and run its egress proxy, and no more."""
     groups = {
-        name: GroupGrant(g.limits.wall_seconds, g.egress.domains)
+        name: GroupGrant(g.limits.wall_seconds, g.egress.domains, g.agent is not None)
         for name, g in policy.groups.items()
     }
     return PolicySummary.of(groups, enforced)
@@ -94,13 +99,15 @@ class Broker:
         systemd: Systemd,
         client_gid: int,
         enforced: Enforcement,
-        relays: EgressRelays,
+        relays: Relays,
+        agents: AgentRuns,
         host_unit: str = "nanoclaw.service",
     ) -> None:
         self.policy = policy
         self.systemd = systemd
         self.enforced = enforced
         self.relays = relays
+        self.agents = agents
         self.summary = summarize(policy, enforced)
         self.clients = Clients(client_gid, systemd, host_unit)
 
@@ -124,7 +131,10 @@ class Broker:
                 reply = measured.to_wire()
             else:
                 await self.clients.may_start_units(sock, peer)
-                reply = (await self.run(RunRequest.from_wire(data), reader)).to_wire()
+                if "agent" in data:
+                    reply = await self.agents.run(AgentRequest.from_wire(data), reader, writer)
+                else:
+                    reply = (await self.run(RunRequest.from_wire(data), reader)).to_wire()
         except Refused as refusal:
             reply = Refusal(str(refusal), refusal.summary).to_wire()
             log.warning("refused: %s", refusal)
@@ -270,8 +280,14 @@ async def serve(args: argparse.Namespace) -> None:
     refused = refusals(policy, ip_filtering, socket_proxyd, args.socket_proxyd)
     for name, why in refused.items():
         log.warning("group %s will be refused: %s", name, why)
-    relays = EgressRelays(systemd, socket_proxyd, args.egress_socket)
-    await relays.clear()
+    relays = Relays(systemd, socket_proxyd, EGRESS, args.egress_socket)
+    model_relays = Relays(systemd, socket_proxyd, MODEL, args.credential_socket)
+    for kind in (relays, model_relays):
+        await kind.clear()
+    # Sessions of an earlier run: their host connections, and so their pipes, are gone.
+    for name in await systemd.loaded_units(AGENT_UNITS):
+        log.info("stopping %s, left by an earlier run", name)
+        await systemd.stop_unit(name)
     private_pids = await systemd.version() >= PRIVATE_PIDS_SINCE
     if not private_pids:
         log.warning(
@@ -286,6 +302,7 @@ async def serve(args: argparse.Namespace) -> None:
         client_gid,
         Enforcement(ip_filtering, private_pids, refused),
         relays,
+        AgentRuns(systemd, policy, model_relays, find_agent_cli(args.agent_cli), private_pids),
         args.host_unit,
     )
     server = await asyncio.start_unix_server(
@@ -310,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         "--egress-socket",
         default=DEFAULT_EGRESS_SOCKET,
         help="the host's egress proxy, where relays of groups with domains lead",
+    )
+    parser.add_argument(
+        "--credential-socket",
+        default=DEFAULT_CREDENTIAL_SOCKET,
+        help="the host's credential proxy, where the model relays of agent units lead",
+    )
+    parser.add_argument(
+        "--agent-cli",
+        help="the agent runtime (default: the Claude Code CLI the Agent SDK bundles)",
     )
     parser.add_argument(
         "--socket-proxyd",

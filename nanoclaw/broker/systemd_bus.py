@@ -159,8 +159,11 @@ class Systemd:
         pid = await self._get(str(path), SERVICE, "MainPID")
         return pid if isinstance(pid, int) else 0
 
-    async def wait_inactive(self, path: str, poll: float = 0.005) -> UnitOutcome:
+    async def wait_inactive(
+        self, path: str, poll: float = 0.005, longest: float = 0.1
+    ) -> UnitOutcome:
         """Wait until the unit has run and stopped, then read how its main process ended.
+        It is asked after `poll` seconds, then ever less often, at least every `longest`.
 
         A unit whose start job is still queued is "inactive" too, as if it had already
         ended (a busy machine queued one for long enough, and a probe unit was read as
@@ -173,7 +176,7 @@ class Systemd:
             "failed",
         ):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, longest)
         result = await self._get(path, SERVICE, "Result")
         code = await self._get(path, SERVICE, "ExecMainCode")
         status = await self._get(path, SERVICE, "ExecMainStatus")

@@ -1,5 +1,10 @@
 """The agent runtime: one Claude Agent SDK session per group, kept warm while it is used.
 
+With a sandbox broker, each group's CLI runs in an agent unit of its own (its own uid, its
+state only, a network whose one way out is the credential proxy: nanoclaw.broker.agent_unit),
+reached through nanoclaw.host.confined_cli. Without one (development, tests of the host
+alone) it runs as a child of the host, as described next.
+
 The model sees only this project's MCP tools (`tools=[]` removes every built-in Claude
 Code tool and a PreToolUse hook denies anything else), so no tool runs in the host's
 own process tree. Each group's CLI has its own model and endpoint, and its working
@@ -30,6 +35,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import McpSdkServerConfig
 
+from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy
 
 log = logging.getLogger(__name__)
@@ -85,15 +91,30 @@ class AgentSettings:
     system_prompt: str
     tools: McpSdkServerConfig
     tool_names: tuple[str, ...]
+    broker_socket: str | None = None  # set: the CLI runs in the group's agent unit
 
     @property
     def cwd(self) -> Path:
         return self.state_dir / "cwd"  # empty: the CLI reads nothing from it
 
     def env(self, placeholder: str) -> dict[str, str]:
+        """A local CLI's environment: its state beside the host's, the proxy on loopback."""
         env = {
             "CLAUDE_CONFIG_DIR": str(self.state_dir / "claude"),
             "HOME": str(self.state_dir / "home"),
+            # Its scratch files beside its state, not in a /tmp/claude-<uid> shared by all.
+            "CLAUDE_CODE_TMPDIR": str(self.state_dir / "tmp"),
+            "ANTHROPIC_BASE_URL": self.credentials.url,
+            **self.runtime_env(placeholder),
+        }
+        # The CLI inherits the host's environment: blank what would lead it to a secret.
+        env.update(dict.fromkeys(INHERITED_SECRETS, ""))
+        return env
+
+    def runtime_env(self, placeholder: str) -> dict[str, str]:
+        """How the CLI behaves, wherever it runs (an agent unit gets only this: the broker
+        sets its paths and the way to the credential proxy)."""
+        return {
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
             # One retry policy, the host's (model.max_attempts): the CLI's own would
@@ -102,21 +123,28 @@ class AgentSettings:
             # Without tool search the model is offered exactly our tools, no placeholder.
             "ENABLE_TOOL_SEARCH": "false",
             # The CLI obeys cwd/.claude/scheduled_tasks.json even with no setting sources
-            # (seen with strace); cwd is the host's, and the scheduler is nanoclaw's own.
+            # (seen with strace); the scheduler is nanoclaw's own.
             "CLAUDE_CODE_DISABLE_CRON": "1",
-            # Its scratch files beside its state, not in a /tmp/claude-<uid> shared by all.
-            "CLAUDE_CODE_TMPDIR": str(self.state_dir / "tmp"),
             # The CLI holds a placeholder only; the proxy puts the real key on its requests.
-            "ANTHROPIC_BASE_URL": self.credentials.url,
             "ANTHROPIC_API_KEY": placeholder,
         }
-        # The CLI inherits the host's environment: blank what would lead it to a secret.
-        env.update(dict.fromkeys(INHERITED_SECRETS, ""))
-        return env
+
+    def client(
+        self, resume: str | None, placeholder: str
+    ) -> tuple[ClaudeSDKClient, ConfinedCLI | None]:
+        """An SDK client for the group's CLI, and the transport to its agent unit (None:
+        the CLI is local)."""
+        options = self.options(resume, placeholder)
+        if self.broker_socket is None:
+            return ClaudeSDKClient(options), None
+        cli = ConfinedCLI(self.broker_socket, self.folder, options, self.runtime_env(placeholder))
+        return ClaudeSDKClient(options, transport=cli), cli
 
     def options(self, resume: str | None, placeholder: str) -> ClaudeAgentOptions:
-        for directory in (self.cwd, *(self.state_dir / name for name in ("claude", "home", "tmp"))):
-            directory.mkdir(parents=True, exist_ok=True)
+        local = self.broker_socket is None
+        if local:
+            for name in ("cwd", "claude", "home", "tmp"):
+                (self.state_dir / name).mkdir(parents=True, exist_ok=True)
         return ClaudeAgentOptions(
             tools=[],
             mcp_servers={MCP_SERVER: self.tools},
@@ -125,10 +153,10 @@ class AgentSettings:
             hooks={"PreToolUse": [HookMatcher(hooks=[deny_foreign_tools])]},
             setting_sources=[],  # nothing from cwd, HOME or CLAUDE_CONFIG_DIR: see the top
             system_prompt=self.system_prompt,
-            cwd=str(self.cwd),
+            cwd=str(self.cwd) if local else None,
             model=self.model,
             resume=resume,
-            env=self.env(placeholder),
+            env=self.env(placeholder) if local else {},
         )
 
 
@@ -159,12 +187,18 @@ class AgentSession:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self._client: ClaudeSDKClient | None = None
+        self._confined: ConfinedCLI | None = None
         self._placeholder: str | None = None
         self.last_used = time.monotonic()
 
     @property
     def warm(self) -> bool:
         return self._client is not None
+
+    @property
+    def unit(self) -> str | None:
+        """The agent unit the warm CLI runs in (None: cold, or a local CLI)."""
+        return self._confined.unit if self.warm and self._confined is not None else None
 
     async def ask(self, prompt: str, resume: str | None, timeout: float) -> AgentReply:
         """One turn: send the prompt, wait for the result. Raises AgentError."""
@@ -195,7 +229,7 @@ class AgentSession:
         if self._client is None:
             settings = self.settings
             self._placeholder = settings.credentials.issue(settings.folder, settings.base_url)
-            client = ClaudeSDKClient(settings.options(resume, self._placeholder))
+            client, self._confined = settings.client(resume, self._placeholder)
             await client.connect()
             self._client = client
         await self._client.query(prompt)
@@ -249,6 +283,11 @@ class AgentPool:
     def is_warm(self, folder: str) -> bool:
         session = self._sessions.get(folder)
         return session is not None and session.warm
+
+    def unit_of(self, folder: str) -> str | None:
+        """The agent unit of the group's warm session, if its CLI runs in one."""
+        session = self._sessions.get(folder)
+        return session.unit if session is not None else None
 
     async def reset(self, folder: str) -> None:
         session = self._sessions.pop(folder, None)

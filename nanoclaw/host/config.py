@@ -27,7 +27,7 @@ from nanoclaw.broker.config_reader import (
     read_text,
 )
 from nanoclaw.broker.policy import GROUP_PATTERN, RESERVED_GROUPS
-from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET
+from nanoclaw.broker.protocol import DEFAULT_CREDENTIAL_SOCKET, DEFAULT_EGRESS_SOCKET
 from nanoclaw.host.config_tasks import TaskConfig, parse_tasks
 from nanoclaw.host.config_values import (
     is_absolute,
@@ -57,6 +57,8 @@ _TOP_KEYS = (
     "log_level",
     "sandbox_socket",
     "egress_socket",
+    "credential_socket",
+    "confine_agent",
     "tool_timeout_seconds",
     "matrix",
     "model",
@@ -155,6 +157,12 @@ class Config:
     # Where the egress proxy listens for the relays of groups with domains (the broker's
     # --egress-socket).
     egress_socket: Path = Path(DEFAULT_EGRESS_SOCKET)
+    # Where the credential proxy listens for the model relays of agent units (the broker's
+    # --credential-socket).
+    credential_socket: Path = Path(DEFAULT_CREDENTIAL_SOCKET)
+    # With a broker, each group's CLI runs in an agent unit of its own; false keeps it in
+    # the host's process tree, as its user (for a broker without an agent runtime).
+    confine_agent: bool = True
     tool_timeout_seconds: int = 120
     tasks: tuple[TaskConfig, ...] = ()
 
@@ -209,6 +217,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         egress_socket=Path(
             top.string("egress_socket", _PATH_WHAT, is_absolute) or DEFAULT_EGRESS_SOCKET
         ),
+        credential_socket=Path(
+            top.string("credential_socket", _PATH_WHAT, is_absolute) or DEFAULT_CREDENTIAL_SOCKET
+        ),
+        confine_agent=top.flag("confine_agent", True),
         tool_timeout_seconds=top.integer("tool_timeout_seconds", 120, 1, 86400),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
     )

@@ -10,7 +10,9 @@ while the proxy runs, a filter on every log handler blanks the key and the place
 
 Loopback rather than a Unix socket: ANTHROPIC_BASE_URL is the CLI's documented way to an
 endpoint, while its ANTHROPIC_UNIX_SOCKET is undocumented and covers only some requests.
-Anyone who can reach the port still needs a live placeholder.
+Anyone who can reach the port still needs a live placeholder. A CLI in an agent unit has
+no loopback of the host's: its base URL is the model relay on its own namespace's loopback
+(nanoclaw.broker.relay), which leads to this proxy's Unix socket.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from nanoclaw.host.config import ModelConfig
+from nanoclaw.host.relay_socket import RelaySocket
 
 log = logging.getLogger("nanoclaw.credentials")
 
@@ -106,6 +109,7 @@ class CredentialProxy:
             self._redact.secrets.add(api_key)
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
+        self._relay_socket: RelaySocket | None = None
         self.url = ""
 
     def needs_key(self, endpoint: str | None) -> bool:
@@ -123,8 +127,9 @@ class CredentialProxy:
         self._grants.pop(placeholder, None)
         self._redact.secrets.discard(placeholder)
 
-    async def start(self) -> str:
-        """Listen on a free loopback port; returns the base URL the CLI is given."""
+    async def start(self, relay_socket: str | None = None) -> str:
+        """Listen on a free loopback port (for a local CLI), and at `relay_socket` when
+        given (where the model relays of agent units lead); returns the loopback URL."""
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._redact)
         # No total timeout: a turn may stream for as long as the host's run timeout allows.
@@ -139,11 +144,17 @@ class CredentialProxy:
         await site.start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         log.info("credential proxy listening on %s", self.url)
+        if relay_socket is not None:
+            self._relay_socket = RelaySocket(relay_socket)
+            await web.SockSite(self._runner, await self._relay_socket.bind()).start()
+            log.info("credential proxy listening on %s", relay_socket)
         return self.url
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._relay_socket is not None:
+            self._relay_socket.unlink()
         if self._session is not None:
             await self._session.close()
         for handler in logging.getLogger().handlers:

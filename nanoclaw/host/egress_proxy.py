@@ -30,10 +30,8 @@ import base64
 import binascii
 import ipaddress
 import logging
-import os
 import secrets
 import socket
-import stat
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -41,6 +39,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from nanoclaw.broker.policy import domain_allowed
+from nanoclaw.host.relay_socket import RelaySocket
 
 log = logging.getLogger("nanoclaw.egress")
 
@@ -101,7 +100,7 @@ class EgressProxy:
         self.allow_private = allow_private
         self._grants: dict[str, Grant] = {}
         self._server: asyncio.Server | None = None
-        self._socket: tuple[str, int, int] | None = None  # path, device, inode
+        self._socket: RelaySocket | None = None
 
     @contextmanager
     def grant(self, group: str, domains: Sequence[str]) -> Iterator[str]:
@@ -114,23 +113,17 @@ class EgressProxy:
             del self._grants[token]
 
     async def start(self, socket_path: str) -> None:
-        """Listen on a Unix socket at `socket_path`, replacing a stale one. Raises OSError
-        when something else is there, or another process listens on it."""
-        await _remove_stale_socket(socket_path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Listen on a Unix socket at `socket_path` (nanoclaw.host.relay_socket). Raises
+        OSError when something else is there, or another process listens on it."""
+        self._socket = RelaySocket(socket_path)
+        listener = await self._socket.bind()
         try:
-            listener.bind(socket_path)  # bind never follows a symlink: it fails on any file
-            # The relays run under dynamic uids; every request still needs a live secret.
-            # The directory is the host's own, so nothing swaps the path before the chmod.
-            os.chmod(socket_path, 0o666)
             self._server = await asyncio.start_unix_server(
                 self._handle, sock=listener, limit=MAX_HEAD_BYTES
             )
         except BaseException:
             listener.close()
             raise
-        bound = os.lstat(socket_path)
-        self._socket = (socket_path, bound.st_dev, bound.st_ino)
         log.info("egress proxy listening on %s", socket_path)
 
     async def close(self) -> None:
@@ -139,12 +132,7 @@ class EgressProxy:
             await self._server.wait_closed()
             self._server = None
         if self._socket is not None:
-            path, device, inode = self._socket
-            self._socket = None
-            with suppress(FileNotFoundError):
-                now = os.lstat(path)
-                if (now.st_dev, now.st_ino) == (device, inode):  # not a successor's socket
-                    os.unlink(path)
+            self._socket.unlink()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
@@ -228,25 +216,6 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     pid, uid, _ = _UCRED.unpack(credentials)
     return f"via the relay (pid {pid}, uid {uid})"
-
-
-async def _remove_stale_socket(path: str) -> None:
-    """Remove a socket left at `path` by an earlier run; refuse anything else there."""
-    try:
-        found = os.lstat(path)  # lstat: a symlink at the path is never followed
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(found.st_mode):
-        raise FileExistsError(
-            f"{path} exists and is not a socket; remove it or choose another socket path"
-        )
-    try:
-        _, writer = await asyncio.open_unix_connection(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nothing listens: stale
-        return
-    writer.close()
-    raise OSError(f"{path} is in use: another process listens on it")
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes:

@@ -376,6 +376,7 @@ class Router:
                 waiting=sorted(f for f, s in states.items() if s is GroupState.WAITING),
                 slots=self._config.max_concurrent_runs,
                 warm=self._pool.is_warm(folder),
+                agent_unit=self._pool.unit_of(folder),
                 task_statuses=[task.status for task in self._store.tasks(folder)],
                 workspace=workspace,
                 timezone=self._config.timezone,

@@ -87,7 +87,9 @@ class Host:
         self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)
         self._tasks.declare(config.tasks)
         try:
-            await self._credentials.start()
+            await self._credentials.start(
+                str(config.credential_socket) if self._broker_for_agents() else None
+            )
             await channel.connect(config.assistant_name)
             sync = asyncio.create_task(channel.sync_forever(router.notify_rooms), name="sync")
             first_sync = asyncio.create_task(channel.synced.wait())
@@ -125,6 +127,11 @@ class Host:
             if self._sandbox is not None:
                 await self._sandbox.close()
             await self._credentials.close()
+
+    def _broker_for_agents(self) -> str | None:
+        """The broker's socket when the CLIs run in agent units (nanoclaw.host.agent)."""
+        socket = self.config.sandbox_socket
+        return str(socket) if socket is not None and self.config.confine_agent else None
 
     def status(self) -> str:
         """systemd's one-line STATUS= (systemctl status nanoclaw)."""
@@ -164,6 +171,7 @@ class Host:
             system_prompt=prompt,
             tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
             tool_names=tuple(t.name for t in tools),
+            broker_socket=self._broker_for_agents(),
         )
 
 

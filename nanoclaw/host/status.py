@@ -20,6 +20,7 @@ class GroupStatus:
     waiting: Sequence[str]  # groups waiting for a slot
     slots: int
     warm: bool
+    agent_unit: str | None  # where the warm CLI runs, when in a unit of its own
     task_statuses: Sequence[str]
     # The broker's measure, or why there is none; None where no broker is configured.
     workspace: UsageReport | str | None
@@ -39,7 +40,8 @@ def render_status(status: GroupStatus) -> str:
         f"- runs: {len(status.running)} of {status.slots} slots busy"
         + (f" ({', '.join(status.running)})" if status.running else ""),
         f"- waiting: {', '.join(status.waiting) if status.waiting else 'none'}",
-        f"- session: `{session}` ({'warm' if status.warm else 'cold'})",
+        f"- session: `{session}` ({'warm' if status.warm else 'cold'})"
+        + (f", its agent in `{status.agent_unit}`" if status.agent_unit else ""),
         f"- last run: {last}",
         f"- tasks: {tasks.count('active')} active, {tasks.count('paused')} paused",
     ]
