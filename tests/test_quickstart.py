@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from nanoclaw.appliance.machine_files import AGENT_UIDS
 from nanoclaw.host.agent import NO_MODEL_KEY
 from tests.support.machine import require_machine
 from tests.support.net import free_port
@@ -184,6 +185,15 @@ def test_up_chat_down_and_up_again(tmp_path: Path) -> None:
         for group, uid in UIDS.items():
             reply = chat(data, "please run it", group=group)
             assert f"tool said: {uid}\n/workspace/group" in reply, (reply, broker_journal(data))
+        # Each group's CLI runs in an agent unit of its own, as its agent user, while warm.
+        listed = appliance(data, "shell", "systemctl", "list-units", "--plain", "--no-legend",
+                           "--state=active", "nanoclaw-agent-*")  # fmt: skip
+        agents = {line.split()[0].split("-")[2]: line.split()[0] for line in listed}
+        assert sorted(agents) == ["example", "main"], listed
+        for group, unit in agents.items():
+            user = appliance(data, "shell", "systemctl", "show", "-P", "User", unit)
+            assert user == [str(AGENT_UIDS[group])], (unit, user)
+        assert f"its agent in `{agents['main']}`" in chat(data, "/status")
         # The example group's tools reach the web through its relay and the host's proxy,
         # which refuses a name outside the group's domains...
         refused = chat(data, "fetch http://github.com/", group="example")

@@ -18,6 +18,8 @@ VENV = "/opt/nanoclaw/venv"
 WHEELS = "/opt/nanoclaw-wheels"
 # Each group's tool units run as a user of their own.
 GROUP_UIDS = {"main": 61000, "example": 61001}
+# Each group's agent runtime (the CLI) runs as a user of its own too.
+AGENT_UIDS = {group: uid + 1000 for group, uid in GROUP_UIDS.items()}
 # Where the example group's tools may go: a fetch elsewhere is refused by the egress proxy.
 EXAMPLE_DOMAINS = ("example.com", "*.wikipedia.org")
 UNITS = (
@@ -77,7 +79,11 @@ requires_trigger = false
 
 def render_policy() -> str:
     groups: dict[str, dict[str, object]] = {
-        folder: {"uid": uid, **({"main": True} if folder == "main" else {})}
+        folder: {
+            "uid": uid,
+            "agent": {"uid": AGENT_UIDS[folder]},
+            **({"main": True} if folder == "main" else {}),
+        }
         for folder, uid in GROUP_UIDS.items()
     }
     groups["example"]["egress"] = {"domains": list(EXAMPLE_DOMAINS)}
@@ -94,6 +100,7 @@ def setup_script() -> str:
     """Run as root in the machine at every boot (its root is fresh each time): users,
     directories and commands as the NixOS module would make them, then the units."""
     tool_users = "".join(f"u nanoclaw-tool-{g} {uid} - -\n" for g, uid in GROUP_UIDS.items())
+    tool_users += "".join(f"u nanoclaw-agent-{g} {uid} - -\n" for g, uid in AGENT_UIDS.items())
     # Each group's workspace is its tool user's alone: the host never reads or writes it.
     folders = "d /var/lib/nanoclaw/groups 0750 nanoclaw nanoclaw -\n"
     folders += "".join(

@@ -17,6 +17,7 @@ The machine's root is thrown away at every stop; what must last is bound in from
 |-----------------|---------------------|--------------------------------------------------|
 | `machine/etc`   | `/etc/nanoclaw`     | config.toml, policy.json, secrets/ (each `up`)   |
 | `machine/state` | `/var/lib/nanoclaw` | the host's data: database, crypto, groups, ...   |
+| `machine/agents`| `/var/lib/nanoclaw-agent` | each group's agent unit's own state: transcripts |
 | `machine/opt`   | `/opt/nanoclaw`     | a venv of the machine's python3 with the deps    |
 | the checkout    | `/opt/nanoclaw-src` | nanoclaw itself, read-only, on the venv's path   |
 
@@ -61,6 +62,7 @@ from nanoclaw.appliance.machine_files import (
 )
 from nanoclaw.appliance.machine_venv import fetch_wheels, install_venv, venv_stamp
 from nanoclaw.appliance.quickstart import QuickstartState, prepare, write_private
+from nanoclaw.broker.agent_unit import STATE_ROOT
 
 DEFAULT_DATA = Path.home() / ".local/share/nanoclaw"
 MACHINE_NAME = "nanoclaw"
@@ -95,7 +97,7 @@ class Appliance:
         image = rootfs()
         say(f"starting Synapse on 127.0.0.1:{self.port}")
         await self.homeserver.spawn()  # it starts while the wheels come or the machine boots
-        for sub in ("etc", "state", "opt"):
+        for sub in ("etc", "state", "agents", "opt"):
             (self.data / "machine" / sub).mkdir(parents=True, exist_ok=True)
         wheels: Path | None = None
         stamp_file = self.data / "machine/opt/venv/.stamp"
@@ -109,6 +111,7 @@ class Appliance:
                 (REPO, SOURCE, False),
                 (self.data / "machine/etc", "/etc/nanoclaw", True),
                 (self.data / "machine/state", "/var/lib/nanoclaw", True),
+                (self.data / "machine/agents", STATE_ROOT, True),
                 (self.data / "machine/opt", "/opt/nanoclaw", True),
             ]
             if wheels is not None:
