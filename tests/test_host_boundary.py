@@ -6,6 +6,10 @@ systemd (booted with systemd-nspawn) running the broker. The data directory the 
 uses is the very directory the machine's units see, as on a real installation, so a file
 a unit writes lands where the host could find it. Each attack stands next to a control
 that shows its payload is real wherever something does load it.
+
+The CLI runs in the host's process tree here (confine_agent = false), the weaker of the
+two ways: no file a unit writes may reach it even then. In its own agent unit (the default)
+it would not share the host's files at all (tests/test_agent_confinement.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient
@@ -136,6 +141,14 @@ def fresh(machine: Machine, data: Path) -> Path:
     return data
 
 
+def host_settings(machine: Machine) -> dict[str, Any]:
+    return {
+        "sandbox_socket": socket_of(machine),
+        "tool_timeout_seconds": 20,
+        "confine_agent": False,
+    }
+
+
 def socket_of(machine: Machine) -> str:
     return f"/proc/{machine.pid}/root/run/nanoclaw/sandbox.sock"
 
@@ -174,7 +187,7 @@ async def agent_world(
     await world.setup()
     world.settings["data_dir"] = str(data)
     world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-    await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=20)
+    await world.start_host(**host_settings(machine))
     return world
 
 
@@ -234,7 +247,7 @@ async def test_hooks_a_tool_plants_for_the_cli_never_run(
     try:
         replies = await say(world, "plant", "/new", "hello")
         await world.hosts[0].stop()
-        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=20)
+        await world.start_host(**host_settings(machine))
         replies = await say(world, "after a restart")
     finally:
         await world.close()
@@ -509,7 +522,7 @@ async def test_a_source_made_swappable_after_start_is_refused_at_the_next_call(
     world.groups["alpha"] = {"room_id": await world.alice.create_room([world.bot.user_id])}
     world.groups["alpha"]["main"] = True
     try:
-        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=20)
+        await world.start_host(**host_settings(machine))
         before = await say(world, "look")
         machine.succeed("chown 61002:61002 /srv/box")  # the owner's mistake, after start
         try:

@@ -387,7 +387,11 @@ async def test_an_agent_turn_runs_its_tool_call_in_a_unit(
         await world.setup()
         world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
         # Above the policy's 20 s bound: the host clamps it instead of every call failing.
-        await world.start_host(sandbox_socket=socket_of(machine), tool_timeout_seconds=600)
+        # The CLI here runs beside the host, outside the machine (confine_agent = false):
+        # its agent unit is tests/test_agent_confinement.py's and the Quickstart test's.
+        await world.start_host(
+            sandbox_socket=socket_of(machine), tool_timeout_seconds=600, confine_agent=False
+        )
         await world.alice.send(world.main_room, "run it")
         replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
     finally:

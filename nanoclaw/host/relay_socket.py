@@ -29,6 +29,9 @@ class RelaySocket:
             listener.bind(self.path)  # bind never follows a symlink: it fails on any file
             os.chmod(self.path, 0o666)
             listener.listen()
+        except OSError as error:  # a missing directory: say where
+            listener.close()
+            raise OSError(error.errno, f"cannot listen at {self.path}: {error.strerror}") from None
         except BaseException:
             listener.close()
             raise
