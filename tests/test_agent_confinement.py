@@ -33,6 +33,7 @@ from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.mcp import sandbox_mcp_tools
 from tests.support.machine import (
     BROKER_OVERRIDE,
+    INSTALL_BROKER,
     REPO,
     SOURCE,
     Machine,
@@ -78,12 +79,8 @@ done
 """
     + tool_users({"alpha": 61001, "beta": 61002})
     + """install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json
-cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
-mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
-cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
-systemctl daemon-reload
-systemctl start nanoclaw-sandboxd.socket
 """
+    + INSTALL_BROKER
 )
 # Run in the agent unit (by agent_probe) or in the machine as root: one line per probe.
 PROBES = r"""
@@ -114,6 +111,8 @@ attempt("host-loopback", lambda: connect_tcp("127.0.0.1", PORT))
 attempt("write-etc", lambda: write("/etc/nanoclaw/planted"))
 attempt("write-own-state", lambda: write(os.environ.get("HOME", "/nonexistent") + "/probe"))
 """
+
+
 @dataclass(frozen=True)
 class Outside:
     """What runs here: the model, the credential proxy's socket directory, a TCP listener."""

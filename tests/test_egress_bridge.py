@@ -41,6 +41,7 @@ from nanoclaw.host.sandbox.tools import SandboxTools
 from tests.support.egress import self_signed_certificate, serve_site
 from tests.support.machine import (
     BROKER_OVERRIDE,
+    INSTALL_BROKER,
     REPO,
     SOURCE,
     Machine,
@@ -67,12 +68,8 @@ mkdir -p /etc/nanoclaw /var/lib/nanoclaw
     + tool_users({"alpha": 61001, "web": 61004})
     + """install -m 0644 /tmp/units/policy.json /etc/nanoclaw/policy.json
 install -m 0644 /tmp/units/site.crt /var/lib/nanoclaw/groups/web/site.crt
-cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service /etc/systemd/system/
-mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
-cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
-systemctl daemon-reload
-systemctl start nanoclaw-sandboxd.socket
 """
+    + INSTALL_BROKER
 )
 # Run by python3 in a unit: a CONNECT through the relay with the call's secret (from
 # https_proxy), then TLS naming argv[2] as the server (SNI): the page, or what failed.

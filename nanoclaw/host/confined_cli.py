@@ -34,14 +34,8 @@ from claude_agent_sdk._internal.transport.subprocess_cli import (
     SubprocessCLITransport,
 )
 
-from nanoclaw.broker.protocol import (
-    SEND_STDIO,
-    AgentRequest,
-    ProtocolError,
-    Refusal,
-    decode,
-    encode,
-)
+from nanoclaw.broker.protocol import SEND_STDIO, AgentRequest, encode
+from nanoclaw.host.sandbox.client import SandboxError, read_answer
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +194,8 @@ class ConfinedCLI(Transport):
 
 
 async def _answer(reader: asyncio.StreamReader) -> dict[str, Any]:
-    """The broker's next line: an answer, or CLIConnectionError with its refusal."""
-    line = await reader.readline()
-    if not line:
-        raise CLIConnectionError("the sandbox broker closed the connection")
+    """The broker's next answer; CLIConnectionError (for the SDK) with why there is none."""
     try:
-        reply = decode(line)
-    except ProtocolError as error:
-        raise CLIConnectionError(f"the sandbox broker's answer is garbled: {error}") from None
-    if not reply.get("ok"):
-        raise CLIConnectionError(f"the agent unit was refused: {Refusal.from_wire(reply).error}")
-    return reply
+        return await read_answer(reader)
+    except SandboxError as error:
+        raise CLIConnectionError(f"no agent unit: {error}") from None

@@ -21,6 +21,7 @@ from tests.support.driver_api import DriverApi
 
 __all__ = [
     "BROKER_OVERRIDE",
+    "INSTALL_BROKER",
     "REPO",
     "SOURCE",
     "Machine",
@@ -40,6 +41,17 @@ BROKER_OVERRIDE = f"""[Service]
 ExecStart=
 ExecStart=/usr/bin/python3 -m nanoclaw.broker.sandboxd --policy /etc/nanoclaw/policy.json
 Environment=PYTHONPATH={SOURCE}
+"""
+
+
+# Shell, run as root in a machine: the broker's units of units/ (copied to /tmp/units with
+# BROKER_OVERRIDE as override.conf), started by socket.
+INSTALL_BROKER = """cp /tmp/units/nanoclaw-sandboxd.socket /tmp/units/nanoclaw-sandboxd.service \\
+  /etc/systemd/system/
+mkdir -p /etc/systemd/system/nanoclaw-sandboxd.service.d
+cp /tmp/units/override.conf /etc/systemd/system/nanoclaw-sandboxd.service.d/
+systemctl daemon-reload
+systemctl start nanoclaw-sandboxd.socket
 """
 
 

@@ -64,9 +64,14 @@ async def _ask(socket_path: str, request: Mapping[str, Any]) -> dict[str, Any]:
     try:
         writer.write(encode(request))
         await writer.drain()
-        line = await reader.readline()
+        return await read_answer(reader)
     finally:
         writer.close()
+
+
+async def read_answer(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The broker's next line, decoded; SandboxError for a refusal, or a garbled or no line."""
+    line = await reader.readline()
     if not line:
         raise SandboxError("the sandbox broker closed the connection without an answer")
     try:
