@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SECONDS = 10.0
 # A warm session lives for minutes to hours: ask systemd about it every few seconds only.
-POLL_SECONDS = 2.0
+POLL_SECONDS = 1.0
 STDIO: tuple[Property, ...] = (
     ("StandardInputFileDescriptor", "h", 0),
     ("StandardOutputFileDescriptor", "h", 1),
