@@ -13,7 +13,9 @@ let
   settingsFormat = pkgs.formats.toml { };
   policyPath = "/etc/nanoclaw/policy.json";
   hardening = import ./hardening.nix;
+  agent = import ./agent.nix { inherit rules; };
   toolUser = name: "${rules.group.tool_user_prefix}${name}";
+  agentUser = name: "${agent.userPrefix}${name}";
   # The host's egress proxy listens there (settings.egress_socket), in a runtime directory
   # of the host's; the broker's relays for groups with domains lead there.
   egressSocket = cfg.settings.egress_socket;
@@ -174,7 +176,15 @@ in
   imports = [ ./options.nix ];
 
   config = lib.mkIf cfg.enable {
-    assertions = import ./checks.nix { inherit lib cfg rules; };
+    assertions = import ./checks.nix {
+      inherit
+        lib
+        cfg
+        rules
+        agent
+        ;
+      inherit (config) users;
+    };
 
     services.nanoclaw = {
       settings = import ./settings.nix { inherit lib cfg; };
@@ -200,6 +210,8 @@ in
     );
     environment.systemPackages = [ cfg.package ];
 
+    # Per group, a user and group (uid = gid) for its tool units and one for its agent unit;
+    # systemd needs both entries for a unit's User= and Group=.
     users.users = {
       nanoclaw = {
         isSystemUser = true;
@@ -216,12 +228,22 @@ in
         group = toolUser name;
         description = "nanoclaw tool units of group ${name}";
       }
+    ) cfg.groups
+    // lib.mapAttrs' (
+      name: group:
+      lib.nameValuePair (agentUser name) {
+        isSystemUser = true;
+        inherit (group.agent) uid;
+        group = agentUser name;
+        description = "nanoclaw agent unit of group ${name}";
+      }
     ) cfg.groups;
     # Members of nanoclaw may use the broker's socket: the host only.
     users.groups = {
       nanoclaw = { };
     }
-    // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups;
+    // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups
+    // lib.mapAttrs' (name: group: lib.nameValuePair (agentUser name) { gid = group.agent.uid; }) cfg.groups;
 
     # Each group's folder is its tool units' alone; the host keeps its memory and sessions
     # in directories of its own, which it makes.
