@@ -218,4 +218,8 @@ concatLists (mapAttrsToList groupChecks cfg.groups)
   (check (lib.all absolute cfg.protectedPaths)
     "${option}.protectedPaths: every entry must be an absolute path without '..'."
   )
+  # An argument of the broker's ExecStart=, where systemd would split, unquote or expand these.
+  (check (builtins.match "/[^[:space:]\"'\\\\%$]*" (toString cfg.agentCli) != null) ''
+    ${option}.agentCli: must be an absolute path without spaces, quotes, backslashes, '%' or '$',
+    not "${toString cfg.agentCli}".'')
 ]

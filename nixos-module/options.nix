@@ -289,6 +289,26 @@ let
           the relays of such groups lead.
         '';
       };
+      credential_socket = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "/run/nanoclaw-credentials/proxy.sock";
+        description = ''
+          Where the host's credential proxy listens for the agent units, in the host's
+          `RuntimeDirectory=nanoclaw-credentials`; the broker's `--credential-socket`, where
+          each agent unit's model relay leads.
+        '';
+      };
+      confine_agent = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether each group's agent runtime (the Claude Code CLI) runs in the group's agent
+          unit (`groups.<name>.agent`), started by the broker. `false` runs it in the host's
+          process tree, as the host's user, beside the Matrix token, the API key, the
+          database and every transcript: evaluation warns, and `nanoclaw doctor` fails.
+        '';
+      };
     };
   };
 in
@@ -379,6 +399,22 @@ in
         bound left `null` here is nanoclaw's built-in default.
       '';
       type = types.submodule { options = limitOptions agentLimits ""; };
+    };
+
+    agentCli = mkOption {
+      type = types.path;
+      default =
+        cfg.package.agentCli or (throw ''
+          services.nanoclaw.agentCli: the package ${cfg.package.name or ""} does not say where
+          its agent runtime is (passthru.agentCli): set agentCli to the Claude Code CLI the broker
+          runs in each group's agent unit.'');
+      defaultText = literalExpression "config.services.nanoclaw.package.agentCli";
+      description = ''
+        The agent runtime the broker runs in each group's agent unit (its `--agent-cli`):
+        the Claude Code CLI the package's Agent SDK bundles, as nanoclaw's package installs
+        it (`claude-loader.sh`, which starts the program as published with nixpkgs' glibc
+        loader). Another CLI must speak the protocol of the SDK the host runs.
+      '';
     };
 
     groups = mkOption {

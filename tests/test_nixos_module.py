@@ -113,6 +113,8 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert settings["model"] == {"name": "claude-sonnet-4-5", "api_key_credential": "anthropic-key"}
     assert settings["sandbox_socket"] == "/run/nanoclaw/sandbox.sock"
     assert settings["egress_socket"] == "/run/nanoclaw-egress/proxy.sock"
+    assert settings["credential_socket"] == "/run/nanoclaw-credentials/proxy.sock"
+    assert settings["confine_agent"] is True
     assert settings["data_dir"] == "/var/lib/nanoclaw"
     assert settings["timezone"] == "Europe/Berlin"
     assert settings["groups"]["family"] == {
@@ -125,6 +127,8 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert [g.folder for g in config.groups] == ["family", "main"]
     assert config.main_group is not None and config.main_group.folder == "main"
     assert config.egress_socket == Path(settings["egress_socket"])
+    assert config.credential_socket == Path(settings["credential_socket"])
+    assert config.confine_agent is True
 
 
 def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:
@@ -414,7 +418,9 @@ def test_the_broker_leads_relays_to_the_hosts_egress_socket(base: dict[str, Any]
     assert set(options) == {
         "--policy",
         "--egress-socket",
+        "--credential-socket",
         "--socket-proxyd",
+        "--agent-cli",
     }
     assert options["--socket-proxyd"] == (
         f"{base['paths']['systemd']}/lib/systemd/systemd-socket-proxyd"
@@ -428,17 +434,72 @@ def test_the_broker_leads_relays_to_the_hosts_egress_socket(base: dict[str, Any]
     assert f"--socket-proxyd {options['--socket-proxyd']}" in unit
 
 
-def test_the_host_owns_the_egress_sockets_directory(base: dict[str, Any]) -> None:
-    """The host makes its egress proxy's socket in a runtime directory of its own, open to
-    the relays' dynamic users (units/nanoclaw.service has the same)."""
+def broker_options(evaluated: dict[str, Any]) -> dict[str, str]:
+    argv = evaluated["services"]["nanoclaw-sandboxd"]["serviceConfig"]["ExecStart"].split(" ")
+    return dict(zip(argv[1::2], argv[2::2], strict=True))
+
+
+def test_the_broker_leads_model_relays_to_the_hosts_credential_socket(
+    base: dict[str, Any],
+) -> None:
+    """Each agent unit's model relay leads where the host's credential proxy listens: the
+    broker's --credential-socket is the host's credential_socket."""
+    options = broker_options(base)
+    assert options["--credential-socket"] == "/run/nanoclaw-credentials/proxy.sock"
+    assert options["--credential-socket"] == base["settings"]["credential_socket"]
+    config = parse_config(without_nulls(base["settings"]))
+    assert config.credential_socket == Path(options["--credential-socket"])
+
+
+def test_the_broker_runs_the_packages_cli_in_agent_units(base: dict[str, Any]) -> None:
+    """--agent-cli names the CLI of the Agent SDK the package's Python environment has (the
+    loader claude-agent-sdk.nix puts in the CLI's place), with its string context: the unit
+    depends on the SDK, whatever the broker's own environment would find."""
+    sdk = base["sdk"]
+    assert sdk["dependency"] is True
+    cli = f"{sdk['path']}/lib/python3.12/site-packages/claude_agent_sdk/_bundled/claude"
+    assert broker_options(base)["--agent-cli"] == cli
+    assert sdk["drvPath"] in base["execStartNeeds"]["nanoclaw-sandboxd"]
+    assert f"--agent-cli {cli}" in base["units"]["nanoclaw-sandboxd.service"]
+    # claude-agent-sdk.nix writes the loader there.
+    recipe = (REPO / "nixos-module/claude-agent-sdk.nix").read_text()
+    assert "bundled=$out/${python.sitePackages}/claude_agent_sdk/_bundled" in recipe
+    assert 'substitute ${./claude-loader.sh} "$bundled/claude"' in recipe
+
+
+def test_agent_cli_may_be_another(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "defaults.agent.cpuWeight = 50;",
+        'defaults.agent.cpuWeight = 50; agentCli = "/opt/claude/bin/claude";',
+    )
+    assert broker_options(evaluate(nixpkgs_lib, sample))["--agent-cli"] == "/opt/claude/bin/claude"
+
+
+def test_a_package_that_names_no_cli_needs_agent_cli(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "defaults.agent.cpuWeight = 50;",
+        "defaults.agent.cpuWeight = 50; package = pkgs.coreutils;",
+    )
+    error = refused(nixpkgs_lib, sample)
+    assert "services.nanoclaw.agentCli: the package" in error, error
+    assert "set agentCli to the Claude Code CLI" in error, error
+
+
+def test_the_host_owns_the_proxy_sockets_directories(base: dict[str, Any]) -> None:
+    """The host makes its egress proxy's and credential proxy's sockets in runtime
+    directories of its own, open to the relays' dynamic users (units/nanoclaw.service has
+    the same)."""
     config = base["services"]["nanoclaw"]["serviceConfig"]
-    assert config["RuntimeDirectory"] == ["nanoclaw-egress"]
+    assert config["RuntimeDirectory"] == ["nanoclaw-egress", "nanoclaw-credentials"]
     assert config["RuntimeDirectoryMode"] == "0755"
-    socket = Path(base["settings"]["egress_socket"])
-    assert socket.parent == Path("/run") / config["RuntimeDirectory"][0]
+    for key, directory in (("egress_socket", 0), ("credential_socket", 1)):
+        socket = Path(base["settings"][key])
+        assert socket.parent == Path("/run") / config["RuntimeDirectory"][directory]
     unit = base["units"]["nanoclaw.service"]
-    assert "RuntimeDirectory=nanoclaw-egress\n" in unit
+    assert "RuntimeDirectory=nanoclaw-egress\nRuntimeDirectory=nanoclaw-credentials\n" in unit
     assert "RuntimeDirectoryMode=0755\n" in unit
+    plain = (REPO / "units/nanoclaw.service").read_text()
+    assert f"RuntimeDirectory={' '.join(config['RuntimeDirectory'])}\n" in plain
 
 
 def test_a_runtime_directory_of_ones_own_joins_the_hosts(nixpkgs_lib: Path) -> None:
@@ -449,9 +510,19 @@ def test_a_runtime_directory_of_ones_own_joins_the_hosts(nixpkgs_lib: Path) -> N
     )
     config = evaluate(nixpkgs_lib, sample)["services"]["nanoclaw"]["serviceConfig"]
     assert sorted(config["RuntimeDirectory"]) == [
+        "nanoclaw-credentials",
         "nanoclaw-egress",
         "nanoclaw-extra",
     ]
+
+
+def test_confining_no_agent_warns(nixpkgs_lib: Path, base: dict[str, Any]) -> None:
+    assert base["warnings"] == []
+    sample = changed('timezone = "Europe/Berlin";', "confine_agent = false;")
+    evaluated = evaluate(nixpkgs_lib, sample)
+    assert evaluated["settings"]["confine_agent"] is False
+    (warning,) = evaluated["warnings"]
+    assert "services.nanoclaw.settings.confine_agent is false" in " ".join(warning.split())
 
 
 def test_a_group_reaches_cidrs_or_domains_not_both(nixpkgs_lib: Path, base: dict[str, Any]) -> None:
@@ -554,6 +625,17 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
             "  services.nanoclaw = {",
             "  users.groups.media.gid = 61000;\n  services.nanoclaw = {",
             "services.nanoclaw.groups.main.uid: 61000 is already the id of group media",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "/opt/my claude/claude";',
+            "services.nanoclaw.agentCli: must be an absolute path without spaces, quotes, "
+            "backslashes, '%' or '$', not \"/opt/my claude/claude\".",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "/opt/claude/%i";',
+            "services.nanoclaw.agentCli: must be an absolute path without spaces",
         ),
         (
             "confineStore = false;",
@@ -674,6 +756,16 @@ def test_bad_configurations_fail_with_their_message(
             "uid = 61001;",
             "uid = 2147483000;",
             "services.nanoclaw.groups.family.agent.uid' is not of type",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'credential_socket = "/run/nanoclaw/credentials.sock";',
+            "services.nanoclaw.settings.credential_socket' is read-only",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "claude";',
+            "services.nanoclaw.agentCli' is not of type",
         ),
         (
             'timezone = "Europe/Berlin";',
