@@ -6,10 +6,15 @@
   lib,
   cfg,
   rules,
+  # agent.nix, with these rules.
+  agent,
+  # The system's users.users and users.groups, for ids the module's users would share.
+  users,
 }:
 let
   inherit (lib)
     concatLists
+    concatMap
     mapAttrsToList
     imap0
     optional
@@ -64,13 +69,24 @@ let
       room = cfg.settings.groups.${name} or { };
     in
     [
-      (check (builtins.match rules.group.pattern name != null && !lib.elem name rules.group.reserved) ''
-        ${at}: the group name must match ${rules.group.pattern} (lowercase letters, digits, '_' or
-        '-'; at most ${toString rules.group.max_length} characters, so that its user
-        ${rules.group.tool_user_prefix}${name} fits the ${toString rules.group.max_user_name} characters a user
-        name may have), and not be ${lib.concatStringsSep " or " rules.group.reserved}.'')
+      (check
+        (
+          builtins.match rules.group.pattern name != null
+          && lib.stringLength name <= agent.maxGroupName
+          && !lib.elem name rules.group.reserved
+        )
+        ''
+          ${at}: the group name must match ${rules.group.pattern} with at most
+          ${toString agent.maxGroupName} characters (lowercase letters, digits, '_' or '-'), so that its
+          users ${rules.group.tool_user_prefix}${name} and ${agent.userPrefix}${name} fit the
+          ${toString rules.group.max_user_name} characters a user name may have, and not be
+          ${lib.concatStringsSep " or " rules.group.reserved}.''
+      )
       (check (group.uid != rules.uid.nobody)
         "${at}.uid: must not be ${toString rules.uid.nobody} (nobody), which others share."
+      )
+      (check (group.agent.uid != rules.uid.nobody)
+        "${at}.agent.uid: must not be ${toString rules.uid.nobody} (nobody), which others share."
       )
       (check (room ? room_id) ''
         ${at}.roomId: the group needs its Matrix room: set roomId (or settings.groups.${name}.room_id).'')
@@ -124,24 +140,57 @@ let
         github.com, or *.example.com for the names below it (no IPs, ports, schemes or *.com).''
     ) group.egress.domains;
 
-  uids = mapAttrsToList (name: group: {
-    inherit name;
-    inherit (group) uid;
-  }) cfg.groups;
+  # Every uid the module gives a user (and the same gid to its group), by option.
+  uids = concatLists (
+    mapAttrsToList (name: group: [
+      {
+        option = "${option}.groups.${name}.uid";
+        inherit (group) uid;
+      }
+      {
+        option = "${option}.groups.${name}.agent.uid";
+        inherit (group.agent) uid;
+      }
+    ]) cfg.groups
+  );
+  # The users and groups the module makes, and everyone else's.
+  ours =
+    [ "nanoclaw" ]
+    ++ concatLists (
+      mapAttrsToList (name: _: [
+        "${rules.group.tool_user_prefix}${name}"
+        "${agent.userPrefix}${name}"
+      ]) cfg.groups
+    );
+  others = what: removeAttrs users.${what} ours;
+  # Who else has `uid`: "user alice", "group media".
+  holders =
+    uid:
+    mapAttrsToList (name: _: "user ${name}") (lib.filterAttrs (_: user: user.uid == uid) (others "users"))
+    ++ mapAttrsToList (name: _: "group ${name}") (
+      lib.filterAttrs (_: group: group.gid == uid) (others "groups")
+    );
   mains = lib.attrNames (lib.filterAttrs (_: group: group.main) cfg.groups);
   secrets = secretsIn "${option}.settings" cfg.settings;
   strays = lib.attrNames (removeAttrs cfg.settings.groups (lib.attrNames cfg.groups));
   socket = cfg.settings.sandbox_socket;
 in
 concatLists (mapAttrsToList groupChecks cfg.groups)
-++ map (
+++ concatMap (
   entry:
   let
-    same = lib.filter (other: other.uid == entry.uid) uids;
+    same = lib.filter (other: other.uid == entry.uid && other.option != entry.option) uids;
+    held = holders entry.uid;
   in
-  check (lib.length same == 1) ''
-    ${option}.groups.${entry.name}.uid: ${toString entry.uid} is also the uid of group(s)
-    ${lib.concatMapStringsSep ", " (other: other.name) (lib.filter (o: o.name != entry.name) same)}; each group needs its own.''
+  [
+    (check (same == [ ]) ''
+      ${entry.option}: ${toString entry.uid} is also ${lib.concatMapStringsSep ", " (other: other.option) same};
+      every group's tool user (uid) and agent user (agent.uid, by default uid + ${toString agent.uidOffset}) each
+      need a uid of their own.'')
+    (check (held == [ ]) ''
+      ${entry.option}: ${toString entry.uid} is already the id of ${lib.concatStringsSep ", " held}: the
+      module's users and groups need ids of their own.'')
+  ]
 ) uids
 ++ [
   (check (lib.length mains <= 1)
@@ -169,4 +218,8 @@ concatLists (mapAttrsToList groupChecks cfg.groups)
   (check (lib.all absolute cfg.protectedPaths)
     "${option}.protectedPaths: every entry must be an absolute path without '..'."
   )
+  # An argument of the broker's ExecStart=, where systemd would split, unquote or expand these.
+  (check (builtins.match "/[^[:space:]\"'\\\\%$]*" (toString cfg.agentCli) != null) ''
+    ${option}.agentCli: must be an absolute path without spaces, quotes, backslashes, '%' or '$',
+    not "${toString cfg.agentCli}".'')
 ]

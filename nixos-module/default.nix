@@ -13,10 +13,15 @@ let
   settingsFormat = pkgs.formats.toml { };
   policyPath = "/etc/nanoclaw/policy.json";
   hardening = import ./hardening.nix;
+  agent = import ./agent.nix { inherit rules; };
   toolUser = name: "${rules.group.tool_user_prefix}${name}";
+  agentUser = name: "${agent.userPrefix}${name}";
   # The host's egress proxy listens there (settings.egress_socket), in a runtime directory
   # of the host's; the broker's relays for groups with domains lead there.
   egressSocket = cfg.settings.egress_socket;
+  # And its credential proxy there (settings.credential_socket): the broker's model relays
+  # lead there from each agent unit's network namespace.
+  credentialSocket = cfg.settings.credential_socket;
   confined = lib.filterAttrs (_: group: group.confineStore) cfg.groups;
 
   # What a confined group's units read of /etc. On NixOS /etc/hosts links to
@@ -125,9 +130,13 @@ let
         ) "${cfg.settings.model.api_key_credential}:${cfg.apiKeyFile}";
         StateDirectory = lib.mkIf (cfg.dataDir == "/var/lib/nanoclaw") "nanoclaw";
         StateDirectoryMode = "0750";
-        # The egress proxy's socket: the relays run as dynamic users, so the directory is
-        # open to all (every request needs a secret). A list, so others add theirs.
-        RuntimeDirectory = [ (lib.removePrefix "/run/" (dirOf egressSocket)) ];
+        # The sockets of the egress proxy and of the credential proxy: the relays that lead
+        # there run as dynamic users, so the directories are open to all (every request
+        # needs a secret, or a live placeholder). A list, so others add theirs.
+        RuntimeDirectory = map (socket: lib.removePrefix "/run/" (dirOf socket)) [
+          egressSocket
+          credentialSocket
+        ];
         RuntimeDirectoryMode = "0755";
         # SIGTERM drains runs in progress for up to 60 s; then the rest of the cgroup is killed.
         KillMode = "mixed";
@@ -157,13 +166,17 @@ let
       // {
         Type = "simple";
         # A group with domains gets a relay: a socket unit in its units' network namespace
-        # whose service, systemd-socket-proxyd, leads to the host's egress proxy. NixOS's
-        # systemd keeps it where the broker does not look.
+        # whose service, systemd-socket-proxyd, leads to the host's egress proxy; each agent
+        # unit gets one to the host's credential proxy. NixOS's systemd keeps
+        # systemd-socket-proxyd where the broker does not look. The agent units run the
+        # package's CLI, named here rather than found in the broker's Python environment.
         ExecStart = lib.concatStringsSep " " [
           "${cfg.package}/bin/nanoclaw-sandboxd"
           "--policy ${policyPath}"
           "--egress-socket ${egressSocket}"
+          "--credential-socket ${credentialSocket}"
           "--socket-proxyd ${config.systemd.package}/lib/systemd/systemd-socket-proxyd"
+          "--agent-cli ${cfg.agentCli}"
         ];
       }
     );
@@ -174,7 +187,19 @@ in
   imports = [ ./options.nix ];
 
   config = lib.mkIf cfg.enable {
-    assertions = import ./checks.nix { inherit lib cfg rules; };
+    assertions = import ./checks.nix {
+      inherit
+        lib
+        cfg
+        rules
+        agent
+        ;
+      inherit (config) users;
+    };
+    warnings = lib.optional (!cfg.settings.confine_agent) ''
+      services.nanoclaw.settings.confine_agent is false: each group's agent runtime (the Claude
+      Code CLI) runs in the host's process tree, as the host's user, beside the Matrix token,
+      the API key, the database and every transcript, not in its group's agent unit.'';
 
     services.nanoclaw = {
       settings = import ./settings.nix { inherit lib cfg; };
@@ -200,6 +225,8 @@ in
     );
     environment.systemPackages = [ cfg.package ];
 
+    # Per group, a user and group (uid = gid) for its tool units and one for its agent unit;
+    # systemd needs both entries for a unit's User= and Group=.
     users.users = {
       nanoclaw = {
         isSystemUser = true;
@@ -216,12 +243,22 @@ in
         group = toolUser name;
         description = "nanoclaw tool units of group ${name}";
       }
+    ) cfg.groups
+    // lib.mapAttrs' (
+      name: group:
+      lib.nameValuePair (agentUser name) {
+        isSystemUser = true;
+        inherit (group.agent) uid;
+        group = agentUser name;
+        description = "nanoclaw agent unit of group ${name}";
+      }
     ) cfg.groups;
     # Members of nanoclaw may use the broker's socket: the host only.
     users.groups = {
       nanoclaw = { };
     }
-    // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups;
+    // lib.mapAttrs' (name: group: lib.nameValuePair (toolUser name) { gid = group.uid; }) cfg.groups
+    // lib.mapAttrs' (name: group: lib.nameValuePair (agentUser name) { gid = group.agent.uid; }) cfg.groups;
 
     # Each group's folder is its tool units' alone; the host keeps its memory and sessions
     # in directories of its own, which it makes.

@@ -1,7 +1,11 @@
-# The policy's limits (rules.json, from nanoclaw/broker/policy.py's LIMIT_RANGES) by option name:
-# the policy key memory_max_bytes is the option memoryMaxBytes. A limit added in Python
-# becomes an option with the next `python -m nanoclaw.rules > nixos-module/rules.json`.
-{ lib }:
+# Limits by option name: the policy key memory_max_bytes is the option memoryMaxBytes. The
+# tool units' limits come from rules.json (nanoclaw/broker/policy.py's LIMIT_RANGES), so a
+# limit added in Python becomes an option with the next
+# `python -m nanoclaw.rules > nixos-module/rules.json`; the agent units' are agent.nix's.
+{
+  lib,
+  limits ? (lib.importJSON ./rules.json).limits,
+}:
 let
   optionName =
     key:
@@ -11,6 +15,4 @@ let
     in
     lib.concatStrings ([ (lib.head words) ] ++ map capitalised (lib.tail words));
 in
-lib.listToAttrs (
-  map (limit: lib.nameValuePair (optionName limit.name) limit) (lib.importJSON ./rules.json).limits
-)
+lib.listToAttrs (map (limit: lib.nameValuePair (optionName limit.name) limit) limits)

@@ -17,7 +17,24 @@ let
   cfg = config.services.nanoclaw;
   rules = lib.importJSON ./rules.json;
   limits = import ./limits.nix { inherit lib; };
+  agent = import ./agent.nix { inherit rules; };
+  agentLimits = import ./limits.nix {
+    inherit lib;
+    inherit (agent) limits;
+  };
   settingsFormat = pkgs.formats.toml { };
+
+  # One option per limit of `spec` (limits.nix), `null` by default: `fallback` then.
+  limitOptions =
+    spec: fallback:
+    lib.mapAttrs (
+      _: limit:
+      mkOption {
+        type = types.nullOr (types.ints.between limit.min limit.max);
+        default = null;
+        description = "${limit.text} (${toString limit.min} to ${toString limit.max}; nanoclaw's default: ${toString limit.default})${fallback}.";
+      }
+    ) spec;
 
   limitsOption =
     what:
@@ -33,16 +50,7 @@ let
         memoryMaxBytes = 1073741824;
         wallSeconds = 900;
       };
-      type = types.submodule {
-        options = lib.mapAttrs (
-          _: limit:
-          mkOption {
-            type = types.nullOr (types.ints.between limit.min limit.max);
-            default = null;
-            description = "${limit.text} (${toString limit.min} to ${toString limit.max}; nanoclaw's default: ${toString limit.default}).";
-          }
-        ) limits;
-      };
+      type = types.submodule { options = limitOptions limits ""; };
     };
 
   mountType = types.submodule {
@@ -81,7 +89,7 @@ let
   };
 
   groupType = types.submodule (
-    { name, ... }:
+    { name, config, ... }:
     {
       options = {
         uid = mkOption {
@@ -92,6 +100,22 @@ let
             creates user and group `${rules.group.tool_user_prefix}${name}` with it.
           '';
         };
+        agent = {
+          uid = mkOption {
+            type = types.ints.between rules.uid.min rules.uid.max;
+            default = config.uid + agent.uidOffset;
+            defaultText = literalExpression "uid + ${toString agent.uidOffset}";
+            example = 62001;
+            description = ''
+              The user and group ID of this group's agent unit, where the broker runs the
+              group's agent runtime (the Claude Code CLI) for each session: distinct from
+              every group's `uid` and `agent.uid`. The module creates user and group
+              `${agent.userPrefix}${name}` with it; systemd keeps the unit's state (the
+              transcripts) in `${agent.stateRoot}/${name}`, owned by it.
+            '';
+          };
+        }
+        // limitOptions agentLimits "; `null`: `defaults.agent`'s";
         main = mkOption {
           type = types.bool;
           default = false;
@@ -265,6 +289,26 @@ let
           the relays of such groups lead.
         '';
       };
+      credential_socket = mkOption {
+        type = types.str;
+        readOnly = true;
+        default = "/run/nanoclaw-credentials/proxy.sock";
+        description = ''
+          Where the host's credential proxy listens for the agent units, in the host's
+          `RuntimeDirectory=nanoclaw-credentials`; the broker's `--credential-socket`, where
+          each agent unit's model relay leads.
+        '';
+      };
+      confine_agent = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether each group's agent runtime (the Claude Code CLI) runs in the group's agent
+          unit (`groups.<name>.agent`), started by the broker. `false` runs it in the host's
+          process tree, as the host's user, beside the Matrix token, the API key, the
+          database and every transcript: evaluation warns, and `nanoclaw doctor` fails.
+        '';
+      };
     };
   };
 in
@@ -345,16 +389,44 @@ in
       } and `${rules.env_file_prefix}*`.";
     };
     defaults.limits = limitsOption "every group";
+    defaults.agent = mkOption {
+      default = { };
+      example = {
+        memoryMaxBytes = 2147483648;
+      };
+      description = ''
+        Bounds of every group's agent unit, where a group's `agent` leaves them `null`. A
+        bound left `null` here is nanoclaw's built-in default.
+      '';
+      type = types.submodule { options = limitOptions agentLimits ""; };
+    };
+
+    agentCli = mkOption {
+      type = types.path;
+      default =
+        cfg.package.agentCli or (throw ''
+          services.nanoclaw.agentCli: the package ${cfg.package.name or ""} does not say where
+          its agent runtime is (passthru.agentCli): set agentCli to the Claude Code CLI the broker
+          runs in each group's agent unit.'');
+      defaultText = literalExpression "config.services.nanoclaw.package.agentCli";
+      description = ''
+        The agent runtime the broker runs in each group's agent unit (its `--agent-cli`):
+        the Claude Code CLI the package's Agent SDK bundles, as nanoclaw's package installs
+        it (`claude-loader.sh`, which starts the program as published with nixpkgs' glibc
+        loader). Another CLI must speak the protocol of the SDK the host runs.
+      '';
+    };
 
     groups = mkOption {
       type = types.attrsOf groupType;
       default = { };
       description = ''
         The groups, by folder name (`${rules.group.pattern}`: at most
-        ${toString rules.group.max_length} characters, so that the user
-        `${rules.group.tool_user_prefix}<name>` fits the ${toString rules.group.max_user_name}
-        a user name may have; not ${lib.concatStringsSep " or " rules.group.reserved}): one
-        Matrix room each, with its own memory, workspace and sandbox.
+        ${toString agent.maxGroupName} characters, so that the users
+        `${rules.group.tool_user_prefix}<name>` and `${agent.userPrefix}<name>` fit the
+        ${toString rules.group.max_user_name} a user name may have; not
+        ${lib.concatStringsSep " or " rules.group.reserved}): one Matrix room each, with its
+        own memory, workspace, tool units and agent unit.
       '';
     };
 

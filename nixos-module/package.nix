@@ -45,7 +45,13 @@ python3Packages.buildPythonApplication {
     "nanoclaw.broker.sandboxd"
   ];
 
-  passthru = { inherit claude-agent-sdk; };
+  passthru = {
+    inherit claude-agent-sdk;
+    # The CLI the SDK bundles, through its loader (claude-agent-sdk.nix): what the broker
+    # runs in each group's agent unit (--agent-cli), named here so that it does not depend
+    # on what the broker's Python environment finds.
+    agentCli = "${claude-agent-sdk}/${python3Packages.python.sitePackages}/claude_agent_sdk/_bundled/claude";
+  };
 
   meta = {
     description = "A personal AI agent in Matrix rooms, run as a hardened systemd appliance";

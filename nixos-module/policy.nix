@@ -3,15 +3,21 @@
 # (default.nix).
 { lib, cfg }:
 let
+  rules = lib.importJSON ./rules.json;
   limits = import ./limits.nix { inherit lib; };
+  agentLimits = import ./limits.nix {
+    inherit lib;
+    inherit (import ./agent.nix { inherit rules; }) limits;
+  };
 
+  # The limits of `spec` (limits.nix) set in `values`, by their policy keys.
   renderLimits =
-    values:
+    spec: values:
     lib.listToAttrs (
       lib.concatLists (
         lib.mapAttrsToList (
           option: limit: lib.optional (values.${option} != null) (lib.nameValuePair limit.name values.${option})
-        ) limits
+        ) spec
       )
     );
 
@@ -33,7 +39,12 @@ let
       egress = nonEmpty { inherit (g.egress) cidrs domains; };
       path = map (package: "${lib.getBin package}/bin") g.packages;
       empty_paths = lib.optional g.confineStore "/nix/store";
-      limits = renderLimits g.limits;
+      limits = renderLimits limits g.limits;
+      # Every group has its agent unit: without one, the host cannot answer in its room.
+      agent = {
+        inherit (g.agent) uid;
+      }
+      // renderLimits agentLimits g.agent;
     }
     // lib.optionalAttrs g.main { main = true; };
 in
@@ -42,6 +53,9 @@ nonEmpty {
   data_dir = cfg.dataDir;
   protected_paths = cfg.protectedPaths;
   blocked_patterns = cfg.blockedPatterns;
-  defaults = nonEmpty { limits = renderLimits cfg.defaults.limits; };
+  defaults = nonEmpty {
+    limits = renderLimits limits cfg.defaults.limits;
+    agent = renderLimits agentLimits cfg.defaults.agent;
+  };
   groups = lib.mapAttrs group cfg.groups;
 }

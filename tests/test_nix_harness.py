@@ -75,6 +75,8 @@ def check_system(value: dict[str, Any]) -> None:
     # Each confined group's closure is read when the policy is built: one closureInfo each.
     assert len(value["policy"]["closures"]) == len(confined), value["policy"]
     assert all("read_only_paths" not in group for group in policy["groups"].values())
+    # Every group has its agent unit: without one, the host cannot answer in its room.
+    assert all("uid" in group.get("agent", {}) for group in policy["groups"].values()), policy
 
 
 def test_the_package_has_every_dependency_pyproject_names(nixpkgs_lib: Path) -> None:

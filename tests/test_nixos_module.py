@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from nanoclaw.appliance import machine_files
+from nanoclaw.broker import agent_unit
 from nanoclaw.broker import policy as rules_of
 from nanoclaw.broker.config_reader import ConfigError
 from nanoclaw.broker.policy_file import parse_policy
@@ -23,7 +25,8 @@ from tests.support.nix import NIX_ENV, REPO, harness, require_nixpkgs_lib
 nixpkgs_lib = pytest.fixture(scope="session")(require_nixpkgs_lib)
 
 # Two groups, much as the README has them: a project reaching GitHub by name (through the
-# egress proxy), and one reaching a network directly.
+# egress proxy), and one reaching a network directly. main's agent user is given, family's
+# is the default (its uid + 1000).
 BASE = """
 { pkgs, ... }: {
   services.nanoclaw = {
@@ -40,9 +43,11 @@ BASE = """
     accessTokenFile = "/run/keys/matrix-token";
     apiKeyFile = "/run/keys/anthropic-key";
     defaults.limits.tasksMax = 128;
+    defaults.agent.cpuWeight = 50;
     groups = {
       main = {
         uid = 61000;
+        agent = { uid = 62010; memoryMaxBytes = 2147483648; };
         main = true;
         roomId = "!owners:example.org";
         mounts = [ { host = "/srv/project"; sandbox = "/workspace/project"; writable = true; } ];
@@ -108,6 +113,8 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert settings["model"] == {"name": "claude-sonnet-4-5", "api_key_credential": "anthropic-key"}
     assert settings["sandbox_socket"] == "/run/nanoclaw/sandbox.sock"
     assert settings["egress_socket"] == "/run/nanoclaw-egress/proxy.sock"
+    assert settings["credential_socket"] == "/run/nanoclaw-credentials/proxy.sock"
+    assert settings["confine_agent"] is True
     assert settings["data_dir"] == "/var/lib/nanoclaw"
     assert settings["timezone"] == "Europe/Berlin"
     assert settings["groups"]["family"] == {
@@ -120,6 +127,8 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert [g.folder for g in config.groups] == ["family", "main"]
     assert config.main_group is not None and config.main_group.folder == "main"
     assert config.egress_socket == Path(settings["egress_socket"])
+    assert config.credential_socket == Path(settings["credential_socket"])
+    assert config.confine_agent is True
 
 
 def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:
@@ -139,10 +148,11 @@ def test_the_policy_is_the_one_written_by_hand(base: dict[str, Any]) -> None:
         "version": 1,
         "data_dir": "/var/lib/nanoclaw",
         "protected_paths": ["/etc/nanoclaw"],
-        "defaults": {"limits": {"tasks_max": 128}},
+        "defaults": {"limits": {"tasks_max": 128}, "agent": {"cpu_weight": 50}},
         "groups": {
             "main": {
                 "uid": 61000,
+                "agent": {"uid": 62010, "memory_max_bytes": 2147483648},
                 "main": True,
                 "mounts": [
                     {"host": "/srv/project", "sandbox": "/workspace/project", "writable": True}
@@ -153,13 +163,97 @@ def test_the_policy_is_the_one_written_by_hand(base: dict[str, Any]) -> None:
                 "empty_paths": ["/nix/store"],
                 "limits": {"memory_max_bytes": 2147483648, "wall_seconds": 900},
             },
-            "family": {"uid": 61001, "egress": {"cidrs": ["140.82.112.0/20"]}},
+            "family": {
+                "uid": 61001,
+                "agent": {"uid": 62001},
+                "egress": {"cidrs": ["140.82.112.0/20"]},
+            },
         },
     }
     assert base["policy"] == expected
     assert json.loads(base["policyFile"]["base"]) == expected
     path = "/etc/nanoclaw/policy.json"
     assert parse_policy(base["policy"], path) == parse_policy(expected, path)
+
+
+def test_every_group_gets_its_agent_unit_with_its_bounds(base: dict[str, Any]) -> None:
+    """As nanoclaw reads the policy: a group's own bound, else defaults.agent's, else
+    nanoclaw's; and every group has one, so the host can answer in each room."""
+    groups = parse_policy(base["policy"], "/etc/nanoclaw/policy.json").groups
+    gib = 1024**3
+    assert groups["main"].agent == rules_of.AgentPolicy(
+        uid=62010, memory_max_bytes=2 * gib, tasks_max=256, cpu_weight=50
+    )
+    assert groups["family"].agent == rules_of.AgentPolicy(
+        uid=62001, memory_max_bytes=gib, tasks_max=256, cpu_weight=50
+    )
+
+
+def nix_value(expression: str) -> Any:
+    import subprocess
+
+    done = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expression],
+        capture_output=True,
+        text=True,
+        env=NIX_ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_agent_units_rules_are_pythons(nixpkgs_lib: Path) -> None:
+    """agent.nix writes out what rules.json does not carry: the agent user's name, the
+    limits with their ranges, where systemd keeps the units' state; and the default uid
+    offset is the Quickstart machine's."""
+    agent = nix_value(
+        f"import {REPO}/nixos-module/agent.nix {{"
+        f" rules = builtins.fromJSON (builtins.readFile {REPO}/nixos-module/rules.json); }}"
+    )
+    assert agent["userPrefix"] == rules_of.AGENT_USER_PREFIX
+    assert [(x["name"], x["default"], x["min"], x["max"]) for x in agent["limits"]] == list(
+        rules_of.AGENT_LIMIT_RANGES
+    )
+    assert agent["stateRoot"] == agent_unit.STATE_ROOT
+    assert len(rules_of.AGENT_USER_PREFIX) + agent["maxGroupName"] == rules_of.MAX_USER_NAME
+    offsets = {machine_files.AGENT_UIDS[g] - uid for g, uid in machine_files.GROUP_UIDS.items()}
+    assert offsets == {agent["uidOffset"]}
+
+
+def test_every_agent_limit_is_an_option(nixpkgs_lib: Path) -> None:
+    """Each bound of an agent unit, in defaults.agent and in a group's agent, reaches the
+    policy under its own key; one over its range is refused, naming the option."""
+    ranges = rules_of.AGENT_LIMIT_RANGES
+
+    def option(key: str) -> str:
+        first, *rest = key.split("_")
+        return first + "".join(word.capitalize() for word in rest)
+
+    highest = "; ".join(f"{option(name)} = {high}" for name, _, _, high in ranges)
+    lowest = "; ".join(f"{option(name)} = {low}" for name, _, low, _ in ranges)
+    sample = changed("defaults.agent.cpuWeight = 50;", f"defaults.agent = {{ {highest}; }};")
+    sample = changed(
+        "agent = { uid = 62010; memoryMaxBytes = 2147483648; };",
+        f"agent = {{ uid = 62010; {lowest}; }};",
+        sample,
+    )
+    policy = evaluate(nixpkgs_lib, sample)["policy"]
+    assert policy["defaults"]["agent"] == {name: high for name, _, _, high in ranges}
+    assert policy["groups"]["main"]["agent"] == {
+        "uid": 62010,
+        **{name: low for name, _, low, _ in ranges},
+    }
+    for name, _, low, high in ranges:
+        error = refused(
+            nixpkgs_lib,
+            changed("cpuWeight = 50;", f"{option(name)} = {high + 1};"),
+        )
+        assert f"services.nanoclaw.defaults.agent.{option(name)}' is not of type" in error, error
+        error = refused(
+            nixpkgs_lib,
+            changed("memoryMaxBytes = 2147483648; };", f"{option(name)} = {low - 1}; }};"),
+        )
+        assert f"services.nanoclaw.groups.main.agent.{option(name)}' is not of type" in error, error
 
 
 def test_every_limit_of_the_rules_is_an_option(nixpkgs_lib: Path) -> None:
@@ -216,6 +310,23 @@ def test_users_the_host_and_one_per_group(base: dict[str, Any]) -> None:
         )
         assert groups[f"nanoclaw-tool-{name}"]["gid"] == uid
     assert "nanoclaw" in groups
+
+
+def test_each_group_has_an_agent_user(base: dict[str, Any]) -> None:
+    """User and group nanoclaw-agent-<name>, uid = gid = agent.uid: the agent unit's
+    User= and Group=, which systemd resolves; main's is given, family's is its uid + 1000."""
+    users, groups = base["users"]["users"], base["users"]["groups"]
+    for name, uid in (("main", 62010), ("family", 62001)):
+        user = users[f"nanoclaw-agent-{name}"]
+        assert (user["uid"], user["group"], user["isSystemUser"]) == (
+            uid,
+            f"nanoclaw-agent-{name}",
+            True,
+        )
+        assert groups[f"nanoclaw-agent-{name}"]["gid"] == uid
+        assert base["policy"]["groups"][name]["agent"]["uid"] == uid
+    agents = {name for name in users if name.startswith("nanoclaw-agent-")}
+    assert agents == {"nanoclaw-agent-main", "nanoclaw-agent-family"}
 
 
 def test_state_directories(base: dict[str, Any]) -> None:
@@ -304,7 +415,13 @@ def test_the_broker_leads_relays_to_the_hosts_egress_socket(base: dict[str, Any]
         "/etc/nanoclaw/policy.json",
     ]
     options = dict(zip(argv[1::2], argv[2::2], strict=True))
-    assert set(options) == {"--policy", "--egress-socket", "--socket-proxyd"}
+    assert set(options) == {
+        "--policy",
+        "--egress-socket",
+        "--credential-socket",
+        "--socket-proxyd",
+        "--agent-cli",
+    }
     assert options["--socket-proxyd"] == (
         f"{base['paths']['systemd']}/lib/systemd/systemd-socket-proxyd"
     )
@@ -317,17 +434,72 @@ def test_the_broker_leads_relays_to_the_hosts_egress_socket(base: dict[str, Any]
     assert f"--socket-proxyd {options['--socket-proxyd']}" in unit
 
 
-def test_the_host_owns_the_egress_sockets_directory(base: dict[str, Any]) -> None:
-    """The host makes its egress proxy's socket in a runtime directory of its own, open to
-    the relays' dynamic users (units/nanoclaw.service has the same)."""
+def broker_options(evaluated: dict[str, Any]) -> dict[str, str]:
+    argv = evaluated["services"]["nanoclaw-sandboxd"]["serviceConfig"]["ExecStart"].split(" ")
+    return dict(zip(argv[1::2], argv[2::2], strict=True))
+
+
+def test_the_broker_leads_model_relays_to_the_hosts_credential_socket(
+    base: dict[str, Any],
+) -> None:
+    """Each agent unit's model relay leads where the host's credential proxy listens: the
+    broker's --credential-socket is the host's credential_socket."""
+    options = broker_options(base)
+    assert options["--credential-socket"] == "/run/nanoclaw-credentials/proxy.sock"
+    assert options["--credential-socket"] == base["settings"]["credential_socket"]
+    config = parse_config(without_nulls(base["settings"]))
+    assert config.credential_socket == Path(options["--credential-socket"])
+
+
+def test_the_broker_runs_the_packages_cli_in_agent_units(base: dict[str, Any]) -> None:
+    """--agent-cli names the CLI of the Agent SDK the package's Python environment has (the
+    loader claude-agent-sdk.nix puts in the CLI's place), with its string context: the unit
+    depends on the SDK, whatever the broker's own environment would find."""
+    sdk = base["sdk"]
+    assert sdk["dependency"] is True
+    cli = f"{sdk['path']}/lib/python3.12/site-packages/claude_agent_sdk/_bundled/claude"
+    assert broker_options(base)["--agent-cli"] == cli
+    assert sdk["drvPath"] in base["execStartNeeds"]["nanoclaw-sandboxd"]
+    assert f"--agent-cli {cli}" in base["units"]["nanoclaw-sandboxd.service"]
+    # claude-agent-sdk.nix writes the loader there.
+    recipe = (REPO / "nixos-module/claude-agent-sdk.nix").read_text()
+    assert "bundled=$out/${python.sitePackages}/claude_agent_sdk/_bundled" in recipe
+    assert 'substitute ${./claude-loader.sh} "$bundled/claude"' in recipe
+
+
+def test_agent_cli_may_be_another(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "defaults.agent.cpuWeight = 50;",
+        'defaults.agent.cpuWeight = 50; agentCli = "/opt/claude/bin/claude";',
+    )
+    assert broker_options(evaluate(nixpkgs_lib, sample))["--agent-cli"] == "/opt/claude/bin/claude"
+
+
+def test_a_package_that_names_no_cli_needs_agent_cli(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "defaults.agent.cpuWeight = 50;",
+        "defaults.agent.cpuWeight = 50; package = pkgs.coreutils;",
+    )
+    error = refused(nixpkgs_lib, sample)
+    assert "services.nanoclaw.agentCli: the package" in error, error
+    assert "set agentCli to the Claude Code CLI" in error, error
+
+
+def test_the_host_owns_the_proxy_sockets_directories(base: dict[str, Any]) -> None:
+    """The host makes its egress proxy's and credential proxy's sockets in runtime
+    directories of its own, open to the relays' dynamic users (units/nanoclaw.service has
+    the same)."""
     config = base["services"]["nanoclaw"]["serviceConfig"]
-    assert config["RuntimeDirectory"] == ["nanoclaw-egress"]
+    assert config["RuntimeDirectory"] == ["nanoclaw-egress", "nanoclaw-credentials"]
     assert config["RuntimeDirectoryMode"] == "0755"
-    socket = Path(base["settings"]["egress_socket"])
-    assert socket.parent == Path("/run") / config["RuntimeDirectory"][0]
+    for key, directory in (("egress_socket", 0), ("credential_socket", 1)):
+        socket = Path(base["settings"][key])
+        assert socket.parent == Path("/run") / config["RuntimeDirectory"][directory]
     unit = base["units"]["nanoclaw.service"]
-    assert "RuntimeDirectory=nanoclaw-egress\n" in unit
+    assert "RuntimeDirectory=nanoclaw-egress\nRuntimeDirectory=nanoclaw-credentials\n" in unit
     assert "RuntimeDirectoryMode=0755\n" in unit
+    plain = (REPO / "units/nanoclaw.service").read_text()
+    assert f"RuntimeDirectory={' '.join(config['RuntimeDirectory'])}\n" in plain
 
 
 def test_a_runtime_directory_of_ones_own_joins_the_hosts(nixpkgs_lib: Path) -> None:
@@ -337,7 +509,20 @@ def test_a_runtime_directory_of_ones_own_joins_the_hosts(nixpkgs_lib: Path) -> N
         "  services.nanoclaw = {",
     )
     config = evaluate(nixpkgs_lib, sample)["services"]["nanoclaw"]["serviceConfig"]
-    assert sorted(config["RuntimeDirectory"]) == ["nanoclaw-egress", "nanoclaw-extra"]
+    assert sorted(config["RuntimeDirectory"]) == [
+        "nanoclaw-credentials",
+        "nanoclaw-egress",
+        "nanoclaw-extra",
+    ]
+
+
+def test_confining_no_agent_warns(nixpkgs_lib: Path, base: dict[str, Any]) -> None:
+    assert base["warnings"] == []
+    sample = changed('timezone = "Europe/Berlin";', "confine_agent = false;")
+    evaluated = evaluate(nixpkgs_lib, sample)
+    assert evaluated["settings"]["confine_agent"] is False
+    (warning,) = evaluated["warnings"]
+    assert "services.nanoclaw.settings.confine_agent is false" in " ".join(warning.split())
 
 
 def test_a_group_reaches_cidrs_or_domains_not_both(nixpkgs_lib: Path, base: dict[str, Any]) -> None:
@@ -387,11 +572,71 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
             "family = {",
             "abcdefghijklmnopqr = {",
             "services.nanoclaw.groups.abcdefghijklmnopqr: the group name must match "
-            "[a-z0-9][a-z0-9_-]{0,16} (lowercase letters, digits, '_' or '-'; at most 17 "
-            "characters, so that its user nanoclaw-tool-abcdefghijklmnopqr fits the 31",
+            "[a-z0-9][a-z0-9_-]{0,16} with at most 16 characters (lowercase letters, digits, "
+            "'_' or '-'), so that its users nanoclaw-tool-abcdefghijklmnopqr and "
+            "nanoclaw-agent-abcdefghijklmnopqr fit the 31",
         ),
-        ("uid = 61001;", "uid = 61000;", "groups.family.uid: 61000 is also the uid of group(s)"),
+        # 17 characters: the policy's limit, but nanoclaw-agent-<name> would be 32.
+        (
+            "family = {",
+            "abcdefghijklmnopq = {",
+            "services.nanoclaw.groups.abcdefghijklmnopq: the group name must match",
+        ),
+        (
+            "uid = 61001;",
+            "uid = 61000;",
+            "services.nanoclaw.groups.family.uid: 61000 is also services.nanoclaw.groups.main.uid;",
+        ),
         ("uid = 61001;", "uid = 65534;", "groups.family.uid: must not be 65534 (nobody)"),
+        # family's agent user by default: 61010 + 1000, main's.
+        (
+            "uid = 61001;",
+            "uid = 61010;",
+            "services.nanoclaw.groups.family.agent.uid: 62010 is also "
+            "services.nanoclaw.groups.main.agent.uid; every group's tool user (uid) and agent "
+            "user (agent.uid, by default uid + 1000) each need a uid of their own.",
+        ),
+        (
+            "agent = { uid = 62010;",
+            "agent = { uid = 61000;",
+            "services.nanoclaw.groups.main.agent.uid: 61000 is also "
+            "services.nanoclaw.groups.main.uid;",
+        ),
+        (
+            "agent = { uid = 62010;",
+            "agent = { uid = 61001;",
+            "services.nanoclaw.groups.main.agent.uid: 61001 is also "
+            "services.nanoclaw.groups.family.uid;",
+        ),
+        (
+            "agent = { uid = 62010;",
+            "agent = { uid = 65534;",
+            "services.nanoclaw.groups.main.agent.uid: must not be 65534 (nobody)",
+        ),
+        (
+            "  services.nanoclaw = {",
+            '  users.users.alice = { uid = 62001; group = "users"; };\n'
+            "  users.groups.media.gid = 62001;\n"
+            "  services.nanoclaw = {",
+            "services.nanoclaw.groups.family.agent.uid: 62001 is already the id of user alice, "
+            "group media: the module's users and groups need ids of their own.",
+        ),
+        (
+            "  services.nanoclaw = {",
+            "  users.groups.media.gid = 61000;\n  services.nanoclaw = {",
+            "services.nanoclaw.groups.main.uid: 61000 is already the id of group media",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "/opt/my claude/claude";',
+            "services.nanoclaw.agentCli: must be an absolute path without spaces, quotes, "
+            "backslashes, '%' or '$', not \"/opt/my claude/claude\".",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "/opt/claude/%i";',
+            "services.nanoclaw.agentCli: must be an absolute path without spaces",
+        ),
         (
             "confineStore = false;",
             "confineStore = false; main = true;",
@@ -500,6 +745,27 @@ def test_bad_configurations_fail_with_their_message(
             "wallSeconds = 900;",
             "wallSeconds = 0;",
             "services.nanoclaw.groups.main.limits.wallSeconds' is not of type",
+        ),
+        (
+            "agent = { uid = 62010;",
+            "agent = { uid = 999;",
+            "services.nanoclaw.groups.main.agent.uid' is not of type",
+        ),
+        # The default is checked as a value given would be: 2147483000 + 1000 is too high.
+        (
+            "uid = 61001;",
+            "uid = 2147483000;",
+            "services.nanoclaw.groups.family.agent.uid' is not of type",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'credential_socket = "/run/nanoclaw/credentials.sock";',
+            "services.nanoclaw.settings.credential_socket' is read-only",
+        ),
+        (
+            "defaults.agent.cpuWeight = 50;",
+            'agentCli = "claude";',
+            "services.nanoclaw.agentCli' is not of type",
         ),
         (
             'timezone = "Europe/Berlin";',

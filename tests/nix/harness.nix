@@ -102,6 +102,23 @@ let
         inherit (cfg) settings policy;
         configFile = "${cfg.configFile}";
         package = "${cfg.package}";
+        # The Agent SDK the package's Python environment has, and the derivations each
+        # service's ExecStart= depends on (its string context).
+        sdk =
+          let
+            sdk = cfg.package.claude-agent-sdk or null;
+          in
+          if sdk == null then
+            null
+          else
+            {
+              path = "${sdk}";
+              inherit (sdk) drvPath;
+              dependency = lib.elem sdk cfg.package.propagatedBuildInputs;
+            };
+        execStartNeeds = lib.mapAttrs (
+          _: service: builtins.attrNames (builtins.getContext (toString (service.serviceConfig.ExecStart or "")))
+        ) config.systemd.services;
         policyFile = policyOf config;
         etc = lib.mapAttrs (_: entry: {
           inherit (entry) mode;
