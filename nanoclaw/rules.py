@@ -1,7 +1,8 @@
 """The policy's rules as data, for the NixOS module, which checks options against them at
-evaluation time: group names, uids, blocked patterns, the broker's sandbox places and the
-limits with their ranges. nixos-module/rules.json is this module's output, and a test
-fails when the two differ; regenerate it with
+evaluation time: group names, uids, blocked patterns, the broker's sandbox places, the
+limits with their ranges, and the agent units' user, state and limits.
+nixos-module/rules.json is this module's output, and a test fails when the two differ;
+regenerate it with
 
     python -m nanoclaw.rules > nixos-module/rules.json
 """
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from nanoclaw.broker import policy
+from nanoclaw.broker import agent_unit, policy
 
 # What each limit bounds, for the NixOS option's description: a new limit needs one here,
 # and nothing on the Nix side.
@@ -25,19 +26,30 @@ LIMIT_TEXT = {
     "tmp_bytes": "the size of each of a tool unit's own /tmp, /var/tmp and /dev/shm, in bytes",
 }
 
+AGENT_LIMIT_TEXT = {
+    "memory_max_bytes": "MemoryMax= of an agent unit, in bytes; the CLI alone needs about 220 MiB",
+    "tasks_max": "TasksMax= of an agent unit",
+    "cpu_weight": "CPUWeight= of an agent unit, its share of CPU against the units beside it",
+}
+
 
 def rules() -> dict[str, Any]:
     """The rules, as plain JSON values. The group pattern is a POSIX extended regular
     expression as much as a Python one, so Nix's builtins.match reads it the same way."""
-    missing = [name for name, *_ in policy.LIMIT_RANGES if name not in LIMIT_TEXT]
-    if missing:
-        raise KeyError(f"nanoclaw.rules.LIMIT_TEXT has no text for the limit(s) {missing}")
+    for ranges, texts in (
+        (policy.LIMIT_RANGES, LIMIT_TEXT),
+        (policy.AGENT_LIMIT_RANGES, AGENT_LIMIT_TEXT),
+    ):
+        missing = [name for name, *_ in ranges if name not in texts]
+        if missing:
+            raise KeyError(f"nanoclaw.rules has no text for the limit(s) {missing}")
     return {
         "group": {
             "pattern": policy.GROUP_PATTERN,
             "max_length": policy.MAX_GROUP_NAME,
             "reserved": sorted(policy.RESERVED_GROUPS),
             "tool_user_prefix": policy.TOOL_USER_PREFIX,
+            "agent_user_prefix": policy.AGENT_USER_PREFIX,
             "max_user_name": policy.MAX_USER_NAME,
         },
         "uid": {"min": policy.MIN_UID, "max": policy.MAX_UID, "nobody": policy.NOBODY_UID},
@@ -49,6 +61,15 @@ def rules() -> dict[str, Any]:
             {"name": name, "default": default, "min": low, "max": high, "text": LIMIT_TEXT[name]}
             for name, default, low, high in policy.LIMIT_RANGES
         ],
+        "agent": {
+            "state_root": agent_unit.STATE_ROOT,
+            "limits": [
+                {"name": name, "default": default, "min": low, "max": high, "text": text}
+                for (name, default, low, high), text in zip(
+                    policy.AGENT_LIMIT_RANGES, AGENT_LIMIT_TEXT.values(), strict=True
+                )
+            ],
+        },
     }
 
 

@@ -71,9 +71,7 @@ let
     [
       (check
         (
-          builtins.match rules.group.pattern name != null
-          && lib.stringLength name <= agent.maxGroupName
-          && !lib.elem name rules.group.reserved
+          builtins.match rules.group.pattern name != null && !lib.elem name rules.group.reserved
         )
         ''
           ${at}: the group name must match ${rules.group.pattern} with at most

@@ -1,7 +1,7 @@
 # Limits by option name: the policy key memory_max_bytes is the option memoryMaxBytes. The
 # tool units' limits come from rules.json (nanoclaw/broker/policy.py's LIMIT_RANGES), so a
 # limit added in Python becomes an option with the next
-# `python -m nanoclaw.rules > nixos-module/rules.json`; the agent units' are agent.nix's.
+# `python -m nanoclaw.rules > nixos-module/rules.json`, and so do the agent units' (its `agent`).
 {
   lib,
   limits ? (lib.importJSON ./rules.json).limits,

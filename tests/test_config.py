@@ -338,7 +338,7 @@ def test_no_groups_means_no_main_group() -> None:
         ("groups.family.trigger", "!bot"),
         ("groups.f", {"room_id": "!f:example.org"}),
         ("groups.0-x_y", {"room_id": "!f:example.org"}),
-        ("groups." + "a" * 17, {"room_id": "!f:example.org"}),
+        ("groups." + "a" * 16, {"room_id": "!f:example.org"}),
     ],
 )
 def test_accepted_values(dotted: str, value: Any) -> None:
@@ -487,7 +487,7 @@ BAD: list[tuple[Any, ...]] = [
     (
         "groups.Family",
         {"room_id": "!F:example.org"},
-        "folder name must match ^[a-z0-9][a-z0-9_-]{0,16}$ (lowercase letters, digits, '_' or '-')",
+        "folder name must match ^[a-z0-9][a-z0-9_-]{0,15}$ (lowercase letters, digits, '_' or '-')",
     ),
     ("groups._x", {"room_id": "!x:example.org"}, "folder name must match"),
     ("groups.-x", {"room_id": "!x:example.org"}, "folder name must match"),

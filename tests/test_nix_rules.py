@@ -29,12 +29,13 @@ def test_every_limit_has_its_text() -> None:
     assert [limit["name"] for limit in rules()["limits"]] == [n for n, *_ in policy.LIMIT_RANGES]
 
 
-def test_a_group_name_leaves_room_for_its_tool_user() -> None:
+def test_a_group_name_leaves_room_for_its_tool_user_and_agent_user() -> None:
     group = rules()["group"]
     longest = "a" * group["max_length"]
     assert re.fullmatch(group["pattern"], longest)
     assert not re.fullmatch(group["pattern"], longest + "a")
-    assert len(group["tool_user_prefix"] + longest) == group["max_user_name"] == 31
+    assert len(group["tool_user_prefix"] + longest) < group["max_user_name"] == 31
+    assert len(group["agent_user_prefix"] + longest) == 31
 
 
 NAMES = [

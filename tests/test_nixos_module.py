@@ -203,8 +203,8 @@ def nix_value(expression: str) -> Any:
 
 
 def test_the_agent_units_rules_are_pythons(nixpkgs_lib: Path) -> None:
-    """agent.nix writes out what rules.json does not carry: the agent user's name, the
-    limits with their ranges, where systemd keeps the units' state; and the default uid
+    """agent.nix takes the agent user's name, the limits with their ranges and where systemd
+    keeps the units' state from rules.json, so they are Python's; and its default uid
     offset is the Quickstart machine's."""
     agent = nix_value(
         f"import {REPO}/nixos-module/agent.nix {{"
@@ -572,11 +572,11 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
             "family = {",
             "abcdefghijklmnopqr = {",
             "services.nanoclaw.groups.abcdefghijklmnopqr: the group name must match "
-            "[a-z0-9][a-z0-9_-]{0,16} with at most 16 characters (lowercase letters, digits, "
+            "[a-z0-9][a-z0-9_-]{0,15} with at most 16 characters (lowercase letters, digits, "
             "'_' or '-'), so that its users nanoclaw-tool-abcdefghijklmnopqr and "
             "nanoclaw-agent-abcdefghijklmnopqr fit the 31",
         ),
-        # 17 characters: the policy's limit, but nanoclaw-agent-<name> would be 32.
+        # 17 characters: nanoclaw-agent-<name> would be 32.
         (
             "family = {",
             "abcdefghijklmnopq = {",

@@ -253,7 +253,7 @@ def test_structure_and_types_are_checked(
 
 
 @pytest.mark.parametrize(
-    "name", ["Family", "-x", "_x", "fam ily", "family\n", "a" * 18, "", "é", "global", "a.b"]
+    "name", ["Family", "-x", "_x", "fam ily", "family\n", "a" * 17, "", "é", "global", "a.b"]
 )
 def test_group_names_are_checked(name: str) -> None:
     error = refusal(at(MINIMAL, ("groups",), {name: {"uid": 61000}}))
@@ -261,7 +261,7 @@ def test_group_names_are_checked(name: str) -> None:
     assert ("reserved" if name == "global" else "must match") in error.reason
 
 
-@pytest.mark.parametrize("name", ["a", "0", "a" * 17, "my-group", "my_group", "9-9"])
+@pytest.mark.parametrize("name", ["a", "0", "a" * 16, "my-group", "my_group", "9-9"])
 def test_good_group_names_are_accepted(name: str) -> None:
     assert parse_policy(at(MINIMAL, ("groups",), {name: {"uid": 61000}}), POLICY_PATH).groups
 

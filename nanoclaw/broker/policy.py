@@ -32,11 +32,13 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-# A group's tool units run as user and group nanoclaw-tool-<name>, and a user name may have
-# at most 31 characters (NixOS refuses longer ones): so a group name has at most 17.
+# A group's tool units run as user and group nanoclaw-tool-<name>, its agent unit as
+# nanoclaw-agent-<name> (nanoclaw.broker.agent_unit), and a user name may have at most 31
+# characters (systemd and NixOS refuse longer ones): so a group name has at most 16.
 TOOL_USER_PREFIX = "nanoclaw-tool-"
+AGENT_USER_PREFIX = "nanoclaw-agent-"
 MAX_USER_NAME = 31
-MAX_GROUP_NAME = MAX_USER_NAME - len(TOOL_USER_PREFIX)
+MAX_GROUP_NAME = MAX_USER_NAME - max(len(TOOL_USER_PREFIX), len(AGENT_USER_PREFIX))
 GROUP_PATTERN = rf"[a-z0-9][a-z0-9_-]{{0,{MAX_GROUP_NAME - 1}}}"
 RESERVED_GROUPS = frozenset({"global"})  # DATA/global is the memory all groups share
 MIN_UID, MAX_UID = 1000, 2147483646
@@ -137,7 +139,6 @@ DEFAULT_LIMITS = Limits(**{name: default for name, default, _, _ in LIMIT_RANGES
 
 # The group's agent runtime (the Claude Code CLI) runs as user nanoclaw-agent-<name>: an
 # own uid, neither the tool user's nor the host's (nanoclaw.broker.agent_unit).
-AGENT_USER_PREFIX = "nanoclaw-agent-"
 # name, default, lowest, highest: the CLI alone needs about 220 MiB.
 AGENT_LIMIT_RANGES = (
     ("memory_max_bytes", GiB, 256 * MiB, 64 * GiB),
@@ -151,7 +152,7 @@ class AgentPolicy:
     uid: int  # the agent unit's User= and Group=
     memory_max_bytes: int
     tasks_max: int
-    cpu_weight: int  # CPUWeight=: its share against the other groups' agents and tools
+    cpu_weight: int  # CPUWeight=: its share against the group's tool units beside it
 
 
 @dataclass(frozen=True)
