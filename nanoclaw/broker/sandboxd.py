@@ -296,13 +296,19 @@ async def serve(args: argparse.Namespace) -> None:
             "their processes (ProtectProc=invisible)",
             PRIVATE_PIDS_SINCE,
         )
+    agent_cli = find_agent_cli(args.agent_cli)
+    if agent_cli is None and any(group.agent for group in policy.groups.values()):
+        log.warning(
+            "no agent runtime at %s: every agent unit will be refused",
+            args.agent_cli or "the Agent SDK's _bundled/claude",
+        )
     broker = Broker(
         policy,
         systemd,
         client_gid,
         Enforcement(ip_filtering, private_pids, refused),
         relays,
-        AgentRuns(systemd, policy, model_relays, find_agent_cli(args.agent_cli), private_pids),
+        AgentRuns(systemd, policy, model_relays, agent_cli, private_pids),
         args.host_unit,
     )
     server = await asyncio.start_unix_server(
