@@ -177,7 +177,8 @@ class ConfinedCLI(Transport):
         stop the unit; every wait is bounded (the SDK calls this under a shielded scope)."""
         self._ready = False
         with anyio.CancelScope(shield=True):
-            await self.end_input()
+            with anyio.move_on_after(CLOSE_SECONDS):  # a write stuck on a full pipe holds it
+                await self.end_input()
             with suppress(Exception):
                 await self._how_it_ended()
             if self._broker is not None:
