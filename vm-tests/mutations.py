@@ -45,6 +45,7 @@ class Mutation:
 
 UNIT = "nanoclaw/broker/compiler.py"
 BROKER = "nanoclaw/broker/sandboxd.py"
+AGENT_UNIT = "nanoclaw/broker/agent_unit.py"
 
 
 def drop(path: str, line: str) -> Edit:
@@ -282,6 +283,71 @@ MUTATIONS = (
         (drop(BROKER, "                await self.clients.may_start_units(sock, peer)\n"),),
         "broker",
         "only the host's main process starts units, not its children or the group",
+    ),
+    Mutation(
+        "agent-as-tool-user",
+        "the agent unit's own user (it runs as the group's tool user)",
+        (Edit(AGENT_UNIT, '("User", str(agent.uid)),', '("User", str(group.uid)),'),),
+        "agent",
+        "the agent unit runs as the group's agent user, not its tool user or the host's",
+    ),
+    Mutation(
+        "agent-host-run",
+        "the agent unit's empty /run (credentials, the broker's socket and D-Bus show through)",
+        (drop(AGENT_UNIT, '                (RUN, "mode=0755"),\n'),),
+        "agent",
+        "the host's credentials are out of the agent's reach",
+    ),
+    Mutation(
+        "agent-host-var-lib",
+        "the agent unit's empty /var/lib (the data directory and other groups' state show)",
+        (drop(AGENT_UNIT, '                (VAR_LIB, "mode=0755"),\n'),),
+        "agent",
+        "the host's database is out of the agent's reach",
+    ),
+    Mutation(
+        "agent-sees-hidden",
+        "the agent unit's InaccessiblePaths= (the policy, protected paths, mount sources)",
+        (drop(AGENT_UNIT, '        ("InaccessiblePaths", _hidden(policy)),\n'),),
+        "agent",
+        "the policy and the groups' mount sources are out of the agent's reach",
+    ),
+    Mutation(
+        "agent-on-host-network",
+        "the agent unit's network namespace (PrivateNetwork= and JoinsNamespaceOf= the relay)",
+        (
+            Edit(AGENT_UNIT, '("PrivateNetwork", True),', '("PrivateNetwork", False),'),
+            drop(AGENT_UNIT, '        ("JoinsNamespaceOf", (MODEL.socket_name(group.name),)),\n'),
+        ),
+        "agent",
+        "the network is the model relay alone: no web, node services, DNS or IPv6",
+    ),
+    Mutation(
+        "agent-with-ipv6",
+        "the agent unit's address families (IPv6 besides the relay's IPv4)",
+        (
+            Edit(
+                AGENT_UNIT,
+                '("RestrictAddressFamilies", (True, ("AF_UNIX", "AF_INET"))),',
+                '("RestrictAddressFamilies", (True, ("AF_UNIX", "AF_INET", "AF_INET6"))),',
+            ),
+        ),
+        "agent",
+        "the network is the model relay alone: no web, node services, DNS or IPv6",
+    ),
+    Mutation(
+        "agent-no-memory-max",
+        "the agent unit's MemoryMax=",
+        (drop(AGENT_UNIT, '        ("MemoryMax", agent.memory_max_bytes),\n'),),
+        "agent",
+        "MemoryMax OOM-kills the agent unit, and the node keeps answering",
+    ),
+    Mutation(
+        "agent-no-tasks-max",
+        "the agent unit's TasksMax=",
+        (drop(AGENT_UNIT, '        ("TasksMax", agent.tasks_max),\n'),),
+        "agent",
+        "a fork bomb in the agent unit stops at TasksMax",
     ),
 )
 

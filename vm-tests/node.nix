@@ -14,8 +14,11 @@
 #       {memoryMaxBytes, tasksMax, cpuQuotaPercent, wallSeconds, outputBytes, ...}
 #   .groups.<name>.{uid, main, roomId, mounts = [{host, sandbox, writable}],
 #       egress.{cidrs, domains}, packages}   packages: the commands a tool unit finds on PATH
+#   .defaults.agent, .groups.<name>.agent   the policy's agent sections:
+#       {uid (groups only), memoryMaxBytes, tasksMax, cpuWeight}
 # and from them: /etc/nanoclaw/policy.json and config.toml; users nanoclaw (group nanoclaw:
-# the broker's clients) and nanoclaw-tool-<name> (uid = gid = groups.<name>.uid); each
+# the broker's clients), nanoclaw-tool-<name> (uid = gid = groups.<name>.uid) and
+# nanoclaw-agent-<name> (uid = gid = groups.<name>.agent.uid); each
 # group's folder under dataDir/groups; every unit of units/ with its name and hardening
 # (nanoclaw-sandboxd.socket enabled; the broker given systemd-socket-proxyd for the relays
 # of groups with domains, and the socket of the host's egress proxy, settings.egress_socket,
@@ -73,7 +76,7 @@ let
     if set(ours.groups) != set(debian.groups):
         problems.append(f"groups: {sorted(ours.groups)}, not {sorted(debian.groups)}")
     for name in sorted(set(ours.groups) & set(debian.groups)):
-        for field in ("uid", "main", "mounts", "egress", "limits"):
+        for field in ("uid", "main", "mounts", "egress", "limits", "agent"):
             mine, theirs = getattr(ours.groups[name], field), getattr(debian.groups[name], field)
             if mine != theirs:
                 problems.append(f"groups.{name}.{field}: {mine!r}, not {theirs!r}")
@@ -88,12 +91,18 @@ let
     wallSeconds = 30;
     outputBytes = 65536;
   };
+  # The least a policy allows an agent unit; beta's gets twice the memory.
+  agentLimits = {
+    memoryMaxBytes = 268435456;
+    tasksMax = 32;
+  };
 
   # vm-tests/node/policy.json's groups, each with the tools the scenarios run.
   groups = {
     alpha = {
       uid = 61001;
       main = true;
+      agent.uid = 62001;
       mounts = [
         { host = "/srv/shared"; sandbox = "/workspace/shared"; writable = false; }
         { host = "/srv/scratch"; sandbox = "/workspace/scratch"; writable = true; }
@@ -102,6 +111,7 @@ let
     };
     beta = {
       uid = 61002;
+      agent = { uid = 62002; memoryMaxBytes = 536870912; };
       limits.tmpBytes = 8388608;
       mounts = [
         { host = "/srv/repo"; sandbox = "/workspace/repo"; writable = true; }
@@ -111,11 +121,13 @@ let
     };
     cidr = {
       uid = 61003;
+      agent.uid = 62003;
       egress.cidrs = [ "11.0.0.100/32" ];
       packages = toolPackages;
     };
     web = {
       uid = 61004;
+      agent.uid = 62004;
       egress.domains = [ "allowed.test" ];
       packages = toolPackages;
     };
@@ -141,6 +153,7 @@ in
     dataDir = "/var/lib/nanoclaw";
     protectedPaths = [ "/etc/nanoclaw" ];
     defaults.limits = limits;
+    defaults.agent = agentLimits;
     inherit groups;
   };
 
@@ -274,6 +287,10 @@ in
       "/bin/sleep"."L+".argument = "${pkgs.coreutils}/bin/sleep";
       "/opt/nanoclaw".d.mode = "0755";
       "/opt/nanoclaw/venv"."L+".argument = "${venv}";
+      # Where nanoclaw.broker.agent_probe, which the agent scenario runs, looks for the model
+      # relay's forwarder (the broker itself is told where it is).
+      "/usr/lib/systemd/systemd-socket-proxyd"."L+".argument =
+        "${config.systemd.package}/lib/systemd/systemd-socket-proxyd";
     };
 
   # The source, read-only at the Debian node's path.

@@ -19,6 +19,13 @@ install -m 0644 "$src/units/nanoclaw.tmpfiles" /etc/tmpfiles.d/nanoclaw.conf
     echo "u nanoclaw-tool-${g%%:*} ${g##*:} - -"  # and its group, with the same ID
   done
 } > /etc/sysusers.d/nanoclaw-tools.conf
+# Each group's agent runtime runs as a user of its own (the policy's agent.uid), which
+# systemd and the broker want in the user and group databases.
+{
+  for g in alpha:62001 beta:62002 cidr:62003 web:62004; do
+    echo "u nanoclaw-agent-${g%%:*} ${g##*:} - -"
+  done
+} > /etc/sysusers.d/nanoclaw-agents.conf
 systemd-sysusers
 systemd-tmpfiles --create
 
