@@ -12,12 +12,12 @@ its send to the bot's reply arriving, in two modes of the host:
 - unconfined: `confine_agent = false` in the host's config, the CLI a child of the host in
   nanoclaw.service, as without a broker.
 
-The modes take turns in SEGMENTS (confined, unconfined, unconfined, confined), the host
-restarted with the mode's config before each, so that other work on this machine starting
-or stopping during the run weighs on both alike. Each segment: the first reply after the
-host's start (recorded, not counted), warm replies, then cold ones (each after `/new`, whose
-own reply, which waits for the old CLI to stop, is timed apart); it ends with `/new` in
-both rooms, so that no mode resumes a session of the other's.
+The modes take turns in SEGMENTS (confined, unconfined, unconfined, confined, twice), the
+host restarted with the mode's config before each, so that other work on this machine
+starting or stopping during the run weighs on both alike. Each segment: the first reply
+after the host's start (recorded, not counted), warm replies, then cold ones (each after
+`/new`, whose own reply, which waits for the old CLI to stop, is timed apart); it ends with
+`/new` in both rooms, so that no mode resumes a session of the other's.
 For each cold reply of the confined mode, systemd's own start of the new agent unit
 (InactiveExitTimestamp to ActiveEnterTimestamp: fork, sandbox, exec) is read in the machine.
 At the end of a segment the example group is woken too, and the memory of the host's
@@ -48,7 +48,7 @@ from tests.support.world import echo
 
 KEY = "sk-bench-appliance-0123456789"
 CONFINED, UNCONFINED = "confined", "unconfined"
-SEGMENTS = (CONFINED, UNCONFINED, UNCONFINED, CONFINED)
+SEGMENTS = (CONFINED, UNCONFINED, UNCONFINED, CONFINED) * 2
 SANDBOX_LINE = 'sandbox_socket = "/run/nanoclaw/sandbox.sock"\n'
 HOST_UNIT = "nanoclaw.service"
 AGENT_UNITS = "nanoclaw-agent-*"

@@ -1,7 +1,7 @@
 """Benchmark: message-to-reply latency (cold and warm groups) and the host's memory, with
 the CLI as the host's child and confined in an agent unit.
 
-One command: `.venv/bin/python -m bench.latency [--messages 100] [--appliance-messages 50]`
+One command: `.venv/bin/python -m bench.latency [--messages 100] [--appliance-messages 60]`
 (as root for the second part). First it starts a real Synapse, the scripted model
 (answering instantly) and the real host, with no broker (the CLI is the host's child), and
 measures from a human's send to the bot's reply arriving at the human's client:
@@ -198,7 +198,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--appliance-messages",
         type=int,
-        default=50,
+        default=60,
         help="warm and cold replies in each mode in the appliance (0: leave it out)",
     )
     args = parser.parse_args()
