@@ -1,8 +1,10 @@
-"""Benchmark: message-to-reply latency (cold and warm groups) and the host's memory.
+"""Benchmark: message-to-reply latency (cold and warm groups) and the host's memory, with
+the CLI as the host's child and confined in an agent unit.
 
-One command: `.venv/bin/python -m bench.latency [--messages 100]`. It starts a real
-Synapse, the scripted model (answering instantly) and the real host, and measures from
-a human's send to the bot's reply arriving at the human's client:
+One command: `.venv/bin/python -m bench.latency [--messages 100] [--appliance-messages 60]`
+(as root for the second part). First it starts a real Synapse, the scripted model
+(answering instantly) and the real host, with no broker (the CLI is the host's child), and
+measures from a human's send to the bot's reply arriving at the human's client:
 - baseline: the same round trip with a trivial nio echo bot instead of nanoclaw, which is
   Synapse's own cost (two events persisted, two syncs);
 - warm: a group whose CLI process is already running;
@@ -10,7 +12,16 @@ a human's send to the bot's reply arriving at the human's client:
 - the bare SDK's own cold cost (`query()` spawning a CLI, no Matrix, no host), as the
   floor that a cold group cannot go below.
 It also records the host's RSS idle and with 10 groups active (their CLI processes
-counted separately). Results go to bench/results/latency.json and stdout.
+counted separately).
+
+Then, under "appliance", the same replies in the whole Quickstart appliance (Synapse, and
+the broker and host as systemd units in the nspawn machine, encrypted rooms), with the CLI
+confined (each group's in an agent unit of its own, the default) and unconfined
+(`confine_agent = false`), the modes taking turns: warm and cold replies, `/new`, the agent
+unit's start in systemd, and the memory of the host's process and of each CLI, read in the
+machine (bench/appliance_latency.py says how). Without root it records why it was skipped.
+The 1-min load average is recorded along the way. Results go to bench/results/latency.json
+and stdout.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +38,8 @@ from typing import Any
 from claude_agent_sdk import ClaudeAgentOptions, query
 from nio import AsyncClient, RoomMessageText
 
+from bench import appliance_latency
+from bench.stats import summary
 from nanoclaw.appliance.homeserver import EmbeddedHomeserver
 from tests.support.matrix_human import Human
 from tests.support.net import free_port
@@ -34,16 +47,6 @@ from tests.support.scripted_model import ScriptedModel
 from tests.support.world import World, echo
 
 RESULTS = Path(__file__).parent / "results" / "latency.json"
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 1),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1),
-        "max_ms": round(ordered[-1] * 1000, 1),
-    }
 
 
 async def round_trip(human: Human, room: str, sender: str, text: str) -> float:
@@ -128,7 +131,8 @@ def children_rss_mib(pid: int) -> float:
     return total
 
 
-async def main(count: int) -> dict[str, Any]:
+async def main(count: int, appliance_count: int) -> dict[str, Any]:
+    load = {"before": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as tmp, ScriptedModel(echo) as model:
         root = Path(tmp)
         async with EmbeddedHomeserver(root / "hs", port=free_port()) as homeserver:
@@ -165,6 +169,11 @@ async def main(count: int) -> dict[str, Any]:
                 active_rss, cli_rss = rss_mib(pid), children_rss_mib(pid)
             finally:
                 await world.close()
+    load["after_host_alone"] = round(os.getloadavg()[0], 2)
+    appliance = (
+        await appliance_latency.measure(appliance_count) if appliance_count else {"skipped": "0"}
+    )
+    load["after"] = round(os.getloadavg()[0], 2)
     base_s, warm_s, cold_s = summary(base), summary(warm), summary(cold)
     return {
         "messages": count,
@@ -176,6 +185,8 @@ async def main(count: int) -> dict[str, Any]:
         "host_rss_idle_mib": round(idle_rss, 1),
         "host_rss_10_active_groups_mib": round(active_rss, 1),
         "cli_processes_rss_10_active_groups_mib": round(cli_rss, 1),
+        "appliance": appliance,
+        "load_average_1min": load,
     }
 
 
@@ -184,8 +195,14 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument(
+        "--appliance-messages",
+        type=int,
+        default=60,
+        help="warm and cold replies in each mode in the appliance (0: leave it out)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(main(args.messages))
+    result = asyncio.run(main(args.messages, args.appliance_messages))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bench.latency import summary
+from bench.stats import summary
 from nanoclaw.host.records import RunClaim, TaskRun, TaskSpec, now_ms
 from nanoclaw.host.scheduler import Scheduler
 from nanoclaw.host.store import Store

@@ -53,7 +53,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.latency import summary
+from bench.stats import summary
 from bench.unit_loop import MARKER
 from tests.support.machine import (
     BROKER_OVERRIDE,
