@@ -26,10 +26,12 @@ from nanoclaw.broker.relay import Relays, find_socket_proxyd
 from nanoclaw.broker.systemd_bus import Systemd
 
 
-async def probe(policy_path: str, group: str, program: str, credential_socket: str) -> int:
-    policy = load_policy(Path(policy_path))
+async def probe(args: argparse.Namespace) -> int:
+    policy = load_policy(Path(args.policy))
+    group, program = args.group, args.program
     systemd = await Systemd.connect()
-    await Relays(systemd, find_socket_proxyd(), MODEL, credential_socket).ensure(group)
+    socket_proxyd = find_socket_proxyd(args.socket_proxyd)
+    await Relays(systemd, socket_proxyd, MODEL, args.credential_socket).ensure(group)
     plan = compile_agent_unit(policy, AgentRequest(group, (), {}), program, secrets.token_hex(8))
     path = await systemd.start_transient(plan.name, plan.properties + STDIO, [0, 1])
     try:
@@ -37,17 +39,18 @@ async def probe(policy_path: str, group: str, program: str, credential_socket: s
     finally:
         await systemd.release(path)
     print(f"{plan.name}: {outcome.result}", file=sys.stderr)
-    return outcome.exit_status if outcome.result != "success" else 0
+    return 0 if outcome.result == "success" else outcome.exit_status or 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent_probe", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="/etc/nanoclaw/policy.json")
     parser.add_argument("--credential-socket", default=DEFAULT_CREDENTIAL_SOCKET)
+    parser.add_argument("--socket-proxyd", help="as the broker's option of that name")
     parser.add_argument("group")
     parser.add_argument("program", help="an absolute path, run in the CLI's place")
     args = parser.parse_args(argv)
-    return asyncio.run(probe(args.policy, args.group, args.program, args.credential_socket))
+    return asyncio.run(probe(args))
 
 
 if __name__ == "__main__":
