@@ -173,14 +173,16 @@ class ConfinedCLI(Transport):
         return {"result": "still running", "exit_status": None}
 
     async def close(self) -> None:
-        """End the CLI's input, let it stop by itself for a while, then have the broker
-        stop the unit; every wait is bounded (the SDK calls this under a shielded scope)."""
+        """End the CLI's input, let it finish and exit by itself for a while (its output
+        ends when it does), then have the broker stop the unit; every wait is bounded (the
+        SDK calls this under a shielded scope)."""
         self._ready = False
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(CLOSE_SECONDS):  # a write stuck on a full pipe holds it
                 await self.end_input()
-            with suppress(Exception):
-                await self._how_it_ended()
+            with anyio.move_on_after(CLOSE_SECONDS), suppress(Exception):
+                while self._stdout is not None and await self._stdout.read(65536):
+                    pass  # what it still says after its input ended is for nobody
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
