@@ -43,3 +43,17 @@ def errno_of(syscall: int, *args: int | str) -> str:
         "python3 -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
         f"r = libc.syscall({syscall},{listed}); print(ctypes.get_errno() if r == -1 else 0)'"
     )
+
+
+def resolver_stand_in(unit: str) -> str:
+    """The command that starts a stand-in resolver (as systemd-resolved would be) on every
+    address of the node, port 5353: a unit `unit` echoing each datagram."""
+    echo = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.bind(('0.0.0.0', 5353))\n"
+        "while True:\n"
+        "    data, peer = s.recvfrom(512)\n"
+        "    s.sendto(data, peer)\n"
+    )
+    return f"systemd-run --unit={unit} -p DynamicUser=yes python3 -c {shlex.quote(echo)}"

@@ -227,15 +227,7 @@ with subtest("the network is the model relay alone: no web, node services, DNS o
     machine.succeed(
         "systemd-run --unit=stand-in-agent-any -p DynamicUser=yes "
         "python3 -m http.server --bind 0.0.0.0 8009",
-        "systemd-run --unit=stand-in-agent-resolver -p DynamicUser=yes python3 -c "
-        + shlex.quote(
-            "import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "s.bind(('0.0.0.0', 5353))\n"
-            "while True:\n"
-            "    data, peer = s.recvfrom(512)\n"
-            "    s.sendto(data, peer)\n"
-        ),
+        resolver_stand_in("stand-in-agent-resolver"),
     )
     machine.wait_for_open_port(8009)
     machine.wait_until_succeeds("ss -uln | grep -q ':5353 '")

@@ -89,17 +89,7 @@ with subtest("around the relay: the node's addresses, DNS, io_uring, other famil
     probe("alpha", "tcp", "127.0.0.1", 3128, "EAFNOSUPPORT")
     # DNS: a resolver on the node (as systemd-resolved's 127.0.0.53 would be) answers the
     # node on every address, and nothing answers the unit. Names are the proxy's to resolve.
-    machine.succeed(
-        "systemd-run --unit=stand-in-resolver -p DynamicUser=yes python3 -c "
-        + shlex.quote(
-            "import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            "s.bind(('0.0.0.0', 5353))\n"
-            "while True:\n"
-            "    data, peer = s.recvfrom(512)\n"
-            "    s.sendto(data, peer)\n"
-        )
-    )
+    machine.succeed(resolver_stand_in("stand-in-resolver"))
     machine.wait_until_succeeds("ss -uln | grep -q ':5353 '")
     for host in ("127.0.0.1", own):
         probe("node", "udp", host, 5353, "answered")  # control
