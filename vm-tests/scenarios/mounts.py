@@ -82,7 +82,7 @@ with subtest("a source below a directory a tool user can write is refused at loa
         finally:
             machine.succeed(undo)
         assert status == 2 and "groups.alpha.mounts[0].host: " in output, output
-        assert says in output and "a tool could swap a path component" in output, output
+        assert says in output and "a unit could swap a path component" in output, output
     machine.succeed("rm -r /srv/sticky")
     # /tmp itself is no source at all: each unit has its own, and so has the broker.
     machine.succeed("mkdir -p /tmp/proj")
