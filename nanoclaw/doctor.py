@@ -4,13 +4,16 @@ It asks each part the host relies on the way the host does: the config and its s
 the homeserver and whoami with the bot's token, the broker's describe request (which
 also carries the broker's start-up checks of IP filtering), the model endpoint through
 the credential proxy exactly as the CLI reaches it, and the data directory's owner and
-mode. Nothing is changed; a failed check says what to change.
+mode, and whether encrypted messages have waited too long for their keys. Nothing is
+changed; a failed check says what to change.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,7 @@ async def run_checks(path: Path, env: Mapping[str, str] = os.environ) -> list[Ch
     checks += await _broker(config)
     checks += await _model(config, env)
     checks.append(_data_dir(config.data_dir))
+    checks.append(_waiting_for_keys(config))
     return checks
 
 
@@ -260,6 +264,33 @@ def _data_dir(path: Path) -> Check:
         fix = f"chmod 0750 {path} (or 0700)"
         return Check("data dir", False, f"{path} has mode {mode:04o}", fix)
     return Check("data dir", True, f"{path}: mode {mode:04o}, ours")
+
+
+def _waiting_for_keys(config: Config) -> Check:
+    """Encrypted messages kept until their keys come (nanoclaw.host.late_keys)."""
+    path = config.data_dir / "nanoclaw.db"
+    try:
+        database = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            count, oldest = database.execute(
+                "SELECT COUNT(*), MIN(arrived_ts) FROM undecrypted"
+            ).fetchone()
+        finally:
+            database.close()
+    except sqlite3.Error as error:  # no database yet, or one of an older version
+        return Check("waiting keys", True, f"nothing to read in {path} ({error})")
+    if not count:
+        return Check("waiting keys", True, "no encrypted message waits for its keys")
+    age = time.time() - oldest / 1000
+    waited = f"{age:.0f} s" if age < 120 else f"{age / 60:.0f} min"
+    shown = f"{count} encrypted message(s) wait for their keys, the oldest for {waited}"
+    if age < config.matrix.key_wait_seconds:
+        return Check("waiting keys", True, shown)
+    fix = (
+        "their senders' clients have not shared the keys (the rooms were told): have them "
+        "open a client, or check that it trusts the bot's device"
+    )
+    return Check("waiting keys", False, shown, fix)
 
 
 async def doctor(path: Path) -> int:

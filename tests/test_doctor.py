@@ -124,6 +124,7 @@ async def test_everything_in_order_passes(
         "workspaces",
         "model",
         "data dir",
+        "waiting keys",
     ]
     assert world.bot.user_id in checks["matrix token"][0]
     assert "3 groups in the policy" in checks["broker"][0]

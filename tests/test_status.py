@@ -20,6 +20,7 @@ def status(**changes: object) -> str:
         "slots": 5,
         "warm": True,
         "agent_unit": None,
+        "waiting_for_keys": (0, None),
         "task_statuses": ["active", "paused", "active", "done"],
         "workspace": None,
         "timezone": ZoneInfo("UTC"),
@@ -62,4 +63,13 @@ def test_a_warm_confined_session_names_its_agent_unit() -> None:
     assert (
         "- session: `abc-123` (warm), its agent in "
         "`nanoclaw-agent-family-0123456789abcdef.service`" in shown
+    )
+
+
+def test_encrypted_messages_waiting_for_their_keys_are_shown_only_when_there_are_some() -> None:
+    assert "waiting for their keys" not in status()
+    shown = status(waiting_for_keys=(2, 1_700_000_000_000))
+    assert (
+        "- waiting for their keys: 2 encrypted message(s), the oldest since 2023-11-14 22:13 UTC"
+        in shown
     )

@@ -72,6 +72,7 @@ _MATRIX_KEYS = (
     "access_token_credential",
     "owners",
     "encryption",
+    "key_wait_seconds",
 )
 _MODEL_KEYS = (
     "name",
@@ -109,6 +110,8 @@ class MatrixConfig:
     access_token: SecretRef
     owners: tuple[str, ...]
     encryption: bool
+    # An encrypted message whose keys have not come after this long is named to its room.
+    key_wait_seconds: int = 600
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,7 @@ def _matrix(table: Table) -> MatrixConfig:
         access_token=access_token,
         owners=owners,
         encryption=table.flag("encryption", True),
+        key_wait_seconds=table.integer("key_wait_seconds", 600, 10, 7 * 86400),
     )
 
 

@@ -33,7 +33,8 @@ from nio import (
 
 from nanoclaw.host.crashpoint import crashpoint
 from nanoclaw.host.events import classify
-from nanoclaw.host.records import InboundMessage, OutboxEntry
+from nanoclaw.host.late_keys import LateKeys, waiting_event
+from nanoclaw.host.records import InboundMessage, OutboxEntry, WaitingEvent
 from nanoclaw.host.store import Store
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class MatrixChannel:
         owners: Sequence[str],
         store: Store,
         crypto_dir: Path | None,
+        key_wait_seconds: float = 600.0,
     ) -> None:
         self.user_id = user_id
         self._owners = frozenset(owners)
@@ -87,6 +89,7 @@ class MatrixChannel:
         )
         store_path = str(crypto_dir) if crypto_dir is not None else ""
         self.client = AsyncClient(homeserver, user_id, store_path=store_path, config=config)
+        self.late_keys = LateKeys(self.client, store, key_wait_seconds)
         self._filter_id: str | None = None
         self._send_lock = asyncio.Lock()
         self.synced = asyncio.Event()
@@ -146,10 +149,15 @@ class MatrixChannel:
             failures = 0
             await maintain_keys(self.client)
             await self._handle_invites(response)
-            messages, joined = await self._collect(response, since)
-            touched = self._store.commit_sync(messages, response.next_batch, joined)
+            messages, joined, waiting = await self._collect(response, since)
+            touched = self._store.commit_sync(messages, response.next_batch, joined, waiting)
             since = response.next_batch
+            if first:  # the key requests of an earlier run went with it
+                await self.late_keys.ask_again()
             first = False
+            # Keys that came in this batch may open events that waited for them.
+            touched = sorted({*touched, *self.late_keys.retry(self._classify_decrypted)})
+            self.late_keys.tell_overdue({group.room_id for group in self._store.groups()})
             self.synced.set()
             await self.deliver_pending()
             if touched:
@@ -176,9 +184,10 @@ class MatrixChannel:
 
     async def _collect(
         self, response: SyncResponse, since: str | None
-    ) -> tuple[list[InboundMessage], list[tuple[str, int]]]:
+    ) -> tuple[list[InboundMessage], list[tuple[str, int]], list[WaitingEvent]]:
         messages: list[InboundMessage] = []
         joined: list[tuple[str, int]] = []
+        waiting: list[WaitingEvent] = []
         for room_id, info in response.rooms.join.items():
             events: list[Any] = list(info.timeline.events)
             if info.timeline.limited and since is not None and info.timeline.prev_batch:
@@ -191,12 +200,12 @@ class MatrixChannel:
             for event in events:
                 if isinstance(event, MegolmEvent):
                     log.warning(
-                        "cannot decrypt %s yet; requesting its key",
+                        "cannot decrypt %s yet: keeping it and asking for its key",
                         event.event_id,
                         extra={"room_id": room_id, "event_id": event.event_id},
                     )
-                    with suppress(Exception):
-                        await self.client.request_room_key(event)
+                    waiting.append(waiting_event(room_id, event))
+                    await self.late_keys.ask_for_key(room_id, dict(event.source))
                     continue
                 if not isinstance(event, Event):
                     log.warning(
@@ -209,7 +218,15 @@ class MatrixChannel:
                 message = classify(source, room_id, self.user_id, name or sender, joined_ts)
                 if message is not None:
                     messages.append(message)
-        return messages, joined
+        return messages, joined, waiting
+
+    def _classify_decrypted(self, source: dict[str, Any], room_id: str) -> InboundMessage | None:
+        """A late-decrypted event, judged as it would have been when it came."""
+        room = self.client.rooms.get(room_id)
+        sender = source.get("sender", "")
+        name = room.user_name(sender) if room is not None else None
+        joined_ts = self._store.room_joined_ts(room_id)
+        return classify(source, room_id, self.user_id, name or sender, joined_ts)
 
     def _join_time(self, events: Sequence[Any]) -> int:
         """When the bot joined a room first seen now: its join event, else 'after all of these'."""

@@ -28,6 +28,18 @@ class InboundMessage:
 
 
 @dataclass(frozen=True)
+class WaitingEvent:
+    """An encrypted event whose keys have not reached the bot yet, kept as it came."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    arrived_ts: int
+    source: dict[str, Any]
+    notified_ts: int | None
+
+
+@dataclass(frozen=True)
 class StoredMessage:
     seq: int
     message: InboundMessage

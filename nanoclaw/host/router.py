@@ -360,6 +360,10 @@ class Router:
         )
         await self._channel.deliver(entries)
 
+    def _waiting_for_keys(self, folder: str) -> tuple[int, int | None]:
+        group = self._groups.get(folder)
+        return self._store.waiting_in(group.room_id) if group is not None else (0, None)
+
     async def _status(self, folder: str) -> str:
         workspace: UsageReport | str | None = None
         if self._workspace_usage is not None:
@@ -378,6 +382,7 @@ class Router:
                 warm=self._pool.is_warm(folder),
                 agent_unit=self._pool.unit_of(folder),
                 task_statuses=[task.status for task in self._store.tasks(folder)],
+                waiting_for_keys=self._waiting_for_keys(folder),
                 workspace=workspace,
                 timezone=self._config.timezone,
             )

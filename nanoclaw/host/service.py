@@ -75,6 +75,7 @@ class Host:
             config.matrix.owners,
             store,
             config.data_dir / "crypto" if config.matrix.encryption else None,
+            config.matrix.key_wait_seconds,
         )
         self._pool = pool = AgentPool(
             lambda folder: self._settings(folder), config.idle_timeout_seconds

@@ -22,6 +22,8 @@ class GroupStatus:
     warm: bool
     agent_unit: str | None  # where the warm CLI runs, when in a unit of its own
     task_statuses: Sequence[str]
+    # Encrypted messages in the room that wait for their keys: how many, the oldest's arrival
+    waiting_for_keys: tuple[int, int | None]
     # The broker's measure, or why there is none; None where no broker is configured.
     workspace: UsageReport | str | None
     timezone: tzinfo
@@ -45,6 +47,13 @@ def render_status(status: GroupStatus) -> str:
         f"- last run: {last}",
         f"- tasks: {tasks.count('active')} active, {tasks.count('paused')} paused",
     ]
+    count, oldest = status.waiting_for_keys
+    if count and oldest is not None:
+        since = datetime.fromtimestamp(oldest / 1000, status.timezone)
+        lines.append(
+            f"- waiting for their keys: {count} encrypted message(s), the oldest since "
+            f"{since:%Y-%m-%d %H:%M %Z}"
+        )
     if isinstance(status.workspace, str):
         lines.append(f"- workspace: unknown ({status.workspace})")
     elif status.workspace is not None:

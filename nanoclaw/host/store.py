@@ -1,5 +1,5 @@
 """The host's durable state in SQLite: messages, groups, cursors, sessions, the outbox,
-scheduled tasks and their runs.
+scheduled tasks and their runs, and encrypted events that wait for their keys.
 
 Every state change that must survive a crash happens in one transaction with the thing it
 depends on: a sync batch's events with its next_batch token, a reply's outbox row with
@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.host.migrations import MIGRATIONS
-from nanoclaw.host.records import GroupRow, InboundMessage, OutboxEntry, StoredMessage, now_ms
+from nanoclaw.host.records import (
+    GroupRow,
+    InboundMessage,
+    OutboxEntry,
+    StoredMessage,
+    WaitingEvent,
+    now_ms,
+)
 from nanoclaw.host.task_table import TaskTable, queue_replies
+from nanoclaw.host.waiting_table import WaitingTable, hold
 
 
-class Store(TaskTable):
+class Store(TaskTable, WaitingTable):
     """A thin, typed layer over one SQLite connection (the host is single-threaded)."""
 
     def __init__(self, path: Path) -> None:
@@ -73,13 +81,14 @@ class Store(TaskTable):
         messages: Sequence[InboundMessage],
         next_batch: str,
         joined: Iterable[tuple[str, int]] = (),
+        waiting: Sequence[WaitingEvent] = (),
     ) -> list[str]:
-        """Store a sync batch and move the token in one transaction.
+        """Store a sync batch, and the events in it that wait for their keys, and move the
+        token in one transaction.
 
         Returns the room IDs that received new chat or command messages. A batch seen
         again after a crash is absorbed by the unique event ID.
         """
-        touched: set[str] = set()
         with self._tx() as db:
             for room_id, ts in joined:
                 db.execute(
@@ -87,31 +96,21 @@ class Store(TaskTable):
                     "ON CONFLICT (room_id) DO NOTHING",
                     (room_id, ts),
                 )
-            for m in messages:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO messages (event_id, room_id, sender, sender_name, ts,"
-                    " body, reply_to, thread_root, mentions_bot, kind)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        m.event_id,
-                        m.room_id,
-                        m.sender,
-                        m.sender_name,
-                        m.ts,
-                        m.body,
-                        m.reply_to,
-                        m.thread_root,
-                        int(m.mentions_bot),
-                        m.kind,
-                    ),
-                )
-                if cur.rowcount and m.kind in ("chat", "command"):
-                    touched.add(m.room_id)
+            touched = _insert_messages(db, messages)
+            hold(db, waiting)
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('sync_token', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (next_batch,),
             )
+        return sorted(touched)
+
+    def release_waiting(self, event_id: str, message: InboundMessage | None) -> list[str]:
+        """A waiting event, decrypted at last: stored as the message it is (None: nothing
+        to answer) and no longer waiting, in one transaction. Returns the rooms touched."""
+        with self._tx() as db:
+            touched = _insert_messages(db, [message] if message is not None else [])
+            db.execute("DELETE FROM undecrypted WHERE event_id = ?", (event_id,))
         return sorted(touched)
 
     def room_joined_ts(self, room_id: str) -> int | None:
@@ -204,13 +203,19 @@ class Store(TaskTable):
         *,
         cursor: tuple[str, int] | None = None,
         command_event: str | None = None,
+        waiting_told: Sequence[str] = (),
     ) -> list[OutboxEntry]:
         """Queue replies and, atomically with them, mark what they answer.
 
         `cursor` (folder, seq) moves the group's cursor; `command_event` marks a command
-        handled. After this commits, the answer can be sent but never regenerated.
+        handled; `waiting_told`, events waiting for their keys that the room is told of.
+        After this commits, the answer can be sent but never regenerated.
         """
         with self._tx() as db:
+            db.executemany(
+                "UPDATE undecrypted SET notified_ts = ? WHERE event_id = ?",
+                [(now_ms(), event_id) for event_id in waiting_told],
+            )
             if cursor is not None:
                 db.execute(
                     "UPDATE groups SET cursor = MAX(cursor, ?) WHERE folder = ?",
@@ -230,6 +235,32 @@ class Store(TaskTable):
 
     def mark_delivered(self, entry_id: int, event_id: str) -> None:
         self._db.execute("UPDATE outbox SET event_id = ? WHERE id = ?", (event_id, entry_id))
+
+
+def _insert_messages(db: sqlite3.Connection, messages: Sequence[InboundMessage]) -> set[str]:
+    """Insert what is new; the rooms that received chat or command messages."""
+    touched: set[str] = set()
+    for m in messages:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO messages (event_id, room_id, sender, sender_name, ts,"
+            " body, reply_to, thread_root, mentions_bot, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.event_id,
+                m.room_id,
+                m.sender,
+                m.sender_name,
+                m.ts,
+                m.body,
+                m.reply_to,
+                m.thread_root,
+                int(m.mentions_bot),
+                m.kind,
+            ),
+        )
+        if cur.rowcount and m.kind in ("chat", "command"):
+            touched.add(m.room_id)
+    return touched
 
 
 def _statements(script: str) -> list[str]:

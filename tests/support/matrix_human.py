@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from nio import (
     RoomCreateError,
     RoomMessage,
     RoomSendError,
+    ShareGroupSessionResponse,
     SyncError,
     TypingNoticeEvent,
 )
@@ -110,6 +111,47 @@ class Human:
         )
         assert not isinstance(response, RoomSendError), response
         return str(response.event_id)
+
+    async def send_with_late_key(
+        self, room_id: str, body: str
+    ) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """Send `body` encrypted with a new room key whose to-device messages are held back,
+        as a client that shares its key late does; and a coroutine that sends them."""
+        client = self.client
+        client.invalidate_outbound_session(room_id)  # a key the bot has not seen
+        held: list[tuple[Any, ...]] = []
+        real_send = client._send
+
+        async def hold(response_class: Any, method: str, path: str, data: Any = None,
+                       response_data: Any = None, **rest: Any) -> Any:  # fmt: skip
+            if response_class is ShareGroupSessionResponse:
+                held.append((method, path, data, response_data))
+                # As if the homeserver took it: the session counts as shared from now on.
+                taken = ShareGroupSessionResponse.from_dict({}, *response_data)
+                await client.receive_response(taken)
+                return taken
+            return await real_send(
+                response_class, method, path, data, response_data=response_data, **rest
+            )
+
+        client._send = hold  # type: ignore[method-assign]
+        try:
+            share = await client.share_group_session(room_id, ignore_unverified_devices=True)
+            assert isinstance(share, ShareGroupSessionResponse), share
+        finally:
+            client._send = real_send  # type: ignore[method-assign]
+        assert held, "no to-device message carried the key"
+        event_id = await self.send(room_id, body)
+        client.invalidate_outbound_session(room_id)  # what is sent next, the bot can read
+
+        async def release() -> None:
+            for method, path, data, response_data in held:
+                sent = await real_send(
+                    ShareGroupSessionResponse, method, path, data, response_data=response_data
+                )
+                assert isinstance(sent, ShareGroupSessionResponse), sent
+
+        return event_id, release
 
     def messages_from(self, sender: str, room_id: str | None = None) -> list[dict[str, Any]]:
         return [
