@@ -9,6 +9,7 @@ import pytest
 
 from nanoclaw.host.records import InboundMessage, WaitingEvent
 from nanoclaw.host.store import Store
+from nanoclaw.host.waiting_table import MAX_WAITING_PER_ROOM
 
 ROOM = "!room:localhost"
 OTHER = "!other:localhost"
@@ -74,3 +75,12 @@ def test_the_notice_and_its_mark_commit_together(store: Store) -> None:
     )
     told = {w.event_id: w.notified_ts for w in store.waiting()}
     assert told["$a"] is not None and told["$b"] is None
+
+
+def test_a_room_flooded_with_events_no_key_opens_keeps_the_newest(store: Store) -> None:
+    events = [held(f"${n:03}", arrived=1000 + n) for n in range(MAX_WAITING_PER_ROOM + 5)]
+    store.commit_sync([], "t", waiting=[held("$other", OTHER)])
+    store.commit_sync([], "t", waiting=events)
+    kept = [w.event_id for w in store.waiting() if w.room_id == ROOM]
+    assert kept == [e.event_id for e in events[5:]]
+    assert store.waiting_in(OTHER) == (1, 1000)  # another room's are not touched

@@ -188,6 +188,7 @@ class MatrixChannel:
         messages: list[InboundMessage] = []
         joined: list[tuple[str, int]] = []
         waiting: list[WaitingEvent] = []
+        registered = {group.room_id for group in self._store.groups()}
         for room_id, info in response.rooms.join.items():
             events: list[Any] = list(info.timeline.events)
             if info.timeline.limited and since is not None and info.timeline.prev_batch:
@@ -199,6 +200,8 @@ class MatrixChannel:
             room = self.client.rooms.get(room_id)
             for event in events:
                 if isinstance(event, MegolmEvent):
+                    if room_id not in registered:  # nobody there to answer
+                        continue
                     log.warning(
                         "cannot decrypt %s yet: keeping it and asking for its key",
                         event.event_id,

@@ -9,6 +9,7 @@ the cursor it answers. That is what makes delivery exactly-once end to end.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from nanoclaw.host.records import (
     now_ms,
 )
 from nanoclaw.host.task_table import TaskTable, queue_replies
-from nanoclaw.host.waiting_table import WaitingTable, hold
+from nanoclaw.host.waiting_table import MAX_WAITING_PER_ROOM, WaitingTable, hold
+
+log = logging.getLogger(__name__)
 
 
 class Store(TaskTable, WaitingTable):
@@ -97,7 +100,13 @@ class Store(TaskTable, WaitingTable):
                     (room_id, ts),
                 )
             touched = _insert_messages(db, messages)
-            hold(db, waiting)
+            if dropped := hold(db, waiting):
+                log.warning(
+                    "let go of the %d oldest encrypted events still waiting for their keys "
+                    "(at most %d per room)",
+                    dropped,
+                    MAX_WAITING_PER_ROOM,
+                )
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('sync_token', ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -13,10 +13,15 @@ from collections.abc import Sequence
 
 from nanoclaw.host.records import WaitingEvent
 
+# Per room: anyone in a room can send events no key will ever open, and each is tried
+# again after every sync. Past this many, the oldest are let go (and logged).
+MAX_WAITING_PER_ROOM = 200
 
-def hold(db: sqlite3.Connection, events: Sequence[WaitingEvent]) -> None:
+
+def hold(db: sqlite3.Connection, events: Sequence[WaitingEvent]) -> int:
     """Keep undecryptable events (inside the sync batch's transaction); one already
-    decrypted and stored, or already kept, stays as it is."""
+    decrypted and stored, or already kept, stays as it is. Returns how many of the oldest
+    were let go to keep each room within MAX_WAITING_PER_ROOM."""
     for event in events:
         db.execute(
             "INSERT OR IGNORE INTO undecrypted (event_id, room_id, sender, arrived_ts, source)"
@@ -31,6 +36,14 @@ def hold(db: sqlite3.Connection, events: Sequence[WaitingEvent]) -> None:
                 event.event_id,
             ),
         )
+    dropped = 0
+    for room_id in {event.room_id for event in events}:
+        dropped += db.execute(
+            "DELETE FROM undecrypted WHERE room_id = ? AND event_id NOT IN (SELECT event_id"
+            " FROM undecrypted WHERE room_id = ? ORDER BY arrived_ts DESC, rowid DESC LIMIT ?)",
+            (room_id, room_id, MAX_WAITING_PER_ROOM),
+        ).rowcount
+    return dropped
 
 
 class WaitingTable:
