@@ -43,7 +43,7 @@ async def test_plain_answer_in_the_main_room(world: World) -> None:
     await world.setup()
     await world.start_host()
     await world.alice.wait_joined(world.main_room, world.bot.user_id)
-    await world.alice.send(world.main_room, "hello **there**")
+    sent = await world.alice.send(world.main_room, "hello **there**")
     replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room)
     assert replies[0]["content"]["body"] == "echo: hello **there**"
     assert replies[0]["content"]["formatted_body"] == "<p>echo: hello <strong>there</strong></p>"
@@ -54,6 +54,9 @@ async def test_plain_answer_in_the_main_room(world: World) -> None:
     shown = prompt_messages(request)[-1]
     assert shown["sender"] == world.owner.user_id and shown["time"]
     assert (world.main_room, world.bot.user_id) in world.alice.typing_seen, "typing while it works"
+    # A read receipt for the message it picked up (the human's client sees it).
+    receipt = (world.main_room, sent, world.bot.user_id)
+    await world.alice.wait_for(lambda: receipt in world.alice.receipts, what="a read receipt")
 
 
 async def test_trigger_and_sender_rules(world: World) -> None:

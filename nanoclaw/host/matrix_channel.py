@@ -24,6 +24,7 @@ from nio import (
     MegolmEvent,
     MessageDirection,
     RoomMessagesError,
+    RoomReadMarkersError,
     RoomSendError,
     SyncError,
     SyncResponse,
@@ -316,6 +317,17 @@ class MatrixChannel:
     def room_name(self, room_id: str) -> str | None:
         room = self.client.rooms.get(room_id)
         return room.display_name if room is not None else None
+
+    async def mark_read(self, room_id: str, event_id: str) -> None:
+        """A read receipt (and the read marker) up to `event_id`: people see the agent has
+        picked their messages up. Best effort: a refusal costs nothing but the receipt."""
+        try:
+            response = await self.client.room_read_markers(room_id, event_id, event_id)
+        except Exception as error:  # the homeserver unreachable: the run goes on
+            log.debug("no read receipt: %s", error, extra={"room_id": room_id})
+            return
+        if isinstance(response, RoomReadMarkersError):
+            log.debug("read receipt refused: %s", response.message, extra={"room_id": room_id})
 
     @asynccontextmanager
     async def typing(self, room_id: str) -> AsyncIterator[None]:

@@ -41,6 +41,8 @@ class Channel(Protocol):
 
     def typing(self, room_id: str) -> Any: ...
 
+    async def mark_read(self, room_id: str, event_id: str) -> None: ...
+
     async def ensure_joined(self, room_id: str) -> None: ...
 
     def room_name(self, room_id: str) -> str | None: ...
@@ -201,6 +203,7 @@ class Router:
         started = datetime.now()
         log.info("agent run starts with %d messages", len(batch.messages), extra={"group": folder})
         try:
+            await self._channel.mark_read(group.room_id, batch.messages[-1].message.event_id)
             async with self._channel.typing(group.room_id):
                 try:
                     text = await self._ask(run, prompt, isolated=False)

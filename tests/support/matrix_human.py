@@ -13,6 +13,7 @@ from nio import (
     AsyncClient,
     AsyncClientConfig,
     MegolmEvent,
+    ReceiptEvent,
     RoomCreateError,
     RoomMessage,
     RoomSendError,
@@ -45,6 +46,7 @@ class Human:
         self.events: list[tuple[str, dict[str, Any]]] = []  # (room_id, event source)
         self.undecryptable = 0
         self.typing_seen: set[tuple[str, str]] = set()  # (room_id, user_id) ever seen typing
+        self.receipts: set[tuple[str, str, str]] = set()  # (room_id, event_id, user_id) read
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Human:
@@ -75,6 +77,10 @@ class Human:
             for ephemeral in info.ephemeral:
                 if isinstance(ephemeral, TypingNoticeEvent):
                     self.typing_seen.update((room_id, user) for user in ephemeral.users)
+                elif isinstance(ephemeral, ReceiptEvent):
+                    self.receipts.update(
+                        (room_id, r.event_id, r.user_id) for r in ephemeral.receipts
+                    )
             for event in info.timeline.events:
                 if isinstance(event, MegolmEvent):
                     self.undecryptable += 1
