@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -481,3 +482,73 @@ async def test_the_gateway_follows_a_policy_changed_under_it(
             )
     finally:
         await gateway.close()
+
+
+def file_script(request: ModelRequest) -> str | ToolCall:
+    """Reads a sent file where the prompt says it is (in a tool unit), or says why not."""
+    if request.tool_results:
+        return "tool said: " + request.tool_results[-1]["content"]
+    text = request.last_user_text
+    if path := re.search(r'<attachment [^>]*path="([^"]+)"', text):
+        return ToolCall("mcp__nanoclaw__bash", {"command": f"cat {path[1]}; ls -ln {path[1]}"})
+    if why := re.search(r'not-received="([^"]+)"', text):
+        return "no file: " + why[1]
+    return "no attachment"
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+async def test_a_file_sent_in_reaches_the_agent_in_its_inbox_and_a_tool_reads_it(
+    machine: Machine,
+    homeserver: EmbeddedHomeserver,
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    encrypted: bool,
+) -> None:
+    """Upload (encrypted in an encrypted room) -> host downloads, decrypts, checks -> a tool
+    unit puts it in /workspace/group/inbox -> the prompt names it -> a tool reads it."""
+    data = b"city,visits\nLyon,3\n"
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = file_script
+    try:
+        await world.setup(encrypted=encrypted)
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
+        await world.alice.wait_joined(world.main_room, world.bot.user_id)
+        await asyncio.sleep(1.0)  # keys uploaded and queried, in the encrypted room
+        await world.alice.send_file(world.main_room, "../visits 2026.csv", data, "text/csv")
+        replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
+    finally:
+        await world.close()
+    body = replies[0]["content"]["body"]
+    assert body.startswith("tool said: city,visits\nLyon,3\n"), body
+    # Its own name: cleaned, after a random prefix, in the inbox, the tool user's.
+    listed = re.search(r"61001 61001 +(\d+) .* (/workspace/group/inbox/\S+)$", body, re.M)
+    assert listed and int(listed[1]) == len(data), body
+    assert re.fullmatch(r"/workspace/group/inbox/[0-9a-f]{8}-_visits_2026\.csv", listed[2]), body
+    prompt = world.model.requests[0].last_user_text
+    assert 'name="../visits 2026.csv"' in prompt and 'type="text/csv"' in prompt, prompt
+
+
+async def test_a_file_too_large_is_refused_in_the_room_and_the_message_still_answered(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = file_script
+    try:
+        await world.setup()
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+        await world.start_host(
+            sandbox_socket=socket_of(machine), confine_agent=False, max_attachment_bytes=1024
+        )
+        await world.alice.send_file(world.main_room, "big.bin", b"x" * 2048, "application/zip")
+        replies = await world.alice.wait_for_replies(
+            world.bot.user_id, world.main_room, count=2, timeout=60
+        )
+    finally:
+        await world.close()
+    notice, answer = (r["content"]["body"] for r in replies)
+    assert notice == (
+        "⚠️ I could not take the file big.bin: too large (2.0 KiB; the limit is 1.0 KiB)."
+    ), notice
+    assert answer == "no file: too large (2.0 KiB; the limit is 1.0 KiB)", answer
+    machine.fail("ls /var/lib/nanoclaw/groups/alpha/inbox/*big.bin")

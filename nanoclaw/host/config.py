@@ -27,7 +27,11 @@ from nanoclaw.broker.config_reader import (
     read_text,
 )
 from nanoclaw.broker.policy import GROUP_PATTERN, RESERVED_GROUPS
-from nanoclaw.broker.protocol import DEFAULT_CREDENTIAL_SOCKET, DEFAULT_EGRESS_SOCKET
+from nanoclaw.broker.protocol import (
+    DEFAULT_CREDENTIAL_SOCKET,
+    DEFAULT_EGRESS_SOCKET,
+    MAX_STDIN_BYTES,
+)
 from nanoclaw.host.config_tasks import TaskConfig, parse_tasks
 from nanoclaw.host.config_values import (
     is_absolute,
@@ -60,6 +64,7 @@ _TOP_KEYS = (
     "credential_socket",
     "confine_agent",
     "tool_timeout_seconds",
+    "max_attachment_bytes",
     "matrix",
     "model",
     "groups",
@@ -167,6 +172,8 @@ class Config:
     # the host's process tree, as its user (for a broker without an agent runtime).
     confine_agent: bool = True
     tool_timeout_seconds: int = 120
+    # The largest file someone may send the agent (the broker takes at most 8 MiB of stdin).
+    max_attachment_bytes: int = MAX_STDIN_BYTES
     tasks: tuple[TaskConfig, ...] = ()
 
     @property
@@ -225,6 +232,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         ),
         confine_agent=top.flag("confine_agent", True),
         tool_timeout_seconds=top.integer("tool_timeout_seconds", 120, 1, 86400),
+        max_attachment_bytes=top.integer(
+            "max_attachment_bytes", MAX_STDIN_BYTES, 1024, MAX_STDIN_BYTES
+        ),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
     )
 

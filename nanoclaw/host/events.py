@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from nanoclaw.host.attachment import attachment_of
 from nanoclaw.host.records import InboundMessage
 
 COMMANDS = frozenset({"/new", "/status"})
@@ -40,7 +41,8 @@ def classify(
     if relates.get("rel_type") == "m.replace":
         return None  # an edit: the original already ran
     msgtype = content.get("msgtype")
-    if sender != bot_user_id and msgtype not in _CHAT_MSGTYPES:
+    attachment = attachment_of(content)
+    if sender != bot_user_id and msgtype not in _CHAT_MSGTYPES and attachment is None:
         return None  # m.notice is how other bots speak; answering them makes loops
     reply_to = _reply_target(relates)
     if reply_to is not None:
@@ -57,6 +59,7 @@ def classify(
         reply_to=reply_to,
         thread_root=thread_root if isinstance(thread_root, str) else None,
         mentions_bot=mentions(content, bot_user_id),
+        attachment=attachment,
     )
 
 

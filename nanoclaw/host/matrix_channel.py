@@ -19,6 +19,8 @@ from typing import Any
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    DownloadError,
+    EncryptionError,
     Event,
     JoinError,
     MegolmEvent,
@@ -31,9 +33,12 @@ from nio import (
     UploadFilterError,
     WhoamiError,
 )
+from nio.crypto.attachments import decrypt_attachment
 
+from nanoclaw.host.attachment import Attachment
 from nanoclaw.host.crashpoint import crashpoint
 from nanoclaw.host.events import classify
+from nanoclaw.host.inbox import DownloadFailed
 from nanoclaw.host.late_keys import LateKeys, waiting_event
 from nanoclaw.host.records import InboundMessage, OutboxEntry, WaitingEvent
 from nanoclaw.host.store import Store
@@ -317,6 +322,24 @@ class MatrixChannel:
     def room_name(self, room_id: str) -> str | None:
         room = self.client.rooms.get(room_id)
         return room.display_name if room is not None else None
+
+    async def download(self, attachment: Attachment) -> bytes:
+        """A file's bytes, decrypted where the room is encrypted (its hash checked)."""
+        response = await self.client.download(mxc=attachment.url)
+        if isinstance(response, DownloadError):
+            raise DownloadFailed(response.message)
+        data = response.body
+        if not isinstance(data, bytes):
+            raise DownloadFailed("the homeserver gave no content")
+        if attachment.encryption is None:
+            return data
+        file = attachment.encryption
+        try:
+            return bytes(
+                decrypt_attachment(data, file["key"]["k"], file["hashes"]["sha256"], file["iv"])
+            )
+        except (EncryptionError, KeyError, TypeError, ValueError) as error:
+            raise DownloadFailed(f"it does not decrypt: {error}") from None
 
     async def mark_read(self, room_id: str, event_id: str) -> None:
         """A read receipt (and the read marker) up to `event_id`: people see the agent has

@@ -14,6 +14,7 @@ from datetime import datetime
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
+from nanoclaw.host.attachment import Attachment
 from nanoclaw.host.records import InboundMessage
 
 QUOTE_LIMIT = 500  # characters of a quoted message kept, ellipsis included
@@ -39,6 +40,7 @@ class PromptMessage:
     quoted_sender: str | None = None  # display name of the author of the message replied to
     quoted_body: str | None = None  # its text
     thread_root: str | None = None
+    attachment: Attachment | None = None  # a file sent with it, where it was put or why not
 
 
 def prompt_message(message: InboundMessage, quoted: InboundMessage | None) -> PromptMessage:
@@ -52,6 +54,7 @@ def prompt_message(message: InboundMessage, quoted: InboundMessage | None) -> Pr
         quoted_sender=quoted.sender_name if quoted else None,
         quoted_body=quoted.body if quoted else None,
         thread_root=message.thread_root,
+        attachment=message.attachment,
     )
 
 
@@ -96,8 +99,27 @@ def _message(message: PromptMessage, tz: ZoneInfo) -> list[str]:
         quoted = _truncate(_clean(message.quoted_body or ""))
         lines.append(f"<quote{name}>{escape(quoted)}</quote>")
     lines.append(escape(_clean(message.body)))
+    if message.attachment is not None:
+        lines.append(_attachment(message.attachment))
     lines.append("</message>")
     return lines
+
+
+def _attachment(attachment: Attachment) -> str:
+    """<attachment> with the file's name, type and size, and its path in the sandbox or why
+    it is not there."""
+    attributes = (
+        _attribute("kind", attachment.msgtype.removeprefix("m."))
+        + _attribute("name", attachment.name)
+        + _attribute("type", attachment.mimetype)
+    )
+    if attachment.size is not None:
+        attributes += _attribute("size", f"{attachment.size} bytes")
+    if attachment.saved is not None:
+        attributes += _attribute("path", attachment.saved)
+    else:
+        attributes += _attribute("not-received", attachment.refused or "not fetched")
+    return f"<attachment{attributes}/>"
 
 
 def _attribute(name: str, value: str) -> str:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from nanoclaw.host.attachment import Attachment
+
 
 @dataclass(frozen=True)
 class InboundMessage:
@@ -25,6 +27,7 @@ class InboundMessage:
     reply_to: str | None = None
     thread_root: str | None = None
     mentions_bot: bool = False
+    attachment: Attachment | None = None  # a file, image, sound or video sent with it
 
 
 @dataclass(frozen=True)

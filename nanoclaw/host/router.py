@@ -10,6 +10,7 @@ to answer next is nanoclaw.host.next_work; /status is nanoclaw.host.status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections import deque
@@ -23,6 +24,7 @@ from nanoclaw.host.agent import AgentError, AgentPool, UnknownSession
 from nanoclaw.host.config import Config, GroupConfig
 from nanoclaw.host.formatting import render_message
 from nanoclaw.host.groups import GroupRegistry
+from nanoclaw.host.inbox import Inbox
 from nanoclaw.host.next_work import Batch, Command, next_work
 from nanoclaw.host.prompt import PromptMessage, build_prompt, prompt_message, task_prompt
 from nanoclaw.host.records import InboundMessage, OutboxEntry, RunClaim, StoredMessage, TaskRun
@@ -81,9 +83,11 @@ class Router:
         groups: GroupRegistry,
         channel: Channel,
         pool: AgentPool,
+        inbox: Inbox,
         workspace_usage: Callable[[], Awaitable[UsageReport]] | None = None,
     ) -> None:
         self._config = config
+        self._inbox = inbox
         self._workspace_usage = workspace_usage  # from the broker, when there is one
         self._store = store
         self._groups = groups
@@ -195,8 +199,9 @@ class Router:
             folder, group.room_id, batch.messages[-1].seq, batch.trigger.message.thread_root
         )
         worker.active = run
+        messages = [await self._received(run, item.message) for item in batch.messages]
         prompt = build_prompt(
-            [self._shown(item.message) for item in batch.messages],
+            [self._shown(message) for message in messages],
             self._config.timezone,
             self._channel.room_name(group.room_id),
         )
@@ -335,6 +340,22 @@ class Router:
         if cursor is not None:
             run.sent = True
         await self._channel.deliver(entries)
+
+    async def _received(self, run: ActiveRun, message: InboundMessage) -> InboundMessage:
+        """The message with its file put into the group's inbox, or the reason it is not
+        there (said in the room too): the agent answers either way."""
+        if message.attachment is None:
+            return message
+        received = await self._inbox.receive(run.folder, message.attachment)
+        if received != message.attachment:
+            self._store.record_attachment(message.event_id, received)
+            if received.refused is not None:
+                note = f"⚠️ I could not take the file {received.name}: {received.refused}."
+                entries = self._store.enqueue_replies(
+                    run.room_id, render_message(note, run.thread_root)
+                )
+                await self._channel.deliver(entries)
+        return dataclasses.replace(message, attachment=received)
 
     def _shown(self, message: InboundMessage) -> PromptMessage:
         quoted = self._store.message(message.reply_to) if message.reply_to else None

@@ -20,6 +20,7 @@ from nanoclaw.host.config import Config
 from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
 from nanoclaw.host.groups import GroupRegistry
 from nanoclaw.host.host_tools import host_mcp_tools
+from nanoclaw.host.inbox import Inbox
 from nanoclaw.host.matrix_channel import MatrixChannel
 from nanoclaw.host.memory import Memory
 from nanoclaw.host.notify import Notifier
@@ -83,7 +84,9 @@ class Host:
         self._groups = groups
         self._channel = channel
         usage = self._sandbox.usage if self._sandbox is not None else None
-        self.router = router = Router(config, store, groups, channel, pool, usage)
+        run_tool = self._sandbox.run if self._sandbox is not None else None
+        inbox = Inbox(channel.download, run_tool, config.max_attachment_bytes)
+        self.router = router = Router(config, store, groups, channel, pool, inbox, usage)
         scheduler = Scheduler(store, config.timezone, router, config.data_dir)
         self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)
         self._tasks.declare(config.tasks)

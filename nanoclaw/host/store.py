@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nanoclaw.host.attachment import Attachment
 from nanoclaw.host.migrations import MIGRATIONS
 from nanoclaw.host.records import (
     GroupRow,
@@ -121,6 +122,13 @@ class Store(TaskTable, WaitingTable):
             touched = _insert_messages(db, [message] if message is not None else [])
             db.execute("DELETE FROM undecrypted WHERE event_id = ?", (event_id,))
         return sorted(touched)
+
+    def record_attachment(self, event_id: str, attachment: Attachment) -> None:
+        """What became of a message's file: where it was put, or why it was not."""
+        self._db.execute(
+            "UPDATE messages SET attachment = ? WHERE event_id = ?",
+            (attachment.to_json(), event_id),
+        )
 
     def room_joined_ts(self, room_id: str) -> int | None:
         row = self._db.execute(
@@ -252,8 +260,8 @@ def _insert_messages(db: sqlite3.Connection, messages: Sequence[InboundMessage])
     for m in messages:
         cur = db.execute(
             "INSERT OR IGNORE INTO messages (event_id, room_id, sender, sender_name, ts,"
-            " body, reply_to, thread_root, mentions_bot, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " body, reply_to, thread_root, mentions_bot, kind, attachment)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 m.event_id,
                 m.room_id,
@@ -265,6 +273,7 @@ def _insert_messages(db: sqlite3.Connection, messages: Sequence[InboundMessage])
                 m.thread_root,
                 int(m.mentions_bot),
                 m.kind,
+                m.attachment.to_json() if m.attachment else None,
             ),
         )
         if cur.rowcount and m.kind in ("chat", "command"):
@@ -293,6 +302,7 @@ def _message(row: sqlite3.Row) -> InboundMessage:
         reply_to=row["reply_to"],
         thread_root=row["thread_root"],
         mentions_bot=bool(row["mentions_bot"]),
+        attachment=Attachment.from_json(row["attachment"]) if row["attachment"] else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from nio import (
     ShareGroupSessionResponse,
     SyncError,
     TypingNoticeEvent,
+    UploadResponse,
 )
 
 from nanoclaw.appliance.homeserver import Account
@@ -158,6 +160,32 @@ class Human:
                 assert isinstance(sent, ShareGroupSessionResponse), sent
 
         return event_id, release
+
+    async def send_file(
+        self, room_id: str, name: str, data: bytes, mimetype: str, msgtype: str = "m.file"
+    ) -> str:
+        """Upload `data` (encrypted where the room is, as Element does) and post it."""
+        encrypt = self.client.rooms[room_id].encrypted
+        uploaded, keys = await self.client.upload(
+            io.BytesIO(data), content_type=mimetype, filename=name, encrypt=encrypt,
+            filesize=len(data),
+        )  # fmt: skip
+        assert isinstance(uploaded, UploadResponse), uploaded
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": name,
+            "filename": name,
+            "info": {"mimetype": mimetype, "size": len(data)},
+        }
+        if encrypt:
+            content["file"] = {"url": uploaded.content_uri, **(keys or {})}
+        else:
+            content["url"] = uploaded.content_uri
+        response = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        assert not isinstance(response, RoomSendError), response
+        return str(response.event_id)
 
     def messages_from(self, sender: str, room_id: str | None = None) -> list[dict[str, Any]]:
         return [

@@ -4,6 +4,16 @@ before it to its own number (PRAGMA user_version). Never edit a shipped one: add
 
 from __future__ import annotations
 
-from nanoclaw.host.migrations import v001_messages, v002_tasks, v003_undecrypted
+from nanoclaw.host.migrations import (
+    v001_messages,
+    v002_tasks,
+    v003_undecrypted,
+    v004_attachments,
+)
 
-MIGRATIONS: tuple[str, ...] = (v001_messages.SQL, v002_tasks.SQL, v003_undecrypted.SQL)
+MIGRATIONS: tuple[str, ...] = (
+    v001_messages.SQL,
+    v002_tasks.SQL,
+    v003_undecrypted.SQL,
+    v004_attachments.SQL,
+)
