@@ -9,11 +9,14 @@ shows the same probe working where the policy allows it. What nspawn cannot enfo
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import shlex
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -552,3 +555,50 @@ async def test_a_file_too_large_is_refused_in_the_room_and_the_message_still_ans
     ), notice
     assert answer == "no file: too large (2.0 KiB; the limit is 1.0 KiB)", answer
     machine.fail("ls /var/lib/nanoclaw/groups/alpha/inbox/*big.bin")
+
+
+def tiny_png() -> bytes:
+    """A real 1x1 PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+async def test_an_image_sent_in_reaches_the_model_as_an_image_block(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    image = tiny_png()
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = lambda request: "seen"
+    try:
+        await world.setup(encrypted=True)
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
+        await world.alice.wait_joined(world.main_room, world.bot.user_id)
+        await asyncio.sleep(1.0)
+        await world.alice.send_file(world.main_room, "whiteboard.png", image, "image/png",
+                                    msgtype="m.image")  # fmt: skip
+        await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
+    finally:
+        await world.close()
+    # The bundled CLI passed the block on: the model's request has it, with the same bytes.
+    content = [
+        block
+        for request in world.model.requests
+        for message in request.body.get("messages", [])
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    ]
+    blocks = [block for block in content if block.get("type") == "image"]
+    assert [b["source"] for b in blocks] == [
+        {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
+    ], content
+    texts = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
+    assert 'name="whiteboard.png"' in texts and "/workspace/group/inbox/" in texts, texts

@@ -19,9 +19,10 @@ README's security model.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from claude_agent_sdk.types import McpSdkServerConfig
 
 from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy
+from nanoclaw.host.inbox import Image
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +202,16 @@ class AgentSession:
         """The agent unit the warm CLI runs in (None: cold, or a local CLI)."""
         return self._confined.unit if self.warm and self._confined is not None else None
 
-    async def ask(self, prompt: str, resume: str | None, timeout: float) -> AgentReply:
-        """One turn: send the prompt, wait for the result. Raises AgentError."""
+    async def ask(
+        self, prompt: str, resume: str | None, timeout: float, images: Sequence[Image] = ()
+    ) -> AgentReply:
+        """One turn: send the prompt (and images), wait for the result. Raises AgentError."""
         self.last_used = time.monotonic()
         if self.settings.credentials.needs_key(self.settings.base_url):
             raise AgentError(NO_MODEL_KEY, retryable=False)  # said at once, never retried
         try:
             async with asyncio.timeout(timeout):
-                result = await self._turn(prompt, resume)
+                result = await self._turn(prompt, resume, images)
         except TimeoutError:
             await self.close()  # kills the CLI: a hung process must not hold the group
             raise AgentError(f"the agent did not finish within {timeout:.0f} s") from None
@@ -225,14 +229,16 @@ class AgentSession:
             raise _classify_failure(detail, resume, result.api_error_status)
         return AgentReply(text=(result.result or "").strip(), session_id=result.session_id)
 
-    async def _turn(self, prompt: str, resume: str | None) -> ResultMessage | None:
+    async def _turn(
+        self, prompt: str, resume: str | None, images: Sequence[Image]
+    ) -> ResultMessage | None:
         if self._client is None:
             settings = self.settings
             self._placeholder = settings.credentials.issue(settings.folder, settings.base_url)
             client, self._confined = settings.client(resume, self._placeholder)
             await client.connect()
             self._client = client
-        await self._client.query(prompt)
+        await self._client.query(_with_images(prompt, images) if images else prompt)
         result: ResultMessage | None = None
         async for message in self._client.receive_response():
             if isinstance(message, ResultMessage):
@@ -249,6 +255,20 @@ class AgentSession:
         if self._placeholder is not None:  # also when connect() failed halfway
             self.settings.credentials.revoke(self._placeholder)
             self._placeholder = None
+
+
+async def _with_images(prompt: str, images: Sequence[Image]) -> AsyncIterator[dict[str, Any]]:
+    """The user message of a turn whose text comes with images (the SDK's streaming input)."""
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+    for image in images:
+        data = base64.b64encode(image.data).decode()
+        source = {"type": "base64", "media_type": image.media_type, "data": data}
+        blocks.append({"type": "image", "source": source})
+    yield {
+        "type": "user",
+        "message": {"role": "user", "content": blocks},
+        "parent_tool_use_id": None,
+    }
 
 
 def _classify_failure(detail: str, resume: str | None, status: int | None = None) -> AgentError:

@@ -8,6 +8,11 @@ one-way rule). NAME is the sent name, cleaned to letters, digits, '.', '-' and '
 a random prefix: a tool cannot plant a file where a later upload will land, nor is one
 file ever written over another. What happened is kept with the message, so a retried run
 neither writes the file again nor loses why it was refused.
+
+An image the model can take (PNG, JPEG, GIF or WebP, at most 5 MiB: the API's bound) also
+reaches it as an image block, from the bytes the host downloaded, never read back from the
+workspace. Larger ones are not scaled down (that would need an image library): they are in
+the inbox for the agent's tools.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.attachment import Attachment
@@ -31,8 +37,20 @@ _DOTS = re.compile(r"\.{2,}")
 # In a tool unit: make the inbox, then copy stdin to a new file (set -C: never over one).
 _WRITE = 'mkdir -p "$1" && set -C && cat > "$1/$2"'
 
+# What the model API takes as an image block, and at most how large.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+
 Download = Callable[[Attachment], Awaitable[bytes]]
 RunTool = Callable[[str, Sequence[str], bytes], Awaitable[RunResult]]
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image for the model to see, with the type its sender's client claimed."""
+
+    media_type: str
+    data: bytes
 
 
 class DownloadFailed(Exception):
@@ -63,6 +81,7 @@ class Inbox:
         self._download = download
         self._run_tool = run_tool  # None: no broker, so no workspace to put files in
         self._max_bytes = max_bytes
+        self._images: dict[str, bytes] = {}  # received in this run, by their mxc:// URL
 
     async def receive(self, group: str, attachment: Attachment) -> Attachment:
         """The attachment with where it was put, or why it was not."""
@@ -74,7 +93,22 @@ class Inbox:
         except NotReceived as why:
             log.warning("file %r not received: %s", attachment.name, why, extra={"group": group})
             return dataclasses.replace(attachment, refused=str(why))
+        if _showable(attachment, len(data)):
+            self._images[attachment.url] = data
         return dataclasses.replace(attachment, size=len(data), saved=path)
+
+    async def image(self, attachment: Attachment) -> Image | None:
+        """The image block for a received attachment the model can take, or None."""
+        if attachment.saved is None or not _showable(attachment, attachment.size or 0):
+            return None
+        data = self._images.pop(attachment.url, None)
+        if data is None:  # received in an earlier try: fetched again, not read back
+            try:
+                data = await self._download(attachment)
+            except DownloadFailed as error:
+                log.warning("image %r not shown: %s", attachment.name, error)
+                return None
+        return Image(attachment.mimetype, data) if _showable(attachment, len(data)) else None
 
     async def _fetch(self, attachment: Attachment) -> bytes:
         self._check_size(attachment.size)  # as claimed: no download of what is too large
@@ -106,3 +140,11 @@ class Inbox:
             why = result.stderr.decode(errors="replace").strip()[:200]
             raise NotReceived(f"could not store it: {why or result.result}")
         return f"{INBOX}/{fresh}"
+
+
+def _showable(attachment: Attachment, size: int) -> bool:
+    return (
+        attachment.msgtype == "m.image"
+        and attachment.mimetype in IMAGE_TYPES
+        and size <= MAX_IMAGE_BYTES
+    )

@@ -24,7 +24,7 @@ from nanoclaw.host.agent import AgentError, AgentPool, UnknownSession
 from nanoclaw.host.config import Config, GroupConfig
 from nanoclaw.host.formatting import render_message
 from nanoclaw.host.groups import GroupRegistry
-from nanoclaw.host.inbox import Inbox
+from nanoclaw.host.inbox import Image, Inbox
 from nanoclaw.host.next_work import Batch, Command, next_work
 from nanoclaw.host.prompt import PromptMessage, build_prompt, prompt_message, task_prompt
 from nanoclaw.host.records import InboundMessage, OutboxEntry, RunClaim, StoredMessage, TaskRun
@@ -200,6 +200,12 @@ class Router:
         )
         worker.active = run
         messages = [await self._received(run, item.message) for item in batch.messages]
+        images = [
+            image
+            for message in messages
+            if message.attachment is not None
+            and (image := await self._inbox.image(message.attachment)) is not None
+        ]
         prompt = build_prompt(
             [self._shown(message) for message in messages],
             self._config.timezone,
@@ -211,7 +217,7 @@ class Router:
             await self._channel.mark_read(group.room_id, batch.messages[-1].message.event_id)
             async with self._channel.typing(group.room_id):
                 try:
-                    text = await self._ask(run, prompt, isolated=False)
+                    text = await self._ask(run, prompt, isolated=False, images=images)
                 except AgentError as exc:
                     await self._fail(run, str(exc))
                     return False
@@ -228,7 +234,9 @@ class Router:
         finally:
             worker.active = None
 
-    async def _ask(self, run: ActiveRun, prompt: str, isolated: bool) -> str:
+    async def _ask(
+        self, run: ActiveRun, prompt: str, isolated: bool, images: Sequence[Image] = ()
+    ) -> str:
         """One agent turn with the configured retries; raises AgentError once it gives up.
 
         The group's own session is resumed from the store and its new id kept; an isolated
@@ -243,7 +251,7 @@ class Router:
                 resume = None if isolated or row is None else row.session_id
                 try:
                     reply = await session.ask(
-                        prompt, resume, self._config.model.run_timeout_seconds
+                        prompt, resume, self._config.model.run_timeout_seconds, images
                     )
                 except UnknownSession as exc:
                     log.warning(
