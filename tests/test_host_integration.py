@@ -23,6 +23,7 @@ TOOLS = sorted(
     for name in (
         "register_group",
         "send_message",
+        "send_file",
         "write_memory",
         "schedule_task",
         "list_tasks",

@@ -602,3 +602,63 @@ async def test_an_image_sent_in_reaches_the_model_as_an_image_block(
     ], content
     texts = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
     assert 'name="whiteboard.png"' in texts and "/workspace/group/inbox/" in texts, texts
+
+
+def results_so_far(request: ModelRequest) -> list[str]:
+    """The text of every tool result in the conversation, oldest first."""
+    found = []
+    for message in request.body.get("messages", []):
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "tool_result":
+                inner = block.get("content")
+                texts = [inner] if isinstance(inner, str) else [b.get("text", "") for b in inner]
+                found.append("\n".join(texts))
+    return found
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+async def test_a_file_the_agent_makes_is_posted_and_the_human_gets_its_bytes(
+    machine: Machine,
+    homeserver: EmbeddedHomeserver,
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    encrypted: bool,
+) -> None:
+    """bash makes a file in a tool unit -> send_file reads it through another unit ->
+    upload (encrypted where the room is) -> m.file -> the human downloads the same bytes."""
+    made = "printf 'a,b\\n1,2\\n' > /workspace/group/report.csv"
+
+    def script(request: ModelRequest) -> str | ToolCall:
+        results = results_so_far(request)
+        if not results:
+            return ToolCall("mcp__nanoclaw__bash", {"command": made})
+        if len(results) == 1:
+            return ToolCall("mcp__nanoclaw__send_file", {"path": "/workspace/group/report.csv"})
+        if len(results) == 2:
+            return ToolCall("mcp__nanoclaw__send_file", {"path": "/etc/nanoclaw/policy.json"})
+        return "done: " + " | ".join(results[1:])
+
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = script
+    try:
+        await world.setup(encrypted=encrypted)
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
+        await world.alice.wait_joined(world.main_room, world.bot.user_id)
+        await asyncio.sleep(1.0)
+        await world.alice.send(world.main_room, "make me a report")
+        replies = await world.alice.wait_for_replies(
+            world.bot.user_id, world.main_room, count=2, timeout=60
+        )
+        sent, answer = (reply["content"] for reply in replies)
+        assert sent["msgtype"] == "m.file" and sent["filename"] == "report.csv", sent
+        assert sent["info"] == {"mimetype": "text/csv", "size": 8}, sent
+        assert ("file" in sent) is encrypted and ("url" in sent) is not encrypted, sent
+        assert await world.alice.download(sent) == b"a,b\n1,2\n"
+    finally:
+        await world.close()
+    # What its units cannot read, it cannot send: the policy is hidden from them.
+    done = "done: sent report.csv (8 bytes, text/csv) to alpha | "
+    assert answer["body"].startswith(done), answer
+    assert "cannot read /etc/nanoclaw/policy.json" in answer["body"], answer

@@ -24,6 +24,10 @@ class HostActions(Protocol):
 
     async def write_memory(self, source: str, scope: str, content: str) -> str: ...
 
+    async def send_file(
+        self, source: str, path: str, caption: str | None, target: str | None
+    ) -> str: ...
+
 
 _SEND_SCHEMA = {
     "type": "object",
@@ -36,6 +40,20 @@ _SEND_SCHEMA = {
         },
     },
     "required": ["text"],
+}
+
+_FILE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "path": {
+            "type": "string",
+            "description": "The file's absolute path in your sandbox, e.g. "
+            "/workspace/group/chart.png.",
+        },
+        "caption": {"type": "string", "description": "Text shown with it."},
+        "target_group": _SEND_SCHEMA["properties"]["target_group"],  # type: ignore[index]
+    },
+    "required": ["path"],
 }
 
 _REGISTER_SCHEMA = {
@@ -108,4 +126,23 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
         except ToolRefused as refusal:
             return tool_result(str(refusal), error=True)
 
-    return [send_message, register_group, write_memory]
+    @tool(
+        "send_file",
+        "Post a file from your sandbox (an image is shown as one) to your room, or, main "
+        "group only, to another group's.",
+        _FILE_SCHEMA,
+    )
+    async def send_file(args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            caption = args.get("caption")
+            sent = await actions.send_file(
+                source,
+                str(args.get("path", "")),
+                str(caption) if caption else None,
+                args.get("target_group"),
+            )
+        except ToolRefused as refusal:
+            return tool_result(str(refusal), error=True)
+        return tool_result(sent)
+
+    return [send_message, register_group, write_memory, send_file]

@@ -10,6 +10,7 @@ crash is deduplicated by the homeserver.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -31,6 +32,7 @@ from nio import (
     SyncError,
     SyncResponse,
     UploadFilterError,
+    UploadResponse,
     WhoamiError,
 )
 from nio.crypto.attachments import decrypt_attachment
@@ -38,6 +40,7 @@ from nio.crypto.attachments import decrypt_attachment
 from nanoclaw.host.attachment import Attachment
 from nanoclaw.host.crashpoint import crashpoint
 from nanoclaw.host.events import classify
+from nanoclaw.host.host_tools import ToolRefused
 from nanoclaw.host.inbox import DownloadFailed
 from nanoclaw.host.late_keys import LateKeys, waiting_event
 from nanoclaw.host.records import InboundMessage, OutboxEntry, WaitingEvent
@@ -340,6 +343,21 @@ class MatrixChannel:
             )
         except (EncryptionError, KeyError, TypeError, ValueError) as error:
             raise DownloadFailed(f"it does not decrypt: {error}") from None
+
+    async def upload(self, room_id: str, name: str, data: bytes, mimetype: str) -> dict[str, Any]:
+        """Upload a file for `room_id`: the content's "url", or its "file" (key, iv and
+        hash) where the room is encrypted."""
+        room = self.client.rooms.get(room_id)
+        encrypt = bool(room and room.encrypted)
+        uploaded, keys = await self.client.upload(
+            io.BytesIO(data), content_type=mimetype, filename=name, encrypt=encrypt,
+            filesize=len(data),
+        )  # fmt: skip
+        if not isinstance(uploaded, UploadResponse):
+            raise ToolRefused(f"the homeserver refused the upload: {uploaded.message}")
+        if encrypt:
+            return {"file": {"url": uploaded.content_uri, **(keys or {})}}
+        return {"url": uploaded.content_uri}
 
     async def mark_read(self, room_id: str, event_id: str) -> None:
         """A read receipt (and the read marker) up to `event_id`: people see the agent has

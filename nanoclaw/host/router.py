@@ -341,6 +341,11 @@ class Router:
     async def _post(self, run: ActiveRun, text: str, room_id: str) -> None:
         """Queue a reply (moving the cursor if it is the run's own room) and send it."""
         contents = render_message(text, run.thread_root if room_id == run.room_id else None)
+        await self._post_contents(run, contents, room_id)
+
+    async def _post_contents(
+        self, run: ActiveRun, contents: Sequence[dict[str, Any]], room_id: str
+    ) -> None:
         if not contents:
             return
         cursor = (run.folder, run.last_seq) if room_id == run.room_id else None
@@ -425,9 +430,18 @@ class Router:
     async def post_for(self, source: str, text: str, room_id: str) -> None:
         """Post on behalf of `source`: as part of its run if it is in one (a reply in its
         own room then moves its cursor), else on its own."""
+        await self._post(self._run_of(source, room_id), text, room_id=room_id)
+
+    async def post_contents_for(
+        self, source: str, contents: Sequence[dict[str, Any]], room_id: str
+    ) -> None:
+        """post_for with the events' contents made already (a file's)."""
+        await self._post_contents(self._run_of(source, room_id), contents, room_id)
+
+    def _run_of(self, source: str, room_id: str) -> ActiveRun:
         worker = self._workers.get(source)
         run = worker.active if worker else None
         if run is None:
             origin = self._groups.get(source)
             run = ActiveRun(source, origin.room_id if origin else room_id, 0, None)
-        await self._post(run, text, room_id=room_id)
+        return run

@@ -18,6 +18,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 from nanoclaw.host.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
 from nanoclaw.host.config import Config
 from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.file_out import FileSender
 from nanoclaw.host.groups import GroupRegistry
 from nanoclaw.host.host_tools import host_mcp_tools
 from nanoclaw.host.inbox import Inbox
@@ -157,7 +158,11 @@ class Host:
         if group is None:
             raise LookupError(f"unknown group {folder}")
         self.memory.prepare(folder)
-        actions = HostToolActions(self._groups, self.memory, self._channel, self.router.post_for)
+        run_tool = self._sandbox.run if self._sandbox is not None else None
+        files = FileSender(run_tool, self._channel.upload, self.router.post_contents_for)
+        actions = HostToolActions(
+            self._groups, self.memory, self._channel, self.router.post_for, files
+        )
         tools = host_mcp_tools(folder, actions) + task_mcp_tools(folder, self._tasks)
         if self._sandbox is not None:
             tools += sandbox_mcp_tools(self._sandbox, folder)

@@ -13,6 +13,7 @@ from typing import Any
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    DownloadResponse,
     MegolmEvent,
     ReceiptEvent,
     RoomCreateError,
@@ -23,6 +24,7 @@ from nio import (
     TypingNoticeEvent,
     UploadResponse,
 )
+from nio.crypto.attachments import decrypt_attachment
 
 from nanoclaw.appliance.homeserver import Account
 from nanoclaw.host.matrix_channel import maintain_keys
@@ -186,6 +188,17 @@ class Human:
         )
         assert not isinstance(response, RoomSendError), response
         return str(response.event_id)
+
+    async def download(self, content: dict[str, Any]) -> bytes:
+        """A file event's bytes, decrypted where it came encrypted."""
+        file = content.get("file")
+        url = file["url"] if file else content["url"]
+        response = await self.client.download(mxc=url)
+        assert isinstance(response, DownloadResponse), response
+        if not file:
+            return bytes(response.body)
+        key, digest, iv = file["key"]["k"], file["hashes"]["sha256"], file["iv"]
+        return bytes(decrypt_attachment(response.body, key, digest, iv))
 
     def messages_from(self, sender: str, room_id: str | None = None) -> list[dict[str, Any]]:
         return [
