@@ -487,6 +487,18 @@ async def test_the_gateway_follows_a_policy_changed_under_it(
         await gateway.close()
 
 
+async def host_in_room(
+    world: World, machine: Machine, encrypted: bool = False, **settings: object
+) -> None:
+    """The world's host with the machine's broker (its CLI local), the bot in the main room
+    and, where it is encrypted, both sides' device keys exchanged."""
+    await world.setup(encrypted=encrypted)
+    world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
+    await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False, **settings)
+    await world.alice.wait_joined(world.main_room, world.bot.user_id)
+    await asyncio.sleep(1.0)
+
+
 def file_script(request: ModelRequest) -> str | ToolCall:
     """Reads a sent file where the prompt says it is (in a tool unit), or says why not."""
     if request.tool_results:
@@ -513,11 +525,7 @@ async def test_a_file_sent_in_reaches_the_agent_in_its_inbox_and_a_tool_reads_it
     world = World(homeserver, scripted_model, tmp_path)
     scripted_model.script = file_script
     try:
-        await world.setup(encrypted=encrypted)
-        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
-        await world.alice.wait_joined(world.main_room, world.bot.user_id)
-        await asyncio.sleep(1.0)  # keys uploaded and queried, in the encrypted room
+        await host_in_room(world, machine, encrypted)
         await world.alice.send_file(world.main_room, "../visits 2026.csv", data, "text/csv")
         replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
     finally:
@@ -538,11 +546,7 @@ async def test_a_file_too_large_is_refused_in_the_room_and_the_message_still_ans
     world = World(homeserver, scripted_model, tmp_path)
     scripted_model.script = file_script
     try:
-        await world.setup()
-        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-        await world.start_host(
-            sandbox_socket=socket_of(machine), confine_agent=False, max_attachment_bytes=1024
-        )
+        await host_in_room(world, machine, max_attachment_bytes=1024)
         await world.alice.send_file(world.main_room, "big.bin", b"x" * 2048, "application/zip")
         replies = await world.alice.wait_for_replies(
             world.bot.user_id, world.main_room, count=2, timeout=60
@@ -578,11 +582,7 @@ async def test_an_image_sent_in_reaches_the_model_as_an_image_block(
     world = World(homeserver, scripted_model, tmp_path)
     scripted_model.script = lambda request: "seen"
     try:
-        await world.setup(encrypted=True)
-        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
-        await world.alice.wait_joined(world.main_room, world.bot.user_id)
-        await asyncio.sleep(1.0)
+        await host_in_room(world, machine, encrypted=True)
         await world.alice.send_file(world.main_room, "whiteboard.png", image, "image/png",
                                     msgtype="m.image")  # fmt: skip
         await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
@@ -642,11 +642,7 @@ async def test_a_file_the_agent_makes_is_posted_and_the_human_gets_its_bytes(
     world = World(homeserver, scripted_model, tmp_path)
     scripted_model.script = script
     try:
-        await world.setup(encrypted=encrypted)
-        world.groups = {"alpha": {"room_id": world.main_room, "main": True}}
-        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
-        await world.alice.wait_joined(world.main_room, world.bot.user_id)
-        await asyncio.sleep(1.0)
+        await host_in_room(world, machine, encrypted)
         await world.alice.send(world.main_room, "make me a report")
         replies = await world.alice.wait_for_replies(
             world.bot.user_id, world.main_room, count=2, timeout=60
