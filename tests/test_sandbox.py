@@ -658,3 +658,23 @@ async def test_a_file_the_agent_makes_is_posted_and_the_human_gets_its_bytes(
     done = "done: sent report.csv (8 bytes, text/csv) to alpha | "
     assert answer["body"].startswith(done), answer
     assert "cannot read /etc/nanoclaw/policy.json" in answer["body"], answer
+
+
+async def test_a_file_that_cannot_be_downloaded_is_said_and_the_message_answered(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = file_script
+    try:
+        await host_in_room(world, machine)
+        gone = {"msgtype": "m.file", "body": "gone.pdf", "url": "mxc://localhost/nothing-here",
+                "info": {"mimetype": "application/pdf", "size": 100}}  # fmt: skip
+        await world.alice.client.room_send(world.main_room, "m.room.message", gone)
+        replies = await world.alice.wait_for_replies(
+            world.bot.user_id, world.main_room, count=2, timeout=60
+        )
+    finally:
+        await world.close()
+    notice, answer = (r["content"]["body"] for r in replies)
+    assert notice.startswith("⚠️ I could not take the file gone.pdf: could not download it"), notice
+    assert answer.startswith("no file: could not download it"), answer
