@@ -7,8 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from nanoclaw.broker.workspace_usage import size
 from nanoclaw.host.attachment import Attachment, attachment_of
-from nanoclaw.host.inbox import inbox_name, size_text
+from nanoclaw.host.inbox import inbox_name
 from nanoclaw.host.prompt import PromptMessage, build_prompt
 
 ENCRYPTED = {"url": "mxc://hs/abc", "key": {"k": "K"}, "iv": "I", "hashes": {"sha256": "H"}}
@@ -63,7 +64,7 @@ def test_inbox_names_are_fresh_and_safe(sent: str, kept: str) -> None:
 
 
 def test_sizes_read_as_people_say_them() -> None:
-    assert [size_text(n) for n in (10, 2048, 3 * 1024 * 1024)] == [
+    assert [size(n) for n in (10, 2048, 3 * 1024 * 1024)] == [
         "10 bytes", "2.0 KiB", "3.0 MiB"]  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from nanoclaw.broker.compiler import RELAY_PORT
+from nanoclaw.broker.compiler import EGRESS
 from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import describe_policy, run_in_sandbox
@@ -264,9 +264,9 @@ async def test_the_relay_needs_the_calls_own_secret(
     with a forged one in the proxy variables, nothing gets out."""
     url = f"http://localhost:{site.port}/nosecret"
     bare = ["/usr/bin/curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"]
-    no_secret = await web_call(machine, proxy, [*bare, "-x", f"127.0.0.1:{RELAY_PORT}", url])
+    no_secret = await web_call(machine, proxy, [*bare, "-x", f"127.0.0.1:{EGRESS.port}", url])
     assert no_secret.stdout == b"407", text(no_secret)
-    forged = f"http://web:{'f' * 43}@127.0.0.1:{RELAY_PORT}"
+    forged = f"http://web:{'f' * 43}@127.0.0.1:{EGRESS.port}"
     result = await web_call(machine, proxy, [*bare, "-x", forged, url])
     assert result.stdout == b"407", text(result)
     assert upstream == []
@@ -281,7 +281,7 @@ async def test_a_listener_on_the_hosts_loopback_is_out_of_reach(
     assert probe_in_machine(machine, "tcp", "127.0.0.1", site.port) == "connected"  # control
     assert await probe_in_unit(machine, "web", "tcp", "127.0.0.1", site.port) == "ECONNREFUSED"
     # The control inside the unit: its own loopback holds the relay, and only that.
-    assert await probe_in_unit(machine, "web", "tcp", "127.0.0.1", RELAY_PORT) == "connected"
+    assert await probe_in_unit(machine, "web", "tcp", "127.0.0.1", EGRESS.port) == "connected"
 
 
 async def test_the_hosts_own_address_is_out_of_reach(
@@ -347,9 +347,9 @@ async def test_io_uring_cannot_open_sockets_past_the_filter(
 async def test_a_group_without_domains_cannot_reach_the_relay(
     machine: Machine, proxy: EgressProxy
 ) -> None:
-    assert await probe_in_unit(machine, "web", "tcp", "127.0.0.1", RELAY_PORT) == "connected"
+    assert await probe_in_unit(machine, "web", "tcp", "127.0.0.1", EGRESS.port) == "connected"
     # Without domains not even an IPv4 socket: nothing to connect with, let alone to.
-    assert await probe_in_unit(machine, "alpha", "tcp", "127.0.0.1", RELAY_PORT) == "EAFNOSUPPORT"
+    assert await probe_in_unit(machine, "alpha", "tcp", "127.0.0.1", EGRESS.port) == "EAFNOSUPPORT"
 
 
 # --- the relay itself ------------------------------------------------------------------

@@ -31,6 +31,7 @@ from nanoclaw.broker.compiler import (
     SIGNATURES,
     USEC_PER_SECOND,
     UnitPlan,
+    check_unit_id,
     confinement,
     hidden,
     kernel_and_privileges,
@@ -54,7 +55,6 @@ STATE_DIRECTORY = "nanoclaw-agent"  # under /var/lib, one directory per group
 STATE_ROOT = f"{VAR_LIB}/{STATE_DIRECTORY}"
 SCRATCH_BYTES = 256 * 1024 * 1024  # each of its /tmp, /var/tmp and /dev/shm
 STOP_TIMEOUT_USEC = 10 * USEC_PER_SECOND  # time to write its transcript on SIGTERM
-_UNIT_ID = re.compile(r"[a-z0-9]{8,32}")
 MAX_ENV_VALUE = 256
 _ENV_TEXT = re.compile(r"[ -~]*")  # printable ASCII
 
@@ -182,8 +182,7 @@ def compile_agent_unit(
 ) -> UnitPlan:
     """The agent unit for `request`. RequestError for what the policy does not allow;
     ValueError for a bad unit_id or CLI path, which are the broker's own."""
-    if not _UNIT_ID.fullmatch(unit_id):
-        raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
+    check_unit_id(unit_id)
     if not posixpath.isabs(cli) or CONTROL_CHARACTERS.search(cli):
         raise ValueError(f"the CLI must be an absolute path, not {cli!r}")
     try:

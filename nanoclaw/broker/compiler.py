@@ -167,7 +167,6 @@ class Route:
 # agent unit finds the credential proxy, the model API's only way in.
 EGRESS = Route("nanoclaw-egress-", 3128)
 MODEL = Route("nanoclaw-model-", 8080)
-RELAY_PORT = EGRESS.port
 USEC_PER_SECOND = 1_000_000
 STOP_TIMEOUT_USEC = 2 * USEC_PER_SECOND
 
@@ -203,8 +202,7 @@ def compile_unit(
     `covers` are the sandbox paths inside the group's mounts to make inaccessible (the
     broker finds them: nanoclaw.broker.mount_covers); `private_pids` says whether this systemd
     can give the unit a PID namespace of its own."""
-    if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
-        raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
+    check_unit_id(unit_id)
     checked = check(policy, request)
     group, argv = checked.group, checked.argv
     for path in covers:  # the broker's own: a bug there must not hide or show elsewhere
@@ -261,6 +259,12 @@ def compile_unit(
         slice=slice_,
         properties=tuple((name, SIGNATURES[name], value) for name, value in values),
     )
+
+
+def check_unit_id(unit_id: object) -> None:
+    """ValueError for a unit ID that is not the broker's form (its own, never a client's)."""
+    if not isinstance(unit_id, str) or not _UNIT_ID.fullmatch(unit_id):
+        raise ValueError(f"unit_id must match {_UNIT_ID.pattern}, not {unit_id!r}")
 
 
 def confinement(private_pids: bool) -> list[tuple[str, object]]:
@@ -336,7 +340,7 @@ def _proxy_environment(group: GroupPolicy, token: str | None) -> tuple[str, ...]
     # The relay on the unit's loopback leads to the proxy, which admits only this secret.
     if not group.egress.domains or token is None:
         return ()
-    url = f"http://{group.name}:{token}@{RELAY_ADDRESS}:{RELAY_PORT}"
+    url = f"http://{group.name}:{token}@{RELAY_ADDRESS}:{EGRESS.port}"
     return tuple(f"{name}={url}" for name in PROXY_VARIABLES)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanoclaw.broker.protocol import RunResult
+from nanoclaw.broker.workspace_usage import size
 from nanoclaw.host.host_tools import ToolRefused
-from nanoclaw.host.inbox import size_text
 from nanoclaw.host.sandbox.client import SandboxError
 
 # In a tool unit: the file's bytes, if it is a regular file.
@@ -51,7 +51,7 @@ class FileSender:
             **await self.upload(room_id, name, data, mimetype),
         }
         await self.post(source, [content], room_id)
-        return f"sent {name} ({size_text(len(data))}, {mimetype})"
+        return f"sent {name} ({size(len(data))}, {mimetype})"
 
     async def _read(self, source: str, path: str) -> bytes:
         assert self.run_tool is not None

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from nanoclaw.broker.protocol import RunResult
+from nanoclaw.broker.workspace_usage import size
 from nanoclaw.host.attachment import Attachment
 from nanoclaw.host.sandbox.client import SandboxError
 
@@ -66,14 +67,6 @@ def inbox_name(name: str) -> str:
     # No '/' (the unsafe runs become '_'), no "..", and no leading dot (no hidden files).
     cleaned = _DOTS.sub(".", _UNSAFE.sub("_", name)).lstrip(".")[-MAX_NAME:] or "file"
     return f"{secrets.token_hex(4)}-{cleaned}"
-
-
-def size_text(size: int) -> str:
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024 / 1024:.1f} MiB"
 
 
 class Inbox:
@@ -121,11 +114,9 @@ class Inbox:
         self._check_size(len(data))
         return data
 
-    def _check_size(self, size: int | None) -> None:
-        if size is not None and size > self._max_bytes:
-            raise NotReceived(
-                f"too large ({size_text(size)}; the limit is {size_text(self._max_bytes)})"
-            )
+    def _check_size(self, count: int | None) -> None:
+        if count is not None and count > self._max_bytes:
+            raise NotReceived(f"too large ({size(count)}; the limit is {size(self._max_bytes)})")
 
     async def _put(self, group: str, name: str, data: bytes) -> str:
         assert self._run_tool is not None

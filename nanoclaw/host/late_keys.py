@@ -20,7 +20,7 @@ from typing import Any
 
 from nio import AsyncClient, EncryptionError, Event, MegolmEvent
 
-from nanoclaw.host.records import InboundMessage, OutboxEntry, WaitingEvent, now_ms
+from nanoclaw.host.records import InboundMessage, WaitingEvent, now_ms
 from nanoclaw.host.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,11 @@ class LateKeys:
         for waiting in self._store.waiting():
             await self.ask_for_key(waiting.room_id, waiting.source)
 
-    def retry(self, classify: Classify) -> list[str]:
-        """Decrypt what the keys now allow; the rooms that received messages."""
+    def after_sync(self, classify: Classify, registered_rooms: set[str]) -> list[str]:
+        """Decrypt what the keys now allow, then tell the rooms of what has waited too long;
+        the rooms that received messages."""
         touched: set[str] = set()
+        still: list[WaitingEvent] = []
         for waiting in self._store.waiting():
             event = MegolmEvent.from_dict(waiting.source)
             if not isinstance(event, MegolmEvent):  # never decryptable: let it go, said
@@ -65,7 +67,8 @@ class LateKeys:
             try:
                 decrypted = self._client.decrypt_event(event)
             except EncryptionError:
-                continue  # still no key
+                still.append(waiting)  # no key yet
+                continue
             message = (
                 classify(dict(decrypted.source), waiting.room_id)
                 if isinstance(decrypted, Event)
@@ -78,23 +81,23 @@ class LateKeys:
                 extra={"room_id": waiting.room_id, "event_id": waiting.event_id},
             )
             touched.update(self._store.release_waiting(waiting.event_id, message))
+        self._tell_overdue(still, registered_rooms)
         return sorted(touched)
 
-    def tell_overdue(self, registered_rooms: set[str]) -> list[OutboxEntry]:
+    def _tell_overdue(self, waiting: list[WaitingEvent], registered_rooms: set[str]) -> None:
         """One notice per room and sender whose events have waited too long."""
         due: dict[tuple[str, str], list[WaitingEvent]] = {}
-        for waiting in self._store.waiting():
-            overdue = now_ms() - waiting.arrived_ts >= self._wait_ms
-            if overdue and waiting.notified_ts is None and waiting.room_id in registered_rooms:
-                due.setdefault((waiting.room_id, waiting.sender), []).append(waiting)
-        entries: list[OutboxEntry] = []
+        now = now_ms()
+        for event in waiting:
+            overdue = now - event.arrived_ts >= self._wait_ms
+            if overdue and event.notified_ts is None and event.room_id in registered_rooms:
+                due.setdefault((event.room_id, event.sender), []).append(event)
         for (room_id, sender), events in due.items():
-            entries += self._store.enqueue_replies(
+            self._store.enqueue_replies(
                 room_id,
                 [{"msgtype": "m.notice", "body": notice(sender, events)}],
                 waiting_told=[event.event_id for event in events],
             )
-        return entries
 
 
 def notice(sender: str, events: list[WaitingEvent]) -> str:

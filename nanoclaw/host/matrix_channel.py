@@ -158,15 +158,16 @@ class MatrixChannel:
             failures = 0
             await maintain_keys(self.client)
             await self._handle_invites(response)
-            messages, joined, waiting = await self._collect(response, since)
+            registered = {group.room_id for group in self._store.groups()}
+            messages, joined, waiting = await self._collect(response, since, registered)
             touched = self._store.commit_sync(messages, response.next_batch, joined, waiting)
             since = response.next_batch
             if first:  # the key requests of an earlier run went with it
                 await self.late_keys.ask_again()
             first = False
             # Keys that came in this batch may open events that waited for them.
-            touched = sorted({*touched, *self.late_keys.retry(self._classify_decrypted)})
-            self.late_keys.tell_overdue({group.room_id for group in self._store.groups()})
+            opened = self.late_keys.after_sync(self._classify_decrypted, registered)
+            touched = sorted({*touched, *opened})
             self.synced.set()
             await self.deliver_pending()
             if touched:
@@ -192,12 +193,11 @@ class MatrixChannel:
                 await self.client.room_leave(room_id)
 
     async def _collect(
-        self, response: SyncResponse, since: str | None
+        self, response: SyncResponse, since: str | None, registered: set[str]
     ) -> tuple[list[InboundMessage], list[tuple[str, int]], list[WaitingEvent]]:
         messages: list[InboundMessage] = []
         joined: list[tuple[str, int]] = []
         waiting: list[WaitingEvent] = []
-        registered = {group.room_id for group in self._store.groups()}
         for room_id, info in response.rooms.join.items():
             events: list[Any] = list(info.timeline.events)
             if info.timeline.limited and since is not None and info.timeline.prev_batch:
