@@ -40,11 +40,12 @@ let
     "ssl/certs/ca-bundle.crt"
   ];
 
-  # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool) and
-  # the files of unitEtc, with each group's packages.
+  # For groups with confineStore: /bin/sh and /usr/bin/env (the argv of every tool), the
+  # image scaler's Python and the files of unitEtc, with each group's packages.
   confinedRoots = lib.filter (path: path != null) [
     config.environment.binsh
     config.environment.usrbinenv
+    cfg.settings.image_scaler_python
   ]
   ++ map (name: config.environment.etc.${name}.source) unitEtc;
 

@@ -309,6 +309,17 @@ let
           database and every transcript: evaluation warns, and `nanoclaw doctor` fails.
         '';
       };
+      image_scaler_python = mkOption {
+        type = types.nullOr types.str;
+        default = "${pkgs.python3.withPackages (ps: [ ps.pillow ])}/bin/python3";
+        defaultText = literalExpression ''"''${pkgs.python3.withPackages (ps: [ ps.pillow ])}/bin/python3"'';
+        description = ''
+          A Python 3 with Pillow, run with `-I` in a fresh tool unit of the group, which
+          makes every image sent in a JPEG the model takes (at most 1568 pixels a side,
+          upright, without metadata); it joins the store paths of every group with
+          `confineStore`. `null`: images go to the model as sent, only when it takes them.
+        '';
+      };
     };
   };
 in

@@ -8,6 +8,7 @@ file and unit of the READMEs, the demo and the VM node evaluates is test_nix_har
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,10 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert config.egress_socket == Path(settings["egress_socket"])
     assert config.credential_socket == Path(settings["credential_socket"])
     assert config.confine_agent is True
+    # nixpkgs' Python with Pillow scales images (its path also joins confined closures).
+    assert re.fullmatch(
+        r"/nix/store/\w{32}-python3-[\d.]+-env/bin/python3", str(config.image_scaler_python)
+    )
 
 
 def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import re
 import shlex
 import struct
@@ -19,11 +20,14 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nanoclaw.appliance.homeserver import EmbeddedHomeserver
 from nanoclaw.broker.protocol import GroupGrant, RunResult
+from nanoclaw.broker.workspace_usage import size
+from nanoclaw.host.image_scale import MAX_IMAGE_BYTES
 from nanoclaw.host.sandbox.client import SandboxError, describe_policy, run_in_sandbox
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
@@ -499,16 +503,21 @@ async def host_in_room(
     await asyncio.sleep(1.0)
 
 
-def file_script(request: ModelRequest) -> str | ToolCall:
+def file_script(request: ModelRequest, read: str = "cat {0}; ls -ln {0}") -> str | ToolCall:
     """Reads a sent file where the prompt says it is (in a tool unit), or says why not."""
     if request.tool_results:
         return "tool said: " + request.tool_results[-1]["content"]
     text = request.last_user_text
     if path := re.search(r'<attachment [^>]*path="([^"]+)"', text):
-        return ToolCall("mcp__nanoclaw__bash", {"command": f"cat {path[1]}; ls -ln {path[1]}"})
+        return ToolCall("mcp__nanoclaw__bash", {"command": read.format(path[1])})
     if why := re.search(r'not-received="([^"]+)"', text):
         return "no file: " + why[1]
     return "no attachment"
+
+
+def image_script(request: ModelRequest) -> str | ToolCall:
+    """file_script, listing the file rather than printing it."""
+    return file_script(request, read="ls -ln {0}")
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
@@ -561,24 +570,50 @@ async def test_a_file_too_large_is_refused_in_the_room_and_the_message_still_ans
     machine.fail("ls /var/lib/nanoclaw/groups/alpha/inbox/*big.bin")
 
 
-def tiny_png() -> bytes:
-    """A real 1x1 PNG."""
+def png(width: int = 1, height: int = 1, noise: bool = False) -> bytes:
+    """A real RGB PNG: green, or random pixels (which do not compress)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = (lambda: os.urandom(3 * width)) if noise else (lambda: b"\x00\xff\x00" * width)
+    pixels = zlib.compress(b"".join(b"\x00" + row() for _ in range(height)), 1)
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
 
 
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a JPEG's start-of-frame segment."""
+    at = 2
+    while at + 9 <= len(data):
+        marker, length = data[at + 1], struct.unpack(">H", data[at + 2 : at + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    raise AssertionError("no start-of-frame segment")
+
+
+def image_blocks(world: World) -> tuple[list[dict[str, Any]], str]:
+    """The image blocks the model was sent, and the text beside them."""
+    content = [
+        block
+        for request in world.model.requests
+        for message in request.body.get("messages", [])
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+    ]
+    texts = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
+    return [block for block in content if block.get("type") == "image"], texts
+
+
 async def test_an_image_sent_in_reaches_the_model_as_an_image_block(
     machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
 ) -> None:
-    image = tiny_png()
+    image = png()
     world = World(homeserver, scripted_model, tmp_path)
     scripted_model.script = lambda request: "seen"
     try:
@@ -589,19 +624,93 @@ async def test_an_image_sent_in_reaches_the_model_as_an_image_block(
     finally:
         await world.close()
     # The bundled CLI passed the block on: the model's request has it, with the same bytes.
-    content = [
-        block
-        for request in world.model.requests
-        for message in request.body.get("messages", [])
-        if isinstance(message.get("content"), list)
-        for block in message["content"]
-    ]
-    blocks = [block for block in content if block.get("type") == "image"]
+    blocks, texts = image_blocks(world)
     assert [b["source"] for b in blocks] == [
         {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
-    ], content
-    texts = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
+    ], blocks
     assert 'name="whiteboard.png"' in texts and "/workspace/group/inbox/" in texts, texts
+
+
+async def test_images_are_made_into_jpegs_the_model_takes_in_a_tool_unit(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    """A tool unit (Pillow) makes every image a JPEG, at most 1568 pixels a side and within
+    the group's output limit (64 KiB here): 6 MB of PNG noise, more than the model takes,
+    then a large plain one. The inbox keeps the originals."""
+    noise, plain = png(2000, 1000, noise=True), png(3000, 1500)
+    assert len(noise) > MAX_IMAGE_BYTES
+    # What a tool could plant where the scaler runs (its working directory, the workspace):
+    # a PIL that hands the model an image of its choosing. A Python there without -I
+    # imports it (the control); the scaler's does not.
+    workspace = "/var/lib/nanoclaw/groups/alpha"
+    planted = "import sys; sys.stdout.buffer.write(b'\\xff\\xd8\\xffplanted'); sys.exit(0)"
+    machine.succeed(
+        f"mkdir -p {workspace} && echo {shlex.quote(planted)} > {workspace}/PIL.py",
+        f"chown -R 61001:61001 {workspace}",
+    )
+    assert "planted" in machine.succeed(f"cd {workspace} && python3 -c 'import PIL' | cat -v")
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = image_script
+    replies = []
+    try:
+        await host_in_room(world, machine, image_scaler_python="/usr/bin/python3")
+        for name, image in (("noise.png", noise), ("plain.png", plain)):
+            await world.alice.send_file(world.main_room, name, image, "image/png",
+                                        msgtype="m.image")  # fmt: skip
+            replies += await world.alice.wait_for_replies(
+                world.bot.user_id, world.main_room, count=len(replies) + 1, timeout=90
+            )
+    finally:
+        await world.close()
+    # One reply each, the answer (no notice): the tool read the original, byte for byte.
+    bodies = [reply["content"]["body"] for reply in replies[-2:]]
+    assert f"61001 61001 {len(noise)} " in bodies[0] and f"61001 61001 {len(plain)} " in bodies[1]
+    blocks, texts = image_blocks(world)
+    assert "image-not-shown" not in texts, texts
+    scaled = {base64.b64decode(b["source"]["data"]) for b in blocks}  # each request has all
+    assert {b["source"]["media_type"] for b in blocks} == {"image/jpeg"}, blocks
+    assert all(jpeg.startswith(b"\xff\xd8\xff") for jpeg in scaled)
+    sizes = sorted((jpeg_size(jpeg), len(jpeg)) for jpeg in scaled)
+    (small, small_bytes), (full, _) = sizes
+    assert full == (1568, 784), sizes  # the plain one: the longest side the model takes
+    # The noise, made smaller until it fit the output limit, its shape kept.
+    assert small[0] < 1568 and abs(small[0] - 2 * small[1]) <= 2 and small_bytes <= 65536, sizes
+
+
+@pytest.mark.parametrize("scaler", [None, "/usr/bin/python3"], ids=["as-sent", "scaler"])
+async def test_an_image_the_model_cannot_take_is_said_in_the_room_and_kept_in_the_inbox(
+    machine: Machine,
+    homeserver: EmbeddedHomeserver,
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    scaler: str | None,
+) -> None:
+    """Without a scaler, a PNG over the model's bound; with one, bytes no decoder reads."""
+    image = png(1400, 1000, noise=True) if scaler is None else b"not an image at all"
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = image_script
+    try:
+        settings = {} if scaler is None else {"image_scaler_python": scaler}
+        await host_in_room(world, machine, **settings)
+        await world.alice.send_file(world.main_room, "photo.png", image, "image/png",
+                                    msgtype="m.image")  # fmt: skip
+        replies = await world.alice.wait_for_replies(
+            world.bot.user_id, world.main_room, count=2, timeout=90
+        )
+    finally:
+        await world.close()
+    notice, answer = (r["content"]["body"] for r in replies)
+    why = (
+        f"too large to show ({size(len(image))}; the model takes {size(MAX_IMAGE_BYTES)}); "
+        "images are not scaled here (image_scaler_python is not set)"
+        if scaler is None
+        else "could not read it as an image (PIL.UnidentifiedImageError: cannot identify"
+    )
+    assert notice.startswith(f"⚠️ I cannot look at the image photo.png: {why}"), notice
+    assert notice.endswith(". It is in my inbox."), notice
+    prompt = world.model.requests[0].last_user_text
+    assert image_blocks(world)[0] == [] and f'image-not-shown="{why}' in prompt, prompt
+    assert f"61001 61001 {len(image)} " in answer, answer  # its tools still have it
 
 
 def results_so_far(request: ModelRequest) -> list[str]:

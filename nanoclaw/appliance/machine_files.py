@@ -54,6 +54,8 @@ def render_config(state: QuickstartState, model: ModelSettings) -> str:
 data_dir = "/var/lib/nanoclaw"
 assistant_name = "Andy"
 sandbox_socket = "/run/nanoclaw/sandbox.sock"
+# Images sent in reach the model as JPEGs made in a tool unit (the machine has python3-pil).
+image_scaler_python = "/usr/bin/python3"
 
 [matrix]
 homeserver = {json.dumps(state.homeserver)}

@@ -24,8 +24,11 @@ class Attachment:
     size: int | None  # as claimed; the download is measured again
     url: str  # mxc://
     encryption: dict[str, Any] | None = None  # the event's "file": key, iv, hashes
+    width: int | None = None  # of an image, as claimed
+    height: int | None = None
     saved: str | None = None  # where the agent finds it (nanoclaw.host.inbox)
     refused: str | None = None  # or why it is not there
+    not_shown: str | None = None  # an image in the inbox: why the model does not see it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -46,13 +49,18 @@ def attachment_of(content: dict[str, Any]) -> Attachment | None:
         return None
     stated = content.get("info")
     info: dict[str, Any] = stated if isinstance(stated, dict) else {}
-    size = info.get("size")
     name = content.get("filename") or content.get("body")
     return Attachment(
         msgtype=str(msgtype),
         name=name if isinstance(name, str) and name else "file",
         mimetype=str(info.get("mimetype") or "application/octet-stream"),
-        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        size=_count(info.get("size")),
         url=url,
         encryption=encrypted if isinstance(encrypted, dict) else None,
+        width=_count(info.get("w")),
+        height=_count(info.get("h")),
     )
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

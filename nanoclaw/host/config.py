@@ -65,6 +65,7 @@ _TOP_KEYS = (
     "confine_agent",
     "tool_timeout_seconds",
     "max_attachment_bytes",
+    "image_scaler_python",
     "matrix",
     "model",
     "groups",
@@ -174,6 +175,9 @@ class Config:
     tool_timeout_seconds: int = 120
     # The largest file someone may send the agent (the broker takes at most 8 MiB of stdin).
     max_attachment_bytes: int = MAX_STDIN_BYTES
+    # A Python 3 with Pillow, as the tool units see it, which makes every image sent into
+    # one the model takes (nanoclaw.host.image_scale); unset, images go as sent or not at all.
+    image_scaler_python: str | None = None
     tasks: tuple[TaskConfig, ...] = ()
 
     @property
@@ -235,6 +239,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         max_attachment_bytes=top.integer(
             "max_attachment_bytes", MAX_STDIN_BYTES, 1024, MAX_STDIN_BYTES
         ),
+        image_scaler_python=top.string("image_scaler_python", _PATH_WHAT, is_absolute),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
     )
 

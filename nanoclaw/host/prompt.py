@@ -117,6 +117,8 @@ def _attachment(attachment: Attachment) -> str:
         attributes += _attribute("size", f"{attachment.size} bytes")
     if attachment.saved is not None:
         attributes += _attribute("path", attachment.saved)
+        if attachment.not_shown is not None:
+            attributes += _attribute("image-not-shown", attachment.not_shown)
     else:
         attributes += _attribute("not-received", attachment.refused or "not fetched")
     return f"<attachment{attributes}/>"

@@ -24,7 +24,7 @@ from nanoclaw.host.agent import AgentError, AgentPool, UnknownSession
 from nanoclaw.host.config import Config, GroupConfig
 from nanoclaw.host.formatting import render_message
 from nanoclaw.host.groups import GroupRegistry
-from nanoclaw.host.inbox import Image, Inbox
+from nanoclaw.host.inbox import Image, Inbox, NotShown
 from nanoclaw.host.next_work import Batch, Command, next_work
 from nanoclaw.host.prompt import PromptMessage, build_prompt, prompt_message, task_prompt
 from nanoclaw.host.records import InboundMessage, OutboxEntry, RunClaim, StoredMessage, TaskRun
@@ -199,13 +199,9 @@ class Router:
             folder, group.room_id, batch.messages[-1].seq, batch.trigger.message.thread_root
         )
         worker.active = run
-        messages = [await self._received(run, item.message) for item in batch.messages]
-        images = [
-            image
-            for message in messages
-            if message.attachment is not None
-            and (image := await self._inbox.image(message.attachment)) is not None
-        ]
+        received = [await self._received(run, item.message) for item in batch.messages]
+        messages = [message for message, _ in received]
+        images = [image for _, image in received if image is not None]
         prompt = build_prompt(
             [self._shown(message) for message in messages],
             self._config.timezone,
@@ -354,21 +350,36 @@ class Router:
             run.sent = True
         await self._channel.deliver(entries)
 
-    async def _received(self, run: ActiveRun, message: InboundMessage) -> InboundMessage:
+    async def _received(
+        self, run: ActiveRun, message: InboundMessage
+    ) -> tuple[InboundMessage, Image | None]:
         """The message with its file put into the group's inbox, or the reason it is not
-        there (said in the room too): the agent answers either way."""
+        there, and an image's block, or why there is none. What went wrong is said in the
+        room, once (it is kept with the message before it is said): the agent answers either
+        way."""
         if message.attachment is None:
-            return message
+            return message, None
         received = await self._inbox.receive(run.folder, message.attachment)
         if received != message.attachment:
             self._store.record_attachment(message.event_id, received)
             if received.refused is not None:
-                note = f"⚠️ I could not take the file {received.name}: {received.refused}."
-                entries = self._store.enqueue_replies(
-                    run.room_id, render_message(note, run.thread_root)
+                why = received.refused
+                await self._notice(run, f"I could not take the file {received.name}: {why}.")
+        image = None
+        if received.not_shown is None:
+            try:
+                image = await self._inbox.image(run.folder, received)
+            except NotShown as why:
+                received = dataclasses.replace(received, not_shown=str(why))
+                self._store.record_attachment(message.event_id, received)
+                await self._notice(
+                    run, f"I cannot look at the image {received.name}: {why}. It is in my inbox."
                 )
-                await self._channel.deliver(entries)
-        return dataclasses.replace(message, attachment=received)
+        return dataclasses.replace(message, attachment=received), image
+
+    async def _notice(self, run: ActiveRun, text: str) -> None:
+        contents = render_message("⚠️ " + text, run.thread_root)
+        await self._channel.deliver(self._store.enqueue_replies(run.room_id, contents))
 
     def _shown(self, message: InboundMessage) -> PromptMessage:
         quoted = self._store.message(message.reply_to) if message.reply_to else None

@@ -86,7 +86,9 @@ class Host:
         self._channel = channel
         usage = self._sandbox.usage if self._sandbox is not None else None
         run_tool = self._sandbox.run if self._sandbox is not None else None
-        inbox = Inbox(channel.download, run_tool, config.max_attachment_bytes)
+        inbox = Inbox(
+            channel.download, run_tool, config.max_attachment_bytes, config.image_scaler_python
+        )
         self.router = router = Router(config, store, groups, channel, pool, inbox, usage)
         scheduler = Scheduler(store, config.timezone, router, config.data_dir)
         self._tasks = TaskService(store, config.timezone, groups.get, scheduler.wake)

@@ -176,6 +176,7 @@ let
       "jsonschema"
       "markdown-it-py"
       "mcp"
+      "pillow"
       "pytest"
       "pytest-asyncio"
       "setuptools"
