@@ -8,13 +8,16 @@ from typing import Any
 
 import pytest
 
+from nanoclaw.broker.agent_unit import compile_agent_unit
 from nanoclaw.broker.compiler import compile_unit
 from nanoclaw.broker.policy import Policy
 from nanoclaw.broker.policy_file import parse_policy
 from nanoclaw.broker.protocol import RunRequest
+from nanoclaw.broker.tool_request import RequestError
 from tests.support.compiling import TOKEN, UNIT_ID, props, refused, request
 from tests.support.policies import FULL, POLICY_PATH, at, group_with
 from tests.support.policies import refused as policy_refused
+from tests.test_agent_unit import CLI, agent, sdk_argv
 
 SUBAGENTS = {
     "$comment": "subagents",
@@ -98,3 +101,15 @@ def test_the_wire_names_a_subagent_apart_from_the_agent_unit_request() -> None:
     assert named.to_wire()["subagent"] == "reader"
     assert RunRequest.from_wire(named.to_wire()) == named
     assert RunRequest.from_wire(plain.to_wire()).agent == "main"
+
+
+def test_only_a_group_with_subagents_may_offer_its_cli_the_subagent_tool(policy: Policy) -> None:
+    swarm = sdk_argv(tools=["Agent"], allowed_tools=["mcp__nanoclaw__bash", "Agent"])
+    request = agent("family", argv=swarm)
+    assert compile_agent_unit(policy, request, CLI, UNIT_ID).name.startswith("nanoclaw-agent-")
+    lone = parse_policy(FULL, POLICY_PATH)  # the same group, without subagents
+    with pytest.raises(RequestError, match="--tools may not be 'Agent'"):
+        compile_agent_unit(lone, request, CLI, UNIT_ID)
+    for tools in (["Agent", "Bash"], ["Task"]):
+        with pytest.raises(RequestError, match="--tools may not be"):
+            compile_agent_unit(policy, agent("family", argv=sdk_argv(tools=tools)), CLI, UNIT_ID)
