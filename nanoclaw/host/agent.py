@@ -6,15 +6,15 @@ reached through nanoclaw.host.confined_cli. Without one (development, tests of t
 alone) it runs as a child of the host, as described next.
 
 The model sees only this project's MCP tools (`tools=[]` removes every built-in Claude
-Code tool and a PreToolUse hook denies anything else), so no tool runs in the host's
-own process tree. A group with subagents also gets the CLI's Agent tool, to start them
-(nanoclaw.host.swarm); their tool calls are the same MCP tools, narrowed. Each group's
-CLI has its own model and endpoint, and its working directory, HOME and CLAUDE_CONFIG_DIR
-in DATA/sessions/<folder>, which no tool unit can see or write. It loads no settings source at all (`setting_sources=[]`): no project or
-user settings, hooks, MCP configuration, commands, agents, skills, output styles or
-CLAUDE.md; its memory comes in the system prompt, read by the host (nanoclaw.host.memory).
-The files the CLI reads from those directories, found with strace, are listed in the
-README's security model.
+Code tool and a PreToolUse hook denies anything else), so no tool runs in the host's own
+process tree. A group with subagents also gets the CLI's Agent tool, to start them
+(nanoclaw.host.swarm); their tool calls are the same MCP tools, narrowed. Each group's CLI
+has its own model and endpoint, and its working directory, HOME and CLAUDE_CONFIG_DIR in
+DATA/sessions/<folder>, which no tool unit can see or write. It loads no settings source
+at all (`setting_sources=[]`): no project or user settings, hooks, MCP configuration,
+commands, agents, skills, output styles or CLAUDE.md; its memory comes in the system
+prompt, read by the host (nanoclaw.host.memory). The files the CLI reads from those
+directories, found with strace, are listed in the README's security model.
 """
 
 from __future__ import annotations
