@@ -88,6 +88,52 @@ let
     };
   };
 
+  subagentType = types.submodule {
+    options = {
+      description = mkOption {
+        type = types.str;
+        example = "Looks things up on the web and reports what it found.";
+        description = "What the subagent is for: the main agent chooses by it.";
+      };
+      prompt = mkOption {
+        type = types.str;
+        example = "You research one question and answer with sources.";
+        description = "The subagent's system prompt.";
+      };
+      model = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "claude-haiku-4-5";
+        description = "Its model; `null`: the main agent's.";
+      };
+      tools = mkOption {
+        type = types.nonEmptyListOf types.str;
+        example = [
+          "bash"
+          "read"
+          "fetch"
+        ];
+        description = ''
+          The group's tools it gets, by name (bash, read, write, edit, glob, grep, fetch,
+          send_message, ...): a subset of its group's; a call of any other is refused.
+        '';
+      };
+      readonly = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Whether its tool units see the workspace and every mount read-only (the broker
+          narrows the group's sandbox for it, from the policy file).
+        '';
+      };
+      noEgress = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Whether its tool units get none of the group's egress.";
+      };
+    };
+  };
+
   groupType = types.submodule (
     { name, config, ... }:
     {
@@ -212,6 +258,25 @@ let
           '';
         };
         limits = limitsOption "this group";
+        subagents = mkOption {
+          type = types.attrsOf subagentType;
+          default = { };
+          example = literalExpression ''
+            {
+              researcher = {
+                description = "Looks things up on the web.";
+                prompt = "You research one question and answer with sources.";
+                tools = [ "fetch" "read" ];
+                readonly = true;
+              };
+            }
+          '';
+          description = ''
+            Subagents the group's main agent may start (several at once), each with some of
+            the group's tools. Their tool calls run in the group's tool units, narrowed by
+            `readonly` and `noEgress`; none of them can start subagents.
+          '';
+        };
       };
     }
   );

@@ -45,6 +45,12 @@ let
         inherit (g.agent) uid;
       }
       // renderLimits agentLimits g.agent;
+      # Each one the host may name; the broker narrows the group's units for it.
+      subagents = lib.mapAttrs (
+        _: sub:
+        lib.optionalAttrs sub.readonly { readonly = true; }
+        // lib.optionalAttrs sub.noEgress { no_egress = true; }
+      ) g.subagents;
     }
     // lib.optionalAttrs g.main { main = true; };
 in

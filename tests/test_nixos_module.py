@@ -902,3 +902,41 @@ def test_nix_judges_cidrs_domains_and_paths_as_python_does(nixpkgs_lib: Path) ->
     for path, component in zip(PATHS, nix["paths"], strict=True):
         hit = rules_of.blocked_component(path, patterns)
         assert component == (hit[0] if hit else None), path
+
+
+def test_subagents_go_to_the_config_and_their_narrowing_to_the_policy(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        "confineStore = false;",
+        """confineStore = false;
+        subagents.researcher = {
+          description = "Looks things up.";
+          prompt = "You research.";
+          tools = [ "fetch" "read" ];
+          readonly = true;
+        };
+        subagents.counter = {
+          description = "Counts.";
+          prompt = "You count.";
+          model = "claude-haiku-4-5";
+          tools = [ "bash" ];
+          noEgress = true;
+        };""",
+    )
+    evaluated = evaluate(nixpkgs_lib, sample)
+    settings = without_nulls(evaluated["settings"])
+    assert settings["groups"]["family"]["subagents"] == {
+        "counter": {
+            "description": "Counts.", "prompt": "You count.", "model": "claude-haiku-4-5",
+            "tools": ["bash"],
+        },
+        "researcher": {"description": "Looks things up.", "prompt": "You research.",
+                       "tools": ["fetch", "read"]},
+    }  # fmt: skip
+    family = next(g for g in parse_config(settings).groups if g.folder == "family")
+    assert [sub.name for sub in family.subagents] == ["counter", "researcher"]
+    policy = evaluated["policy"]["groups"]
+    assert policy["family"]["subagents"] == {
+        "counter": {"no_egress": True},
+        "researcher": {"readonly": True},
+    }
+    assert "subagents" not in policy["main"]

@@ -59,6 +59,7 @@ POLICY = {
         "alpha": {
             "uid": 61001,
             "main": True,
+            "subagents": {"counter": {}, "reader": {"readonly": True}},
             "mounts": [
                 {"host": "/srv/shared", "sandbox": "/workspace/shared", "writable": False},
                 {"host": "/srv/scratch", "sandbox": "/workspace/scratch", "writable": True},
@@ -787,3 +788,71 @@ async def test_a_file_that_cannot_be_downloaded_is_said_and_the_message_answered
     notice, answer = (r["content"]["body"] for r in replies)
     assert notice.startswith("⚠️ I could not take the file gone.pdf: could not download it"), notice
     assert answer.startswith("no file: could not download it"), answer
+
+
+# --- subagents -----------------------------------------------------------------------
+
+SUBAGENTS = {
+    "counter": {"description": "Counts.", "prompt": "You are COUNTER.", "tools": ["bash"]},
+    "reader": {"description": "Reads.", "prompt": "You are READER.", "tools": ["bash"]},
+}
+# Each call says which unit it ran in, and tries to leave a mark in the workspace.
+PROBE = (
+    "touch /workspace/group/{0}-was-here && echo {0}-wrote; "
+    "grep -o 'nanoclaw-tool-[^/]*' /proc/self/cgroup"
+)
+
+
+def swarm_script(request: ModelRequest) -> str | ToolCall | list[str | ToolCall]:
+    """The main agent starts both subagents at once, then runs the probe itself."""
+    for name in ("counter", "reader"):
+        if f"You are {name.upper()}." in request.system_text:
+            if request.tool_results:
+                return f"{name} said: " + request.tool_results[-1]["content"]
+            return ToolCall("mcp__nanoclaw__bash", {"command": PROBE.format(name)})
+    results = results_so_far(request)
+    if not results:
+        start = {"description": "probe", "prompt": "probe the sandbox"}
+        return [
+            ToolCall("Agent", {**start, "subagent_type": "counter"}),
+            ToolCall("Agent", {**start, "subagent_type": "reader"}),
+        ]
+    if len(results) == 2:
+        return ToolCall("mcp__nanoclaw__bash", {"command": PROBE.format("main")})
+    return "swarm:\n" + "\n".join(results)
+
+
+async def test_subagents_run_their_tool_calls_in_units_of_their_own_narrowed_by_the_policy(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    """Two subagents started at once, each bash call in its own tool unit of the group; the
+    readonly one cannot write the workspace, the main agent (the control) can; one reply."""
+    machine.succeed("rm -f /var/lib/nanoclaw/groups/alpha/*-was-here")
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = swarm_script
+    try:
+        await world.setup()
+        world.groups = {"alpha": {"room_id": world.main_room, "main": True, "subagents": SUBAGENTS}}
+        await world.start_host(sandbox_socket=socket_of(machine), confine_agent=False)
+        await world.alice.wait_joined(world.main_room, world.bot.user_id)
+        await world.alice.send(world.main_room, "probe with your subagents")
+        replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=90)
+    finally:
+        await world.close()
+    body = replies[0]["content"]["body"]
+    assert body.startswith("swarm:"), body
+    assert "counter said: counter-wrote" in body, body
+    assert "reader said: " in body and "reader-wrote" not in body, body
+    assert "Read-only file system" in body, body
+    assert "main-wrote" in body, body
+    units = set(re.findall(r"nanoclaw-tool-alpha-[0-9a-f]+\.service", body))
+    assert len(units) == 3, body  # three calls, three units
+    marks = machine.succeed("ls /var/lib/nanoclaw/groups/alpha").split()
+    assert "counter-was-here" in marks and "main-was-here" in marks, marks
+    assert "reader-was-here" not in marks, marks
+
+
+async def test_the_broker_refuses_a_subagent_the_policy_does_not_declare(machine: Machine) -> None:
+    with pytest.raises(SandboxError, match="subagent 'stranger' is not declared for group 'alpha'"):
+        await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], agent="stranger")
+    assert (await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], agent="counter")).ok

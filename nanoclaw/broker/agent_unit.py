@@ -24,6 +24,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from nanoclaw.broker.compiler import (
     MODEL,
@@ -78,24 +79,41 @@ def _any_text(value: str) -> bool:
     return True
 
 
+# The CLI's built-in tool that starts a subagent: offered only to a group whose policy
+# declares subagents (their tool calls are the group's MCP tools, each in a tool unit).
+SUBAGENT_TOOL = "Agent"
+
+
+def _builtins(value: str, allowed: frozenset[str]) -> bool:
+    return value == "" or set(value.split(",")) <= allowed
+
+
+def _allowed_tools(value: str, builtins: frozenset[str]) -> bool:
+    return all(name.startswith("mcp__nanoclaw__") or name in builtins for name in value.split(","))
+
+
 # The CLI's options the host's SDK passes, and what each may be; None: takes no value.
-# Built-in tools stay off (every tool runs in a tool unit), no settings are loaded and no
-# MCP server is started by the CLI; an option not listed here is refused.
+# Built-in tools stay off (every tool runs in a tool unit) but for SUBAGENT_TOOL where the
+# policy declares subagents, no settings are loaded and no MCP server is started by the
+# CLI; an option not listed here is refused.
 FLAGS: Mapping[str, Callable[[str], bool] | None] = {
     "--output-format": _exactly("stream-json"),
     "--input-format": _exactly("stream-json"),
     "--verbose": None,
     "--system-prompt": _any_text,
     "--tools": _exactly(""),
-    "--allowedTools": lambda value: all(
-        name.startswith("mcp__nanoclaw__") for name in value.split(",")
-    ),
+    "--allowedTools": partial(_allowed_tools, builtins=frozenset()),
     "--model": _any_text,
     "--fallback-model": _any_text,
     "--resume": _any_text,
     "--mcp-config": _mcp_config,
     "--strict-mcp-config": None,
     "--setting-sources": _exactly(""),
+}
+SWARM_FLAGS: Mapping[str, Callable[[str], bool] | None] = {
+    **FLAGS,
+    "--tools": partial(_builtins, allowed=frozenset({SUBAGENT_TOOL})),
+    "--allowedTools": partial(_allowed_tools, builtins=frozenset({SUBAGENT_TOOL})),
 }
 # The environment the host may give the CLI, by name; the broker sets the rest (HOME, the
 # CLI's state, the model relay's address) and nothing else is inherited.
@@ -113,6 +131,7 @@ ENVIRONMENT: Mapping[str, Callable[[str], bool]] = {
     "CLAUDE_CODE_MAX_RETRIES": _any_text,
     "ENABLE_TOOL_SEARCH": _any_text,
     "CLAUDE_CODE_DISABLE_CRON": _any_text,
+    "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": _any_text,
 }
 
 
@@ -138,7 +157,9 @@ def agent_of(group: GroupPolicy) -> AgentPolicy:
     return group.agent
 
 
-def check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
+def check_argv(
+    argv: tuple[str, ...], flags: Mapping[str, Callable[[str], bool] | None] = FLAGS
+) -> tuple[str, ...]:
     """The arguments, when every one is an allowed option with an allowed value."""
     if sum(len(arg.encode(errors="surrogatepass")) + 1 for arg in argv) > MAX_ARGV_BYTES:
         raise RequestError(f"the CLI's arguments are limited to {MAX_ARGV_BYTES} bytes")
@@ -146,9 +167,9 @@ def check_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
     while index < len(argv):
         arg = argv[index]
         name, has_value, value = arg.partition("=")
-        if name not in FLAGS:
+        if name not in flags:
             raise RequestError(f"the agent runtime may not be given {name[:40]!r}")
-        valid = FLAGS[name]
+        valid = flags[name]
         if valid is None:
             if has_value:
                 raise RequestError(f"{name} takes no value")
@@ -190,7 +211,7 @@ def compile_agent_unit(
     except Exception as error:  # UnknownGroup: said as it is
         raise RequestError(str(error)) from None
     agent = agent_of(group)
-    argv = check_argv(request.argv)
+    argv = check_argv(request.argv, SWARM_FLAGS if group.subagents else FLAGS)
     state = state_directory(group.name)
     environment = (
         f"HOME={state}",

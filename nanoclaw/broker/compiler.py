@@ -2,10 +2,10 @@
 
 Pure and total: the same inputs give the same plan, and every property comes from the
 policy and this module. The request (nanoclaw.broker.tool_request, which judges it)
-chooses only the group, argv, the working directory inside the sandbox and a timeout
-within the group's bound; nothing in it is ever parsed as a property, so it can add or
-change none (argv is one ExecStart= entry, verbatim). nanoclaw.broker.explain shows a
-plan as unit-file lines.
+chooses only the group (narrowed for a declared subagent), argv, the working directory
+inside the sandbox and a timeout within the group's bound; nothing in it is ever parsed as
+a property, so it can add or change none (argv is one ExecStart= entry, verbatim).
+nanoclaw.broker.explain shows a plan as unit-file lines.
 
 Each property is a (name, D-Bus signature, value) triple for StartTransientUnit, with the
 signature from SIGNATURES (those systemd 252 reads in dbus-execute.c, dbus-cgroup.c,
@@ -29,6 +29,7 @@ from nanoclaw.broker.policy import (
     GLOBAL_MEMORY,
     GLOBAL_SANDBOX,
     GROUP_SANDBOX,
+    MAIN_AGENT,
     RUN,
     SCRATCH,
     WORKSPACE,
@@ -215,7 +216,7 @@ def compile_unit(
     on_host_network = bool(group.egress.cidrs)
     slice_ = slice_name(group.name)
     values: list[tuple[str, object]] = [
-        ("Description", f"nanoclaw tool call for group {group.name}"),
+        ("Description", _description(group.name, checked.agent)),
         ("Type", "exec"),
         ("ExecStart", ((argv[0], tuple(no_expansion(arg) for arg in argv), False),)),
         ("User", str(group.uid)),
@@ -259,6 +260,11 @@ def compile_unit(
         slice=slice_,
         properties=tuple((name, SIGNATURES[name], value) for name, value in values),
     )
+
+
+def _description(group: str, agent: str) -> str:
+    whose = "" if agent == MAIN_AGENT else f" (subagent {agent})"
+    return f"nanoclaw tool call for group {group}{whose}"
 
 
 def check_unit_id(unit_id: object) -> None:
@@ -349,14 +355,16 @@ def _binds(policy: Policy, group: GroupPolicy) -> list[tuple[str, object]]:
     # Read-only for the main group too: the host reads it into every group's prompt, so
     # only write_memory, in the host, changes it.
     shared = (posixpath.join(policy.data_dir, GLOBAL_MEMORY), GLOBAL_SANDBOX)
-    writable = [(*own, False, BIND_FLAGS)]
+    writable: list[tuple[str, str, bool, int]] = []
     read_only = [(*shared, True, BIND_FLAGS)]  # the host makes it with its first session
+    # A readonly subagent's units (GroupPolicy.narrowed) get their own workspace read-only.
+    (writable if group.workspace_writable else read_only).append((*own, False, BIND_FLAGS))
     for mount in group.mounts:
         (writable if mount.writable else read_only).append(
             (mount.host, mount.sandbox, False, BIND_FLAGS)
         )
     read_only += [(path, path, False, BIND_FLAGS) for path in group.read_only_paths]
-    binds: list[tuple[str, object]] = [("BindPaths", tuple(writable))]
+    binds: list[tuple[str, object]] = [("BindPaths", tuple(writable))] if writable else []
     if read_only:
         binds.append(("BindReadOnlyPaths", tuple(read_only)))
     return binds

@@ -14,6 +14,7 @@ re-check race-free). Paths can change after the policy is read, so the broker re
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -27,6 +28,7 @@ from nanoclaw.broker.config_reader import (
     key_part,
 )
 from nanoclaw.broker.mount_sources import ToolUser, tool_user, writable_ancestor
+from nanoclaw.broker.protocol import MAIN_AGENT as MAIN_AGENT
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -41,6 +43,10 @@ MAX_USER_NAME = 31
 MAX_GROUP_NAME = MAX_USER_NAME - max(len(TOOL_USER_PREFIX), len(AGENT_USER_PREFIX))
 GROUP_PATTERN = rf"[a-z0-9][a-z0-9_-]{{0,{MAX_GROUP_NAME - 1}}}"
 RESERVED_GROUPS = frozenset({"global"})  # DATA/global is the memory all groups share
+# A group's subagents, by the name the model starts them with. "main" is the name a tool
+# request gives the group's own agent; "fork" and "general-purpose" are the CLI's own kinds.
+SUBAGENT_PATTERN = r"[a-z][a-z0-9-]{0,31}"
+RESERVED_SUBAGENTS = frozenset({MAIN_AGENT, "fork", "general-purpose"})
 MIN_UID, MAX_UID = 1000, 2147483646
 NOBODY_UID = 65534
 
@@ -99,6 +105,19 @@ ENV_FILE_PREFIX = ".env"  # .env.local, .envrc, .env-prod: all dotenv files hold
 _PATH_MAX = 4095  # bytes, without the terminating NUL
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+class UnknownSubagent(Exception):
+    """A subagent the policy does not declare for the group: its calls get no unit."""
+
+    def __init__(self, group: str, name: str) -> None:
+        super().__init__(group, name)
+        self.group, self.name = group, name
+
+    def __str__(self) -> str:
+        return (
+            f"subagent {self.name!r} is not declared for group {self.group!r} in the sandbox policy"
+        )
 
 
 class UnknownGroup(Exception):
@@ -176,6 +195,15 @@ class Egress:
 
 
 @dataclass(frozen=True)
+class Subagent:
+    """How one subagent's tool units are narrower than its group's; never wider."""
+
+    name: str
+    readonly: bool = False  # the workspace and every mount read-only
+    no_egress: bool = False  # none of the group's egress: a network of the unit's own
+
+
+@dataclass(frozen=True)
 class GroupPolicy:
     name: str
     uid: int  # the unit's User= and Group=
@@ -189,6 +217,24 @@ class GroupPolicy:
     # ["/nix/store"] with a package closure in read_only_paths hides the rest of the store.
     empty_paths: tuple[str, ...] = ()
     agent: AgentPolicy | None = None  # None: the broker starts no agent unit for it
+    subagents: tuple[Subagent, ...] = ()
+    workspace_writable: bool = True  # False only for a readonly subagent's units
+
+    def narrowed(self, name: str) -> GroupPolicy:
+        """The group as subagent `name`'s units get it: grants only taken away. A name the
+        policy does not declare for the group is UnknownSubagent."""
+        if name == MAIN_AGENT:
+            return self
+        sub = next((s for s in self.subagents if s.name == name), None)
+        if sub is None:
+            raise UnknownSubagent(self.name, str(name))
+        group = self
+        if sub.readonly:
+            mounts = tuple(dataclasses.replace(m, writable=False) for m in self.mounts)
+            group = dataclasses.replace(group, mounts=mounts, workspace_writable=False)
+        if sub.no_egress:
+            group = dataclasses.replace(group, egress=Egress((), ()))
+        return group
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,16 @@ from nanoclaw.broker.policy import (
     NOBODY_UID,
     RESERVED_GROUPS,
     RESERVED_SANDBOX,
+    RESERVED_SUBAGENTS,
     SCRATCH,
+    SUBAGENT_PATTERN,
     WORKSPACE,
     AgentPolicy,
     GroupPolicy,
     Limits,
     Mount,
     Policy,
+    Subagent,
     absolute_path,
     is_text,
     path_relation,
@@ -71,7 +74,9 @@ _GROUP_KEYS = (
     "empty_paths",
     "limits",
     "agent",
+    "subagents",
 )
+_SUBAGENT_KEYS = ("readonly", "no_egress")
 
 _MOUNT_KEYS = ("host", "sandbox", "writable", "protect")
 
@@ -228,7 +233,31 @@ def _group(
         path=_search_path(table, policy),
         empty_paths=_empty_paths(table, policy),
         agent=_agent(table, agent_limits),
+        subagents=_subagents(table),
     )
+
+
+def _subagents(group: Table) -> tuple[Subagent, ...]:
+    """`subagents`: each one the group's host may name in a request, and how its units are
+    narrower than the group's (an empty table: not at all)."""
+    tables = group.data.get("subagents", {})
+    if not isinstance(tables, Mapping):
+        raise ConfigError(group.at("subagents"), f"must be a table by name, not {describe(tables)}")
+    found: list[Subagent] = []
+    for name, value in tables.items():
+        key = f"{group.at('subagents')}.{key_part(name)}"
+        if name == COMMENT:
+            comment(value, key)
+            continue
+        if not re.fullmatch(SUBAGENT_PATTERN, name) or name in RESERVED_SUBAGENTS:
+            raise ConfigError(
+                key,
+                f"a subagent's name must match {SUBAGENT_PATTERN} and not be one of "
+                + ", ".join(sorted(RESERVED_SUBAGENTS)),
+            )
+        table = read_table(value, key, _SUBAGENT_KEYS)
+        found.append(Subagent(name, table.flag("readonly", False), table.flag("no_egress", False)))
+    return tuple(found)
 
 
 def _uid(table: Table) -> int:

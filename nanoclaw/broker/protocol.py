@@ -6,14 +6,15 @@ with it (whatever is not in this grammar is refused, never ignored) and writes a
 the host writes requests and reads answers. It does no I/O.
 
 - run: {"group", "argv", "cwd", "timeout", "stdin" (base64, optional), "proxy_token"
-  (optional), "policy" (optional)} answered by {"ok": true, "unit", "result",
-  "exit_status", "signal", "stdout", "stderr" (base64), "truncated", "duration_ms",
-  "timeout"}. The broker clamps `timeout` to the group's wall_seconds and answers the one
-  it used. `policy` is the generation of the summary the client relied on (for the proxy
-  secret and the domains the host's egress proxy grants with it): when it is not the
-  broker's, or when a group with domains comes without a secret, the broker refuses and
-  sends its current summary along, so the client acts on that and asks once more. So a
-  call is one round trip unless the policy changed.
+  (optional), "policy" (optional), "subagent" (optional: one the policy declares for the
+  group, whose units get the group's sandbox narrowed; absent, the group's own agent)}
+  answered by {"ok": true, "unit", "result", "exit_status", "signal", "stdout", "stderr"
+  (base64), "truncated", "duration_ms", "timeout"}. The broker clamps `timeout` to the
+  group's wall_seconds and answers the one it used. `policy` is the generation of the
+  summary the client relied on (for the proxy secret and the domains the host's egress
+  proxy grants with it): when it is not the broker's, or when a group with domains comes
+  without a secret, the broker refuses and sends its current summary along, so the client
+  acts on that and asks once more. So a call is one round trip unless the policy changed.
 - agent: {"agent": group, "argv", "env"} asks for the group's agent unit
   (nanoclaw.broker.agent_unit judges argv and env). The broker answers {"ok": true,
   "send": "stdio"}; the client then sends one byte with two file descriptors
@@ -48,7 +49,10 @@ DEFAULT_EGRESS_SOCKET = "/run/nanoclaw-egress/proxy.sock"
 DEFAULT_CREDENTIAL_SOCKET = "/run/nanoclaw-credentials/proxy.sock"
 DESCRIBE = {"describe": True}
 USAGE = {"usage": True}
-_RUN_FIELDS = frozenset({"group", "argv", "cwd", "timeout", "stdin", "proxy_token", "policy"})
+_RUN_FIELDS = frozenset(
+    {"group", "argv", "cwd", "timeout", "stdin", "proxy_token", "policy", "subagent"}
+)
+MAIN_AGENT = "main"  # the group's own agent (nanoclaw.broker.policy.MAIN_AGENT)
 
 
 class ProtocolError(Exception):
@@ -64,6 +68,7 @@ class RunRequest:
     stdin: bytes = b""
     proxy_token: str | None = None  # the host's per-call secret for its egress proxy
     policy: str | None = None  # the generation of the summary the client relied on
+    agent: str = MAIN_AGENT  # which of the group's agents calls
 
     def to_wire(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -76,6 +81,8 @@ class RunRequest:
         for name in ("proxy_token", "policy"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.agent != MAIN_AGENT:  # "agent" names the request for an agent unit
+            data["subagent"] = self.agent
         return data
 
     @classmethod
@@ -92,7 +99,7 @@ class RunRequest:
             raise ProtocolError("argv must be a list of strings")
         if isinstance(timeout, bool) or not isinstance(timeout, int):
             raise ProtocolError("timeout must be an integer number of seconds")
-        for name in ("proxy_token", "policy"):
+        for name in ("proxy_token", "policy", "subagent"):
             if data.get(name) is not None and not isinstance(data[name], str):
                 raise ProtocolError(f"{name} must be a string")
         try:
@@ -102,7 +109,7 @@ class RunRequest:
         if len(stdin) > MAX_STDIN_BYTES:
             raise ProtocolError(f"stdin is limited to {MAX_STDIN_BYTES} bytes")
         return cls(group, tuple(argv), cwd, timeout, stdin, data.get("proxy_token"),
-                   data.get("policy"))  # fmt: skip
+                   data.get("policy"), data.get("subagent") or MAIN_AGENT)  # fmt: skip
 
 
 @dataclass(frozen=True)

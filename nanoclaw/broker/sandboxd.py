@@ -173,7 +173,9 @@ class Broker:
         timeout = min(request.timeout, group.limits.wall_seconds)
         plan = compile_unit(
             self.policy,
-            ToolRequest(group.name, request.argv, request.cwd, timeout, request.proxy_token),
+            ToolRequest(
+                group.name, request.argv, request.cwd, timeout, request.proxy_token, request.agent
+            ),
             secrets.token_hex(8),
             covers=_covers(group, self.policy.blocked_patterns),
             private_pids=self.enforced.pid_isolation,

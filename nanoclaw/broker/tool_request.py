@@ -1,9 +1,10 @@
 """A tool request as the compiler takes it, and what the policy lets it be.
 
-The request chooses only the group, argv, the working directory inside the sandbox, a
-timeout within the group's bound and the host's proxy secret; `check` judges each against
-the policy and the limits of systemd and D-Bus, and nothing in a request is ever parsed
-as a property.
+The request chooses only the group (and which of its agents calls: a subagent the policy
+declares gets the group narrowed by it, never widened), argv, the working directory inside
+the sandbox, a timeout within the group's bound and the host's proxy secret; `check`
+judges each against the policy and the limits of systemd and D-Bus, and nothing in a
+request is ever parsed as a property.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import re
 from dataclasses import dataclass
 
 from nanoclaw.broker.config_reader import CONTROL_CHARACTERS
-from nanoclaw.broker.policy import GROUP_SANDBOX, GroupPolicy, Policy, UnknownGroup
+from nanoclaw.broker.policy import (
+    GROUP_SANDBOX,
+    MAIN_AGENT,
+    GroupPolicy,
+    Policy,
+    UnknownGroup,
+    UnknownSubagent,
+)
 
 MAX_ARGS = 256
 MAX_ARG_BYTES = 64 * 1024
@@ -34,22 +42,27 @@ class ToolRequest:
     timeout_seconds: int  # 1 to the group's limits.wall_seconds
     # The host's per-call secret for its egress proxy; used only for groups with domains.
     proxy_token: str | None = None
+    agent: str = MAIN_AGENT  # the group's own agent, or one of its declared subagents
 
 
 @dataclass(frozen=True)
 class Checked:
     """A request the policy allows, in the form the compiler uses."""
 
-    group: GroupPolicy
+    group: GroupPolicy  # narrowed for the request's subagent
     argv: tuple[str, ...]
     cwd: str  # normalised
     timeout_seconds: int
     proxy_token: str | None
+    agent: str = MAIN_AGENT
 
 
 def check(policy: Policy, request: ToolRequest) -> Checked:
     """The request, judged; RequestError says what is not allowed."""
-    group = _group(policy, request.group)
+    try:
+        group = _group(policy, request.group).narrowed(request.agent)
+    except UnknownSubagent as exc:
+        raise RequestError(str(exc)) from None
     token = request.proxy_token
     if token is not None and (not isinstance(token, str) or not PROXY_TOKEN.fullmatch(token)):
         raise RequestError(f"proxy_token must match {PROXY_TOKEN.pattern}")
@@ -59,6 +72,7 @@ def check(policy: Policy, request: ToolRequest) -> Checked:
         cwd=_cwd(request.cwd, group),
         timeout_seconds=_timeout(request.timeout_seconds, group),
         proxy_token=token,
+        agent=request.agent,
     )
 
 

@@ -6,14 +6,15 @@ reached through nanoclaw.host.confined_cli. Without one (development, tests of t
 alone) it runs as a child of the host, as described next.
 
 The model sees only this project's MCP tools (`tools=[]` removes every built-in Claude
-Code tool and a PreToolUse hook denies anything else), so no tool runs in the host's
-own process tree. Each group's CLI has its own model and endpoint, and its working
-directory, HOME and CLAUDE_CONFIG_DIR in DATA/sessions/<folder>, which no tool unit can
-see or write. It loads no settings source at all (`setting_sources=[]`): no project or
-user settings, hooks, MCP configuration, commands, agents, skills, output styles or
-CLAUDE.md; its memory comes in the system prompt, read by the host (nanoclaw.host.memory).
-The files the CLI reads from those directories, found with strace, are listed in the
-README's security model.
+Code tool and a PreToolUse hook denies anything else), so no tool runs in the host's own
+process tree. A group with subagents also gets the CLI's Agent tool, to start them
+(nanoclaw.host.swarm); their tool calls are the same MCP tools, narrowed. Each group's CLI
+has its own model and endpoint, and its working directory, HOME and CLAUDE_CONFIG_DIR in
+DATA/sessions/<folder>, which no tool unit can see or write. It loads no settings source
+at all (`setting_sources=[]`): no project or user settings, hooks, MCP configuration,
+commands, agents, skills, output styles or CLAUDE.md; its memory comes in the system
+prompt, read by the host (nanoclaw.host.memory). The files the CLI reads from those
+directories, found with strace, are listed in the README's security model.
 """
 
 from __future__ import annotations
@@ -24,21 +25,23 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import (
     ClaudeAgentOptions,
     ClaudeSDKClient,
-    HookContext,
     HookMatcher,
     ResultMessage,
 )
 from claude_agent_sdk.types import McpSdkServerConfig
 
+from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.inbox import Image
+from nanoclaw.host.swarm import Swarm
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,14 @@ class AgentSettings:
     tools: McpSdkServerConfig
     tool_names: tuple[str, ...]
     broker_socket: str | None = None  # set: the CLI runs in the group's agent unit
+    subagents: tuple[SubagentConfig, ...] = ()
+
+    @cached_property
+    def swarm(self) -> Swarm:
+        """The hook and the attribution of tool calls, set on `tools` once."""
+        swarm = Swarm(self.subagents, TOOL_PREFIX)
+        swarm.attribute(self.tools)
+        return swarm
 
     @property
     def cwd(self) -> Path:
@@ -127,6 +138,9 @@ class AgentSettings:
             # The CLI obeys cwd/.claude/scheduled_tasks.json even with no setting sources
             # (seen with strace); the scheduler is nanoclaw's own.
             "CLAUDE_CODE_DISABLE_CRON": "1",
+            # Subagents run in the turn that starts them (several at once if started in one
+            # message): a background one would outlive the turn and its reply.
+            "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",
             # The CLI holds a placeholder only; the proxy puts the real key on its requests.
             "ANTHROPIC_API_KEY": placeholder,
         }
@@ -147,12 +161,14 @@ class AgentSettings:
         if local:
             for name in ("cwd", "claude", "home", "tmp"):
                 (self.state_dir / name).mkdir(parents=True, exist_ok=True)
+        swarm = self.swarm
         return ClaudeAgentOptions(
-            tools=[],
+            tools=swarm.builtin_tools,
             mcp_servers={MCP_SERVER: self.tools},
-            allowed_tools=[TOOL_PREFIX + name for name in self.tool_names],
+            allowed_tools=[TOOL_PREFIX + name for name in self.tool_names] + swarm.builtin_tools,
             strict_mcp_config=True,
-            hooks={"PreToolUse": [HookMatcher(hooks=[deny_foreign_tools])]},
+            hooks={"PreToolUse": [HookMatcher(hooks=[swarm.pre_tool_use])]},
+            agents=swarm.definitions() or None,
             setting_sources=[],  # nothing from cwd, HOME or CLAUDE_CONFIG_DIR: see the top
             system_prompt=self.system_prompt,
             cwd=str(self.cwd) if local else None,
@@ -160,21 +176,6 @@ class AgentSettings:
             resume=resume,
             env=self.env(placeholder) if local else {},
         )
-
-
-async def deny_foreign_tools(input_data: Any, tool_use_id: str | None, context: HookContext) -> Any:
-    """Second line of defence behind tools=[]: nothing outside our namespace runs."""
-    name = str(input_data.get("tool_name", ""))
-    if name.startswith(TOOL_PREFIX):
-        return {}
-    log.warning("denied tool outside the nanoclaw namespace: %s", name)
-    return {
-        "hookSpecificOutput": {
-            "hookEventName": "PreToolUse",
-            "permissionDecision": "deny",
-            "permissionDecisionReason": f"{name} is not available in nanoclaw",
-        }
-    }
 
 
 @dataclass(frozen=True)

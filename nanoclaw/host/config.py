@@ -32,6 +32,7 @@ from nanoclaw.broker.protocol import (
     DEFAULT_EGRESS_SOCKET,
     MAX_STDIN_BYTES,
 )
+from nanoclaw.host.config_subagents import SubagentConfig, check_sandbox_tools, parse_subagents
 from nanoclaw.host.config_tasks import TaskConfig, parse_tasks
 from nanoclaw.host.config_values import (
     is_absolute,
@@ -97,6 +98,7 @@ _GROUP_KEYS = (
     "allowed_senders",
     "model",
     "base_url",
+    "subagents",
 )
 
 _USER_WHAT = "a Matrix user ID like @someone:example.org"
@@ -140,6 +142,7 @@ class GroupConfig:
     allowed_senders: tuple[str, ...]
     model: str | None
     base_url: str | None = None  # per-group model endpoint; overrides model.base_url
+    subagents: tuple[SubagentConfig, ...] = ()  # only from the configuration file
 
     def sender_allowed(self, sender: str, owners: tuple[str, ...]) -> bool:
         if self.allowed_senders:
@@ -213,6 +216,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         )
         or "Andy"
     )
+    sandbox_socket = _optional_path(top.string("sandbox_socket", _PATH_WHAT, is_absolute))
+    groups = _groups(top, assistant_name)
+    for group in groups:
+        key = "groups." + key_part(group.folder)
+        check_sandbox_tools(key, group.subagents, sandbox_socket is not None)
     return Config(
         data_dir=Path(top.string("data_dir", _PATH_WHAT, is_absolute) or "/var/lib/nanoclaw"),
         timezone=(timezone := _timezone(top)),
@@ -226,8 +234,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         or "info",
         matrix=_matrix(top.table("matrix", _MATRIX_KEYS, required=True)),
         model=_model(top.table("model", _MODEL_KEYS, required=False)),
-        groups=(groups := _groups(top, assistant_name)),
-        sandbox_socket=_optional_path(top.string("sandbox_socket", _PATH_WHAT, is_absolute)),
+        groups=groups,
+        sandbox_socket=sandbox_socket,
         egress_socket=Path(
             top.string("egress_socket", _PATH_WHAT, is_absolute) or DEFAULT_EGRESS_SOCKET
         ),
@@ -273,6 +281,7 @@ def validate_group(folder: str, data: Mapping[str, Any], assistant_name: str) ->
         allowed_senders=_user_ids(table, "allowed_senders"),
         model=table.string("model", _MODEL_WHAT, is_model_id),
         base_url=_endpoint(table),
+        subagents=parse_subagents(table),
     )
 
 

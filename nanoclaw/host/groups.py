@@ -26,6 +26,8 @@ def definition(group: GroupConfig) -> dict[str, Any]:
     for key in ("model", "base_url"):
         if getattr(group, key) is not None:
             data[key] = getattr(group, key)
+    if group.subagents:
+        data["subagents"] = {sub.name: sub.definition() for sub in group.subagents}
     return data
 
 
@@ -57,8 +59,9 @@ class GroupRegistry:
             raise ValueError(f"a group named {folder} already exists")
         if data.get("main"):
             raise ValueError("only the configuration file can declare the main group")
-        if "base_url" in data:  # the API key goes wherever base_url points
-            raise ValueError("only the configuration file can set a group's base_url")
+        for key in ("base_url", "subagents"):  # the API key goes wherever base_url points
+            if key in data:
+                raise ValueError(f"only the configuration file can set a group's {key}")
         group = validate_group(folder, {**data, "main": False}, self._config.assistant_name)
         owner = self._by_room.get(group.room_id)
         if owner is not None:

@@ -183,6 +183,7 @@ class Host:
             tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
             tool_names=tuple(t.name for t in tools),
             broker_socket=self._broker_for_agents(),
+            subagents=group.subagents,
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from nanoclaw.broker.protocol import (
     DESCRIBE,
+    MAIN_AGENT,
     MAX_REPLY_BYTES,
     USAGE,
     PolicySummary,
@@ -41,10 +42,12 @@ async def run_in_sandbox(
     stdin: bytes = b"",
     proxy_token: str | None = None,
     policy: str | None = None,
+    agent: str = MAIN_AGENT,
 ) -> RunResult:
-    """Run argv in a fresh unit of `group`; `timeout` is clamped to the group's bound.
-    `policy` is the generation of the summary a proxy secret was granted by."""
-    request = RunRequest(group, tuple(argv), cwd, timeout, stdin, proxy_token, policy)
+    """Run argv in a fresh unit of `group` (narrowed for subagent `agent`); `timeout` is
+    clamped to the group's bound. `policy` is the generation of the summary a proxy secret
+    was granted by."""
+    request = RunRequest(group, tuple(argv), cwd, timeout, stdin, proxy_token, policy, agent)
     return RunResult.from_wire(await _ask(socket_path, request.to_wire()))
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from nanoclaw.broker.protocol import PolicySummary, RunResult, UsageReport
+from nanoclaw.broker.protocol import MAIN_AGENT, PolicySummary, RunResult, UsageReport
 from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import (
     SandboxError,
@@ -65,21 +65,29 @@ class SandboxGateway:
     async def usage(self) -> UsageReport:
         return await workspace_usage(self.socket_path)
 
-    async def run(self, group: str, argv: Sequence[str], stdin: bytes = b"") -> RunResult:
+    async def run(
+        self, group: str, argv: Sequence[str], stdin: bytes = b"", agent: str = MAIN_AGENT
+    ) -> RunResult:
+        """One tool call of `group`'s agent `agent` (MAIN_AGENT, or a subagent's name)."""
         try:
-            result = await self._run(group, argv, stdin)
+            result = await self._run(group, argv, stdin, agent)
         except SandboxError as refusal:
             if refusal.summary is None or refusal.summary.generation == self.summary.generation:
                 raise
             log.info("the sandbox policy changed; asking again", extra={"group": group})
             self.summary = refusal.summary
-            result = await self._run(group, argv, stdin)
+            result = await self._run(group, argv, stdin, agent)
         # The outcome only: argv and output are the model's and the tool's, never logged.
-        context = {"group": group, "tool_unit": result.unit, "duration_ms": result.duration_ms}
+        context = {
+            "group": group,
+            "agent": agent,
+            "tool_unit": result.unit,
+            "duration_ms": result.duration_ms,
+        }
         log.info("tool call: %s, exit %s", result.result, result.exit_status, extra=context)
         return result
 
-    async def _run(self, group: str, argv: Sequence[str], stdin: bytes) -> RunResult:
+    async def _run(self, group: str, argv: Sequence[str], stdin: bytes, agent: str) -> RunResult:
         summary = self.summary
         grant = summary.groups.get(group)
         domains = grant.domains if grant is not None else ()
@@ -88,10 +96,10 @@ class SandboxGateway:
         if not domains or self.proxy is None:
             return await run_in_sandbox(
                 self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
-                policy=summary.generation,
+                policy=summary.generation, agent=agent,
             )  # fmt: skip
         with self.proxy.grant(group, domains) as token:
             return await run_in_sandbox(
                 self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
-                proxy_token=token, policy=summary.generation,
+                proxy_token=token, policy=summary.generation, agent=agent,
             )  # fmt: skip

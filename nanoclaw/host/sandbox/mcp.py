@@ -9,12 +9,12 @@ from typing import Any
 from claude_agent_sdk import SdkMcpTool, tool
 
 from nanoclaw.broker.protocol import RunResult
+from nanoclaw.host.config_subagents import SANDBOX_TOOLS
 from nanoclaw.host.host_tools import tool_result
 from nanoclaw.host.sandbox.client import SandboxError
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
-
-SANDBOX_TOOL_NAMES = ("bash", "read", "write", "edit", "glob", "grep", "fetch")
+from nanoclaw.host.swarm import CALLER
 
 
 def _schema(required: Sequence[str], **properties: tuple[str, str]) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def sandbox_mcp_tools(gateway: SandboxGateway, group: str) -> list[SdkMcpTool[An
     """The seven tools for `group`, each call one unit through the broker."""
 
     async def runner(argv: Sequence[str], stdin: bytes) -> RunResult:
-        return await gateway.run(group, argv, stdin)
+        # A subagent's calls name it: the broker narrows the group's sandbox for it.
+        return await gateway.run(group, argv, stdin, agent=CALLER.get())
 
     tools = SandboxTools(runner)
 
@@ -102,7 +103,7 @@ def sandbox_mcp_tools(gateway: SandboxGateway, group: str) -> list[SdkMcpTool[An
         return tool_result(text, error)
 
     made: list[SdkMcpTool[Any]] = []
-    for name in SANDBOX_TOOL_NAMES:
+    for name in SANDBOX_TOOLS:
         description, schema = _SPECS[name]
         handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = partial(handle, name)
         made.append(tool(name, description, schema)(handler))
