@@ -28,6 +28,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.broker.agent_runs import find_agent_cli
 from nanoclaw.host.agent import AgentSession, AgentSettings
+from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.mcp import sandbox_mcp_tools
@@ -51,7 +52,12 @@ POLICY = {
     "protected_paths": ["/etc/nanoclaw"],
     "defaults": {"agent": {"memory_max_bytes": AGENT_MEMORY}},
     "groups": {
-        "alpha": {"uid": 61001, "main": True, "agent": {"uid": 62001}},
+        "alpha": {
+            "uid": 61001,
+            "main": True,
+            "agent": {"uid": 62001},
+            "subagents": {"scribe": {"readonly": True}},
+        },
         "beta": {"uid": 61002, "agent": {"uid": 62002}},
     },
 }
@@ -122,9 +128,17 @@ class Outside:
     listener_port: int
 
 
+SCRIBE = SubagentConfig("scribe", "Writes notes.", "You are SCRIBE.", None, ("bash",))
+SCRIBE_WRITES = "id -u; touch /workspace/group/note 2>&1 || true"
+
+
 def script(request: ModelRequest) -> str | ToolCall:
     if request.tool_results:
         return "tool said: " + request.tool_results[-1]["content"]
+    if "SCRIBE" in request.system_text:  # the subagent's own request
+        return ToolCall("mcp__nanoclaw__bash", {"command": SCRIBE_WRITES})
+    if "scribe" in request.last_user_text:
+        return ToolCall("Agent", {"description": "note", "prompt": "go", "subagent_type": "scribe"})
     return ToolCall("mcp__nanoclaw__bash", {"command": "id -u; pwd"})
 
 
@@ -188,12 +202,13 @@ def probed(output: str) -> dict[str, str]:
 # --- a whole turn --------------------------------------------------------------------
 
 
-async def test_a_turn_through_the_confined_cli_with_a_sandboxed_tool_call(
+async def confined_settings(
     machine: Machine, outside: Outside, proxy: CredentialProxy, tmp_path: Path
-) -> None:
+) -> AgentSettings:
+    """alpha's agent as the host makes it, its CLI in the machine's agent unit."""
     gateway = await SandboxGateway.open(socket_of(machine), 30, str(tmp_path / "egress.sock"))
     tools = sandbox_mcp_tools(gateway, "alpha")
-    settings = AgentSettings(
+    return AgentSettings(
         folder="alpha",
         state_dir=tmp_path / "unused",  # the unit has its own state: nothing is made here
         model=None,
@@ -203,8 +218,14 @@ async def test_a_turn_through_the_confined_cli_with_a_sandboxed_tool_call(
         tools=create_sdk_mcp_server("nanoclaw", tools=tools),
         tool_names=tuple(t.name for t in tools),
         broker_socket=socket_of(machine),
+        subagents=(SCRIBE,),
     )
-    session = AgentSession(settings)
+
+
+async def test_a_turn_through_the_confined_cli_with_a_sandboxed_tool_call(
+    machine: Machine, outside: Outside, proxy: CredentialProxy, tmp_path: Path
+) -> None:
+    session = AgentSession(await confined_settings(machine, outside, proxy, tmp_path))
     try:
         reply = await session.ask("please run it", None, 120)
         # The tool ran in a tool unit: the group's tool user, in its workspace.
@@ -239,6 +260,25 @@ async def test_a_turn_through_the_confined_cli_with_a_sandboxed_tool_call(
     # The transcript was written in the unit's own state, which the host never reads.
     machine.succeed("ls /var/lib/nanoclaw-agent/alpha/claude/projects")
     assert machine.succeed("stat -c %u /var/lib/nanoclaw-agent/alpha").strip() == "62001"
+
+
+async def test_a_subagent_of_the_confined_cli_runs_its_tool_call_in_a_narrowed_unit(
+    machine: Machine, outside: Outside, proxy: CredentialProxy, tmp_path: Path
+) -> None:
+    """The CLI in its agent unit starts the declared subagent; the subagent's bash call
+    reaches the host's tool server, which names it to the broker: a tool unit of the group,
+    read-only as the policy narrows it. The main agent's own call there writes (control)."""
+    session = AgentSession(await confined_settings(machine, outside, proxy, tmp_path))
+    try:
+        reply = await session.ask("ask the scribe", None, 120)
+        control = await session.ask("and yourself", reply.session_id, 120)
+    finally:
+        await session.close()
+    subagent_request = next(r for r in outside.model.requests if "SCRIBE" in r.system_text)
+    assert subagent_request.tool_names == ["mcp__nanoclaw__bash"]
+    assert "61001" in reply.text and "Read-only file system" in reply.text, reply.text
+    assert control.text == "tool said: 61001\n/workspace/group", control.text
+    machine.succeed("touch /var/lib/nanoclaw/groups/alpha/control-write || true")
 
 
 ASK_BROKER = """
