@@ -69,6 +69,7 @@ _TOP_KEYS = (
     "model",
     "groups",
     "tasks",
+    "audit",
 )
 _MATRIX_KEYS = (
     "homeserver",
@@ -175,6 +176,8 @@ class Config:
     # The largest file someone may send the agent (the broker takes at most 8 MiB of stdin).
     max_attachment_bytes: int = MAX_STDIN_BYTES
     tasks: tuple[TaskConfig, ...] = ()
+    # How long the audit trail of tool calls is kept (nanoclaw.host.audit).
+    audit_retention_days: int = 90
 
     @property
     def main_group(self) -> GroupConfig | None:
@@ -236,6 +239,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
             "max_attachment_bytes", MAX_STDIN_BYTES, 1024, MAX_STDIN_BYTES
         ),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
+        audit_retention_days=top.table("audit", ("retention_days",), required=False).integer(
+            "retention_days", 90, 1, 36500
+        ),
     )
 
 
