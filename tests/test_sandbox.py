@@ -678,3 +678,55 @@ async def test_a_file_that_cannot_be_downloaded_is_said_and_the_message_answered
     notice, answer = (r["content"]["body"] for r in replies)
     assert notice.startswith("⚠️ I could not take the file gone.pdf: could not download it"), notice
     assert answer.startswith("no file: could not download it"), answer
+
+
+def audit_of(config: Path, group: str) -> list[dict[str, Any]]:
+    """`nanoclaw audit GROUP --json` of the last hour, as an operator would run it."""
+    command = [sys.executable, "-m", "nanoclaw.cli", "audit", group, "--json", "--since", "1h"]
+    listed = subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+async def test_every_tool_call_is_in_the_audit_trail_as_the_broker_ran_it(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    """Two bash calls (one cut at the output limit) and a refused read, through the real
+    host, SDK and broker; `nanoclaw audit --json` on the data directory names the units
+    the broker started, with the digest it logged for each."""
+    calls = [
+        ("bash", {"command": "echo hi; echo oops >&2; exit 3"}),
+        ("bash", {"command": "head -c 100000 /dev/zero"}),
+        ("read", {"path": "/etc/passwd"}),
+    ]
+
+    def script(request: ModelRequest) -> str | ToolCall:
+        done = len(results_so_far(request))
+        if done < len(calls):
+            return ToolCall(f"mcp__nanoclaw__{calls[done][0]}", calls[done][1])
+        return "done"
+
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = script
+    try:
+        await host_in_room(world, machine)
+        await world.alice.send(world.main_room, "audit me")
+        await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
+    finally:
+        await world.close()
+    first, cut, refused = audit_of(world.config_path(), "alpha")
+    started = machine.succeed("journalctl -u nanoclaw-sandboxd.service -o cat | grep started")
+    for row, (tool, args) in zip((first, cut, refused), calls, strict=True):
+        assert (row["group"], row["agent"], row["tool"]) == ("alpha", "main", tool), row
+        assert row["arguments"] == args and row["session_id"], row
+    for row in (first, cut):
+        assert re.fullmatch(r"nanoclaw-tool-alpha-[0-9a-f]{16}\.service", row["unit"]), row
+        assert re.fullmatch(r"[0-9a-f]{64}", row["properties_sha256"]), row
+        assert f"started {row['unit']} (properties sha256 {row['properties_sha256']})" in started
+    assert (first["outcome"], first["exit_status"], first["signal"]) == ("exit-code", 3, None)
+    assert (first["stdout_bytes"], first["stderr_bytes"], first["truncated"]) == (3, 5, False)
+    assert (cut["outcome"], cut["exit_status"], cut["truncated"]) == ("success", 0, True)
+    assert cut["stdout_bytes"] == LIMITS["output_bytes"], cut
+    assert refused["outcome"] == "refused" and refused["unit"] is None, refused
+    assert "/etc/passwd is outside /workspace" in refused["reason"], refused

@@ -58,7 +58,7 @@ async def run_unit(
     finally:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
-    log.info("started %s", plan.name)
+    log.info("started %s (properties sha256 %s)", plan.name, digest)
     feeder = asyncio.create_task(asyncio.to_thread(_feed, stdin_w, stdin))
     outputs = asyncio.gather(_read_capped(out_r, output_cap), _read_capped(err_r, output_cap))
     gone = asyncio.ensure_future(client_gone)

@@ -72,8 +72,9 @@ def select_audit(
     if group is not None:
         where += " AND group_folder = ?"
         values.append(group)
+    columns = ", ".join(_COLUMNS)
     rows = db.execute(
-        f"SELECT * FROM (SELECT {', '.join(_COLUMNS)} FROM audit WHERE {where}"
+        f"SELECT {columns} FROM (SELECT id, {columns} FROM audit WHERE {where}"
         " ORDER BY ts DESC, id DESC LIMIT ?) ORDER BY ts, id",
         (*values, limit),
     ).fetchall()
