@@ -168,6 +168,7 @@ class Host:
             self._audit.prune()
 
     def _settings(self, folder: str, agent: str = MAIN_AGENT) -> AgentSettings:
+        """A session's settings; `agent` names whose tool calls the audit trail records."""
         group = self._groups.get(folder)
         if group is None:
             raise LookupError(f"unknown group {folder}")
