@@ -1,4 +1,5 @@
-"""The `nanoclaw` command: run the host, check a config file, bring up the appliance, chat."""
+"""The `nanoclaw` command: run the host, check a config file, read the audit trail, bring up
+the appliance, chat."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from nanoclaw.appliance.machine import ApplianceError
 from nanoclaw.broker.policy import UnknownGroup
 from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET, RunResult
 from nanoclaw.broker.tool_request import RequestError
+from nanoclaw.host.audit_view import SINCE_HELP
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
 from nanoclaw.host.journal import log_handler
 from nanoclaw.host.sandbox.client import SandboxError
@@ -174,6 +176,39 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail, from a read-only connection: the running host is not disturbed."""
+    import json
+    import sqlite3
+    from datetime import datetime
+
+    from nanoclaw.host.audit_table import open_read_only, select_audit
+    from nanoclaw.host.audit_view import parse_since, render_table
+
+    config = load_config(_config_path(args))
+    try:
+        since = parse_since(args.since, datetime.now(config.timezone)) if args.since else 0
+    except ValueError as error:
+        print(f"nanoclaw audit: {error}", file=sys.stderr)
+        return 2
+    database = config.data_dir / "nanoclaw.db"
+    try:
+        db = open_read_only(database)
+        try:
+            rows = select_audit(db, args.group, since)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        print(f"nanoclaw: cannot read the audit trail in {database}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_json()))
+    else:
+        print(render_table(rows, config.timezone))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from nanoclaw.appliance.up import up
 
@@ -260,6 +295,14 @@ def parser() -> argparse.ArgumentParser:
         "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
     )
     tasks.set_defaults(func=cmd_tasks)
+    audit = sub.add_parser("audit", help="list the tool calls of every group, or of GROUP")
+    audit.add_argument("group", nargs="?", help="a group's folder (default: every group)")
+    audit.add_argument("--since", help="from when: " + SINCE_HELP)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument(
+        "--config", help=f"config file (default $NANOCLAW_CONFIG or {DEFAULT_CONFIG})"
+    )
+    audit.set_defaults(func=cmd_audit)
     data_dir = str(Path.home() / ".local/share/nanoclaw")
     appliance = {
         "up": (cmd_up, "the whole appliance: Synapse, and a systemd machine running the host"),

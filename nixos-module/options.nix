@@ -364,6 +364,14 @@ let
           each agent unit's model relay leads.
         '';
       };
+      audit.retention_days = mkOption {
+        type = types.ints.between 1 36500;
+        default = 90;
+        description = ''
+          How many days the audit trail of tool calls (`nanoclaw audit`) is kept in the
+          host's database; older rows are deleted at start and every hour.
+        '';
+      };
       confine_agent = mkOption {
         type = types.bool;
         default = true;

@@ -28,6 +28,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.broker.agent_runs import find_agent_cli
 from nanoclaw.host.agent import AgentSession, AgentSettings
+from nanoclaw.host.audit import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.sandbox.gateway import SandboxGateway
@@ -217,6 +218,7 @@ async def confined_settings(
         system_prompt="You are Andy.",
         tools=create_sdk_mcp_server("nanoclaw", tools=tools),
         tool_names=tuple(t.name for t in tools),
+        audit=AuditScope("alpha"),
         broker_socket=socket_of(machine),
         subagents=(SCRIBE,),
     )

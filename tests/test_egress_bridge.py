@@ -34,10 +34,14 @@ from aiohttp import web
 
 from nanoclaw.broker.compiler import EGRESS
 from nanoclaw.broker.protocol import RunResult
+from nanoclaw.host.audit import Audit, AuditScope
+from nanoclaw.host.audit_args import SecretFilter
 from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import describe_policy, run_in_sandbox
 from nanoclaw.host.sandbox.gateway import SandboxGateway
+from nanoclaw.host.sandbox.mcp import sandbox_mcp_tools
 from nanoclaw.host.sandbox.tools import SandboxTools
+from nanoclaw.host.store import Store
 from tests.support.egress import self_signed_certificate, serve_site
 from tests.support.machine import (
     BROKER_OVERRIDE,
@@ -219,6 +223,30 @@ async def test_the_fetch_tool_reaches_an_allowed_name_through_the_relay(
     shown, error = await tools.fetch(f"http://localhost:{site.port}/plain")
     assert (shown.strip(), error) == ("upstream page /plain", False)
     assert upstream == ["/plain"]
+
+
+async def test_the_proxys_verdicts_are_in_the_audit_row_of_the_fetch_that_caused_them(
+    machine: Machine, proxy: EgressProxy, site: Site, upstream: list[str], tmp_path: Path
+) -> None:
+    gateway = SandboxGateway(
+        socket_of(machine), 15, proxy, await describe_policy(socket_of(machine))
+    )
+    store = Store(tmp_path / "nanoclaw.db")
+    tools = Audit(store, SecretFilter(), 90).wrap(
+        sandbox_mcp_tools(gateway, "web"), AuditScope("web")
+    )
+    fetch = next(t for t in tools if t.name == "fetch")
+    await fetch.handler({"url": f"http://localhost:{site.port}/allowed"})
+    await fetch.handler({"url": f"http://127.0.0.1:{site.port}/denied"})
+    allowed, denied = store.audit_rows("web")
+    assert json.loads(allowed.egress or "") == [
+        {"allow": True, "method": "GET", "host": "localhost", "port": site.port}
+    ]
+    assert json.loads(denied.egress or "") == [
+        {"allow": False, "method": "GET", "host": "127.0.0.1", "port": site.port,
+         "reason": "127.0.0.1 is not among group web's egress domains"}
+    ]  # fmt: skip
+    assert allowed.unit != denied.unit and upstream == ["/allowed"]
 
 
 async def test_https_goes_through_connect_with_the_names_sni(

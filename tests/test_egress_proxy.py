@@ -32,6 +32,7 @@ from nanoclaw.host.egress_proxy import (
     MAX_HEAD_BYTES,
     MAX_HELLO_BYTES,
     ClientHelloError,
+    Decision,
     EgressProxy,
     IncompleteClientHello,
     client_hello_sni,
@@ -706,3 +707,36 @@ def test_a_malformed_hello_is_refused_by_its_fault(message: bytes, fault: str) -
     with pytest.raises(ClientHelloError, match=re.escape(fault)) as raised:
         client_hello_sni(records(message))
     assert not isinstance(raised.value, IncompleteClientHello)
+
+
+# --- attribution to the call ---------------------------------------------------------
+
+
+async def test_each_verdict_is_kept_with_the_grant_of_the_call_that_made_it(
+    proxy: Running, upstream: Upstream
+) -> None:
+    """The audit trail's rule: a verdict belongs to the call whose secret the request
+    named; one without a live secret belongs to none."""
+    mine: list[Decision] = []
+    other: list[Decision] = []
+    with (
+        proxy.proxy.grant("alpha", ["localhost"], mine) as token,
+        proxy.proxy.grant("alpha", ["localhost"], other),
+    ):
+        env = {"http_proxy": proxy.url("alpha", token)}
+        assert (await curl(upstream.url, env=env))[0] == "200"
+        assert (await curl("http://example.org/", env=env))[0] == "403"
+        await curl(upstream.url, env={"http_proxy": proxy.url("alpha", "f" * 43)})
+    outside = "example.org is not among group alpha's egress domains"
+    assert mine == [
+        Decision(True, "GET", "localhost", upstream.port),
+        Decision(False, "GET", "example.org", 80, outside),
+    ]
+    assert other == [], "a call's verdicts never go to another call of the same group"
+    assert mine[1].to_json() == {
+        "allow": False,
+        "method": "GET",
+        "host": "example.org",
+        "port": 80,
+        "reason": outside,
+    }

@@ -116,6 +116,7 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert settings["egress_socket"] == "/run/nanoclaw-egress/proxy.sock"
     assert settings["credential_socket"] == "/run/nanoclaw-credentials/proxy.sock"
     assert settings["confine_agent"] is True
+    assert settings["audit"] == {"retention_days": 90}
     assert settings["data_dir"] == "/var/lib/nanoclaw"
     assert settings["timezone"] == "Europe/Berlin"
     assert settings["groups"]["family"] == {
@@ -134,6 +135,12 @@ def test_the_settings_are_a_valid_host_config(base: dict[str, Any]) -> None:
     assert re.fullmatch(
         r"/nix/store/\w{32}-python3-[\d.]+-env/bin/python3", str(config.image_scaler_python)
     )
+    assert config.audit_retention_days == 90
+
+
+def test_the_audit_retention_is_a_setting(nixpkgs_lib: Path) -> None:
+    sample = changed('timezone = "Europe/Berlin";', "audit.retention_days = 30;")
+    assert evaluate(nixpkgs_lib, sample)["settings"]["audit"] == {"retention_days": 30}
 
 
 def test_a_setting_overrides_what_a_group_option_put_there(nixpkgs_lib: Path) -> None:

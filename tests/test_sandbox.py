@@ -850,9 +850,65 @@ async def test_subagents_run_their_tool_calls_in_units_of_their_own_narrowed_by_
     marks = machine.succeed("ls /var/lib/nanoclaw/groups/alpha").split()
     assert "counter-was-here" in marks and "main-was-here" in marks, marks
     assert "reader-was-here" not in marks, marks
+    # The audit trail names the agent of each call, with the unit it ran in.
+    ran = {(row["agent"], row["unit"]) for row in audit_of(world.config_path(), "alpha")}
+    assert {agent for agent, _ in ran} == {"counter", "reader", "main"}, ran
+    assert {unit for _, unit in ran} == units, ran
 
 
 async def test_the_broker_refuses_a_subagent_the_policy_does_not_declare(machine: Machine) -> None:
     with pytest.raises(SandboxError, match="subagent 'stranger' is not declared for group 'alpha'"):
         await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], agent="stranger")
     assert (await run_in_sandbox(socket_of(machine), "alpha", ["/bin/true"], agent="counter")).ok
+
+
+def audit_of(config: Path, group: str) -> list[dict[str, Any]]:
+    """`nanoclaw audit GROUP --json` of the last hour, as an operator would run it."""
+    command = [sys.executable, "-m", "nanoclaw.cli", "audit", group, "--json", "--since", "1h"]
+    listed = subprocess.run(
+        [*command, "--config", str(config)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+async def test_every_tool_call_is_in_the_audit_trail_as_the_broker_ran_it(
+    machine: Machine, homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
+) -> None:
+    """Two bash calls (one cut at the output limit) and a refused read, through the real
+    host, SDK and broker; `nanoclaw audit --json` on the data directory names the units
+    the broker started, with the digest it logged for each."""
+    calls = [
+        ("bash", {"command": "echo hi; echo oops >&2; exit 3"}),
+        ("bash", {"command": "head -c 100000 /dev/zero"}),
+        ("read", {"path": "/etc/passwd"}),
+    ]
+
+    def script(request: ModelRequest) -> str | ToolCall:
+        done = len(results_so_far(request))
+        if done < len(calls):
+            return ToolCall(f"mcp__nanoclaw__{calls[done][0]}", calls[done][1])
+        return "done"
+
+    world = World(homeserver, scripted_model, tmp_path)
+    scripted_model.script = script
+    try:
+        await host_in_room(world, machine)
+        await world.alice.send(world.main_room, "audit me")
+        await world.alice.wait_for_replies(world.bot.user_id, world.main_room, timeout=60)
+    finally:
+        await world.close()
+    first, cut, refused = audit_of(world.config_path(), "alpha")
+    started = machine.succeed("journalctl -u nanoclaw-sandboxd.service -o cat | grep started")
+    for row, (tool, args) in zip((first, cut, refused), calls, strict=True):
+        assert (row["group"], row["agent"], row["tool"]) == ("alpha", "main", tool), row
+        assert row["arguments"] == args and row["session_id"], row
+    for row in (first, cut):
+        assert re.fullmatch(r"nanoclaw-tool-alpha-[0-9a-f]{16}\.service", row["unit"]), row
+        assert re.fullmatch(r"[0-9a-f]{64}", row["properties_sha256"]), row
+        assert f"started {row['unit']} (properties sha256 {row['properties_sha256']})" in started
+    assert (first["outcome"], first["exit_status"], first["signal"]) == ("exit-code", 3, None)
+    assert (first["stdout_bytes"], first["stderr_bytes"], first["truncated"]) == (3, 5, False)
+    assert (cut["outcome"], cut["exit_status"], cut["truncated"]) == ("success", 0, True)
+    assert cut["stdout_bytes"] == LIMITS["output_bytes"], cut
+    assert refused["outcome"] == "refused" and refused["unit"] is None, refused
+    assert "/etc/passwd is outside /workspace" in refused["reason"], refused

@@ -29,7 +29,7 @@ def result(
     outcome: str = "success",
     truncated: bool = False,
 ) -> RunResult:
-    return RunResult("u.service", outcome, status, signal, out, err, truncated, 5, 10)
+    return RunResult("u.service", outcome, status, signal, out, err, truncated, 5, 10, "0" * 64)
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from nanoclaw.broker.protocol import Usage, UsageReport
+from nanoclaw.host.audit_table import AuditRow
 from nanoclaw.host.records import GroupRow
 from nanoclaw.host.status import GroupStatus, render_status
 
@@ -36,6 +38,7 @@ def test_a_group_with_a_session_runs_and_tasks() -> None:
         "- session: `abc-123` (warm)",
         "- last run: 2023-11-14 22:13:20 UTC, ok",
         "- tasks: 2 active, 1 paused",
+        "- recent tool calls: none",
     ]
 
 
@@ -47,14 +50,14 @@ def test_a_new_group_has_no_session_and_has_never_run() -> None:
 
 def test_the_workspace_line_says_what_it_holds_or_why_it_cannot() -> None:
     report = UsageReport(5 * 1024**3, {"family": Usage(3 * 1024**2, False)})
-    assert status(workspace=report).endswith(
-        "- workspace: at least 3.0 MiB; 5.0 GiB free, shared by all groups"
+    assert "- workspace: at least 3.0 MiB; 5.0 GiB free, shared by all groups\n" in status(
+        workspace=report
     )
-    assert status(workspace=UsageReport(0, {})).endswith(
-        "- workspace: not in the sandbox policy; 0 bytes free, shared by all groups"
+    assert "- workspace: not in the sandbox policy; 0 bytes free, shared by all groups\n" in status(
+        workspace=UsageReport(0, {})
     )
-    assert status(workspace="cannot reach the broker").endswith(
-        "- workspace: unknown (cannot reach the broker)"
+    assert "- workspace: unknown (cannot reach the broker)\n" in status(
+        workspace="cannot reach the broker"
     )
 
 
@@ -73,3 +76,22 @@ def test_encrypted_messages_waiting_for_their_keys_are_shown_only_when_there_are
         "- waiting for their keys: 2 encrypted message(s), the oldest since 2023-11-14 22:13 UTC"
         in shown
     )
+
+
+def test_the_last_tool_calls_are_shown_newest_first() -> None:
+    def row(tool: str, ts: int, **unit: object) -> AuditRow:
+        made = AuditRow("c", ts, "family", "s", "main", tool, "{}", "ok", 5)
+        return replace(made, **unit)  # type: ignore[arg-type]
+
+    calls = [
+        row("send_message", 1_700_000_000_000),
+        row("bash", 1_700_000_001_000, outcome="exit-code", unit="nanoclaw-tool-family-1.service",
+            exit_status=2),
+        row("fetch", 1_700_000_002_000, outcome="refused", reason="no"),
+    ]  # fmt: skip
+    assert status(recent_calls=calls).splitlines()[-4:] == [
+        "- recent tool calls:",
+        "  - `fetch` at 22:13:22: refused",
+        "  - `bash` at 22:13:21: exit 2 (exit-code), `nanoclaw-tool-family-1.service`",
+        "  - `send_message` at 22:13:20: ok",
+    ]

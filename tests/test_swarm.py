@@ -12,6 +12,7 @@ import pytest
 from claude_agent_sdk import SdkMcpTool, create_sdk_mcp_server, tool
 
 from nanoclaw.host.agent import MCP_SERVER, AgentSession, AgentSettings
+from nanoclaw.host.audit import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.swarm import CALLER
@@ -60,6 +61,7 @@ def session(
             system_prompt="You are Andy.",
             tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
             tool_names=tuple(t.name for t in tools),
+            audit=AuditScope("alpha"),
             subagents=subagents,
         )
     )

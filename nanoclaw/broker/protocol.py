@@ -9,12 +9,14 @@ the host writes requests and reads answers. It does no I/O.
   (optional), "policy" (optional), "subagent" (optional: one the policy declares for the
   group, whose units get the group's sandbox narrowed; absent, the group's own agent)}
   answered by {"ok": true, "unit", "result", "exit_status", "signal", "stdout", "stderr"
-  (base64), "truncated", "duration_ms", "timeout"}. The broker clamps `timeout` to the
-  group's wall_seconds and answers the one it used. `policy` is the generation of the
-  summary the client relied on (for the proxy secret and the domains the host's egress
-  proxy grants with it): when it is not the broker's, or when a group with domains comes
-  without a secret, the broker refuses and sends its current summary along, so the client
-  acts on that and asks once more. So a call is one round trip unless the policy changed.
+  (base64), "truncated", "duration_ms", "timeout", "properties_sha256"}. The broker
+  clamps `timeout` to the group's wall_seconds and answers the one it used;
+  `properties_sha256` is the digest of the unit's properties as sent to systemd
+  (nanoclaw.broker.unit_digest). `policy` is the generation of the summary the client
+  relied on (for the proxy secret and the domains the host's egress proxy grants with it):
+  when it is not the broker's, or when a group with domains comes without a secret, the
+  broker refuses and sends its current summary along, so the client acts on that and asks
+  once more. So a call is one round trip unless the policy changed.
 - agent: {"agent": group, "argv", "env"} asks for the group's agent unit
   (nanoclaw.broker.agent_unit judges argv and env). The broker answers {"ok": true,
   "send": "stdio"}; the client then sends one byte with two file descriptors
@@ -151,6 +153,7 @@ class RunResult:
     truncated: bool
     duration_ms: int
     timeout: int  # the seconds the unit was given, after the broker's clamp
+    properties_sha256: str  # nanoclaw.broker.unit_digest of the properties systemd was given
 
     @property
     def ok(self) -> bool:
@@ -173,7 +176,16 @@ class RunResult:
         )
 
 
-_RESULT_PLAIN = ("unit", "result", "exit_status", "signal", "truncated", "duration_ms", "timeout")
+_RESULT_PLAIN = (
+    "unit",
+    "result",
+    "exit_status",
+    "signal",
+    "truncated",
+    "duration_ms",
+    "timeout",
+    "properties_sha256",
+)
 
 
 @dataclass(frozen=True)

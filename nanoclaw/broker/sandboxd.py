@@ -194,6 +194,7 @@ class Broker:
             truncated=ran.truncated,
             duration_ms=ran.duration_ms,
             timeout=timeout,
+            properties_sha256=ran.properties_sha256,
         )
 
     def _check_enforcement(self, group: GroupPolicy) -> None:

@@ -45,6 +45,11 @@ def _wire(value: object) -> object:
     return value
 
 
+def sent_properties(properties: Sequence[Property], keep_loaded: bool = True) -> list[Property]:
+    """The properties start_transient sends for `properties`: AddRef keeps the unit loaded."""
+    return [*properties, ("AddRef", "b", True)] if keep_loaded else list(properties)
+
+
 def _properties(properties: Sequence[Property]) -> list[list[object]]:
     return [[key, Variant(signature, _wire(value))] for key, signature, value in properties]
 
@@ -96,11 +101,10 @@ class Systemd:
     ) -> str:
         """Start the unit; `fds` are referenced from properties of signature 'h' by index.
         With `keep_loaded` it stays loaded once stopped, until release()."""
-        reference = [("AddRef", "b", True)] if keep_loaded else []
         body = [
             name,
             "fail",
-            _properties([*properties, *reference]),
+            _properties(sent_properties(properties, keep_loaded)),
             [[aux_name, _properties(aux_properties)] for aux_name, aux_properties in aux],
         ]
         await self._call(MANAGER_PATH, MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", body, fds)

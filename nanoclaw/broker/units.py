@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanoclaw.broker.compiler import UnitPlan
-from nanoclaw.broker.systemd_bus import BusError, Property, Systemd, UnitOutcome
+from nanoclaw.broker.systemd_bus import BusError, Property, Systemd, UnitOutcome, sent_properties
+from nanoclaw.broker.unit_digest import properties_sha256
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Ran:
     stderr: bytes
     truncated: bool
     duration_ms: int
+    properties_sha256: str  # of exactly what StartTransientUnit was given
 
 
 async def run_unit(
@@ -48,15 +50,15 @@ async def run_unit(
     stdin_r, stdin_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    properties = plan.properties + PIPES
+    digest = properties_sha256(sent_properties(properties))
     started = time.monotonic()
     try:
-        path = await systemd.start_transient(
-            plan.name, plan.properties + PIPES, [stdin_r, out_w, err_w]
-        )
+        path = await systemd.start_transient(plan.name, properties, [stdin_r, out_w, err_w])
     finally:
         for fd in (stdin_r, out_w, err_w):
             os.close(fd)
-    log.info("started %s", plan.name)
+    log.info("started %s (properties sha256 %s)", plan.name, digest)
     feeder = asyncio.create_task(asyncio.to_thread(_feed, stdin_w, stdin))
     outputs = asyncio.gather(_read_capped(out_r, output_cap), _read_capped(err_r, output_cap))
     gone = asyncio.ensure_future(client_gone)
@@ -77,7 +79,7 @@ async def run_unit(
         with suppress(BusError):
             await systemd.release(path)
     duration_ms = int((time.monotonic() - started) * 1000)
-    return Ran(outcome, stdout, stderr, out_cut or err_cut, duration_ms)
+    return Ran(outcome, stdout, stderr, out_cut or err_cut, duration_ms, digest)
 
 
 async def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:

@@ -34,9 +34,11 @@ from claude_agent_sdk import (
     ClaudeSDKClient,
     HookMatcher,
     ResultMessage,
+    SystemMessage,
 )
 from claude_agent_sdk.types import McpSdkServerConfig
 
+from nanoclaw.host.audit import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy
@@ -96,6 +98,7 @@ class AgentSettings:
     system_prompt: str
     tools: McpSdkServerConfig
     tool_names: tuple[str, ...]
+    audit: AuditScope  # whose calls `tools` record; the session names itself into it
     broker_socket: str | None = None  # set: the CLI runs in the group's agent unit
     subagents: tuple[SubagentConfig, ...] = ()
 
@@ -239,9 +242,13 @@ class AgentSession:
             client, self._confined = settings.client(resume, self._placeholder)
             await client.connect()
             self._client = client
+            settings.audit.session_id = resume
         await self._client.query(_with_images(prompt, images) if images else prompt)
         result: ResultMessage | None = None
         async for message in self._client.receive_response():
+            if isinstance(message, SystemMessage) and message.subtype == "init":
+                # Before the turn's tool calls: they are recorded with this session.
+                self.settings.audit.session_id = message.data.get("session_id")
             if isinstance(message, ResultMessage):
                 result = message
         return result

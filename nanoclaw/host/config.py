@@ -71,6 +71,7 @@ _TOP_KEYS = (
     "model",
     "groups",
     "tasks",
+    "audit",
 )
 _MATRIX_KEYS = (
     "homeserver",
@@ -182,6 +183,8 @@ class Config:
     # one the model takes (nanoclaw.host.image_scale); unset, images go as sent or not at all.
     image_scaler_python: str | None = None
     tasks: tuple[TaskConfig, ...] = ()
+    # How long the audit trail of tool calls is kept (nanoclaw.host.audit).
+    audit_retention_days: int = 90
 
     @property
     def main_group(self) -> GroupConfig | None:
@@ -249,6 +252,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         ),
         image_scaler_python=top.string("image_scaler_python", _PATH_WHAT, is_absolute),
         tasks=parse_tasks(top, [g.folder for g in groups], timezone),
+        audit_retention_days=top.table("audit", ("retention_days",), required=False).integer(
+            "retention_days", 90, 1, 36500
+        ),
     )
 
 

@@ -8,7 +8,9 @@ host issues for one tool call and revokes when the call ends, so a request passe
 when it names a live secret, the group that secret was issued to, one of that group's
 domains (exact or `*.suffix`, see `domain_allowed`) and an allowed port, and the name
 resolves to public addresses only (a domain pointed at 127.0.0.1 reaches nothing). Every
-decision is logged.
+decision is logged, and each one made under a live secret is also kept with that secret's
+grant: the secret belongs to exactly one tool call, so the audit trail attributes the
+decision to that call (a request without a live secret belongs to no call: logged only).
 
 HTTPS is a CONNECT tunnel. After its 200 the proxy reads the TLS ClientHello the client
 sends first, and closes the tunnel unless the hello's server name (SNI) is the CONNECT
@@ -35,7 +37,7 @@ import socket
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from nanoclaw.broker.policy import domain_allowed
@@ -57,9 +59,25 @@ _DROPPED_HEADERS = frozenset(
 
 
 @dataclass(frozen=True)
+class Decision:
+    """One verdict of the proxy on a request made under a call's secret."""
+
+    allowed: bool
+    method: str
+    host: str
+    port: int
+    reason: str = ""  # why it was denied
+
+    def to_json(self) -> dict[str, object]:
+        verdict = {"allow": self.allowed, "method": self.method, "host": self.host}
+        return {**verdict, "port": self.port} | ({"reason": self.reason} if self.reason else {})
+
+
+@dataclass(frozen=True)
 class Grant:
     group: str
     domains: tuple[str, ...]
+    decisions: list[Decision] = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True)
@@ -103,10 +121,13 @@ class EgressProxy:
         self._socket: RelaySocket | None = None
 
     @contextmanager
-    def grant(self, group: str, domains: Sequence[str]) -> Iterator[str]:
-        """A fresh secret for one tool call of `group`, valid until the block ends."""
+    def grant(
+        self, group: str, domains: Sequence[str], decisions: list[Decision] | None = None
+    ) -> Iterator[str]:
+        """A fresh secret for one tool call of `group`, valid until the block ends; the
+        verdicts on requests made with it are appended to `decisions`."""
         token = secrets.token_urlsafe(32)
-        self._grants[token] = Grant(group, tuple(domains))
+        self._grants[token] = Grant(group, tuple(domains), [] if decisions is None else decisions)
         try:
             yield token
         finally:
@@ -136,16 +157,15 @@ class EgressProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request: Request | None = None
-        group = "?"
+        grant: Grant | None = None
         try:
             request = parse_head(await _read_head(reader))
             grant = self._authenticate(request)
-            group = grant.group
             self._check_target(request, grant)
             addresses = await self._resolve(request)
             up_reader, up_writer = await _connect(addresses, request.port)
         except Denied as denied:
-            log.warning("deny %s: %s", _what(request, group, writer), denied)
+            _decided(request, grant, writer, str(denied))
             await _refuse(writer, denied)
             return
         if request.method == "CONNECT":
@@ -153,13 +173,13 @@ class EgressProxy:
             try:
                 up_writer.write(await _read_hello_naming(reader, request.host))
             except TunnelRefused as refused:
-                log.warning("deny %s: %s", _what(request, group, writer), refused)
+                _decided(request, grant, writer, str(refused))
                 up_writer.close()
                 writer.close()
                 return
         else:
             up_writer.write(request.head)
-        log.info("allow %s", _what(request, group, writer))
+        _decided(request, grant, writer)
         await _splice(reader, writer, up_reader, up_writer)
 
     def _authenticate(self, request: Request) -> Grant:
@@ -197,6 +217,20 @@ class EgressProxy:
         if not usable:
             raise Denied(403, f"{request.host} resolves only to non-public addresses {found}")
         return usable
+
+
+def _decided(
+    request: Request | None, grant: Grant | None, writer: asyncio.StreamWriter, denied: str = ""
+) -> None:
+    """Log a verdict, and keep it with the grant of the call it was made for."""
+    what = _what(request, grant.group if grant is not None else "?", writer)
+    if denied:
+        log.warning("deny %s: %s", what, denied)
+    else:
+        log.info("allow %s", what)
+    if grant is not None and request is not None:
+        verdict = Decision(not denied, request.method, request.host, request.port, denied)
+        grant.decisions.append(verdict)
 
 
 def _what(request: Request | None, group: str, writer: asyncio.StreamWriter) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from claude_agent_sdk import SdkMcpTool, tool
 
+from nanoclaw.host import audit
 from nanoclaw.host.config import FOLDER_PATTERN
 
 
@@ -92,6 +93,12 @@ def tool_result(text: str, error: bool = False) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": text}], "is_error": error}
 
 
+def refusal_result(reason: str) -> dict[str, Any]:
+    """A refused call's answer to the model; the audit trail records it as refused."""
+    audit.refused(reason)
+    return tool_result(reason, error=True)
+
+
 def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
     """The host tools for group `source`."""
 
@@ -106,7 +113,7 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
                 await actions.send_message(source, str(args["text"]), args.get("target_group"))
             )
         except ToolRefused as refusal:
-            return tool_result(str(refusal), error=True)
+            return refusal_result(str(refusal))
 
     @tool("register_group", "Main group only: start serving another Matrix room.", _REGISTER_SCHEMA)
     async def register_group(args: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +123,7 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
                 await actions.register_group(source, str(args.get("folder")), definition)
             )
         except ToolRefused as refusal:
-            return tool_result(str(refusal), error=True)
+            return refusal_result(str(refusal))
 
     @tool("write_memory", "Replace a memory file that later sessions start with.", _MEMORY_SCHEMA)
     async def write_memory(args: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +131,7 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
             scope, content = str(args.get("scope")), str(args.get("content", ""))
             return tool_result(await actions.write_memory(source, scope, content))
         except ToolRefused as refusal:
-            return tool_result(str(refusal), error=True)
+            return refusal_result(str(refusal))
 
     @tool(
         "send_file",
@@ -142,7 +149,7 @@ def host_mcp_tools(source: str, actions: HostActions) -> list[SdkMcpTool[Any]]:
                 args.get("target_group"),
             )
         except ToolRefused as refusal:
-            return tool_result(str(refusal), error=True)
+            return refusal_result(str(refusal))
         return tool_result(sent)
 
     return [send_message, register_group, write_memory, send_file]

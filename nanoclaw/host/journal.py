@@ -31,6 +31,21 @@ CONTEXT_FIELDS = {
     "tool_unit": "TOOL_UNIT",
     "task_id": "TASK_ID",
     "duration_ms": "DURATION_MS",
+    # The audit trail's (nanoclaw.host.audit): one line per tool call or unit it ran.
+    "tool_call": "TOOL_CALL",
+    "session_id": "SESSION_ID",
+    "agent": "AGENT",
+    "tool": "TOOL",
+    "arguments": "TOOL_ARGUMENTS",
+    "outcome": "TOOL_RESULT",
+    "properties_sha256": "TOOL_UNIT_PROPERTIES_SHA256",
+    "exit_status": "EXIT_STATUS",
+    "signal": "EXIT_SIGNAL",
+    "stdout_bytes": "STDOUT_BYTES",
+    "stderr_bytes": "STDERR_BYTES",
+    "truncated": "OUTPUT_TRUNCATED",
+    "egress": "EGRESS",
+    "reason": "REASON",
 }
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 

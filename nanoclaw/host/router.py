@@ -35,6 +35,8 @@ from nanoclaw.host.triggers import is_triggered
 
 log = logging.getLogger(__name__)
 
+STATUS_CALLS = 5  # the last tool calls /status shows
+
 
 class Channel(Protocol):
     user_id: str
@@ -433,6 +435,7 @@ class Router:
                 waiting_for_keys=self._waiting_for_keys(folder),
                 workspace=workspace,
                 timezone=self._config.timezone,
+                recent_calls=self._store.audit_rows(folder, limit=STATUS_CALLS),
             )
         )
 

@@ -16,6 +16,8 @@ import signal
 from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.host.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
+from nanoclaw.host.audit import Audit, AuditScope
+from nanoclaw.host.audit_args import SecretFilter
 from nanoclaw.host.config import Config
 from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
 from nanoclaw.host.file_out import FileSender
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 60.0
 REAPER_INTERVAL = 30.0
+AUDIT_PRUNE_INTERVAL = 3600.0
 
 MAIN_PROMPT = """\
 This is the main group: its owner trusts you fully here. You may send messages to other
@@ -63,11 +66,15 @@ class Host:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
-        self._credentials = CredentialProxy(model_api_key(config.model), default_endpoint())
+        api_key = model_api_key(config.model)
+        self._credentials = CredentialProxy(api_key, default_endpoint())
         if config.sandbox_socket is not None:
             socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
             self._sandbox = await SandboxGateway.open(socket, timeout, str(config.egress_socket))
         store = Store(config.data_dir / "nanoclaw.db")
+        known = [access_token, api_key] if api_key else [access_token]
+        self._audit = Audit(store, SecretFilter(known), config.audit_retention_days)
+        self._audit.prune()
         groups = GroupRegistry(config, store)
         groups.load()
         channel = MatrixChannel(
@@ -111,6 +118,7 @@ class Host:
             router.kick_all()
             scheduling = asyncio.create_task(scheduler.run(), name="scheduler")
             reaper = asyncio.create_task(self._reap(pool, router), name="reaper")
+            pruner = asyncio.create_task(self._prune_audit(), name="audit-pruner")
             stop = asyncio.create_task(self._stopping.wait())
             # A failed scheduler stops the host too: systemd restarts it, nothing is silent.
             await asyncio.wait({sync, stop, scheduling}, return_when=asyncio.FIRST_COMPLETED)
@@ -119,6 +127,7 @@ class Host:
             sync.cancel()
             scheduling.cancel()  # runs already started finish in the drain
             reaper.cancel()
+            pruner.cancel()
             try:
                 await asyncio.wait_for(router.drain(), DRAIN_SECONDS)
             except TimeoutError:
@@ -155,6 +164,11 @@ class Host:
             await asyncio.sleep(interval)
             await pool.close_idle(router.busy())
 
+    async def _prune_audit(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_PRUNE_INTERVAL)
+            self._audit.prune()
+
     def _settings(self, folder: str) -> AgentSettings:
         group = self._groups.get(folder)
         if group is None:
@@ -168,6 +182,8 @@ class Host:
         tools = host_mcp_tools(folder, actions) + task_mcp_tools(folder, self._tasks)
         if self._sandbox is not None:
             tools += sandbox_mcp_tools(self._sandbox, folder)
+        scope = AuditScope(folder)
+        tools = self._audit.wrap(tools, scope)
         prompt = SYSTEM_PROMPT.format(name=self.config.assistant_name, folder=folder)
         if group.main:
             prompt += "\n" + MAIN_PROMPT
@@ -182,6 +198,7 @@ class Host:
             system_prompt=prompt,
             tools=create_sdk_mcp_server(MCP_SERVER, tools=tools),
             tool_names=tuple(t.name for t in tools),
+            audit=scope,
             broker_socket=self._broker_for_agents(),
             subagents=group.subagents,
         )

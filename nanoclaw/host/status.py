@@ -1,5 +1,6 @@
 """What /status shows of a group, rendered from what the router gathers: its share of the
-run slots, the queue, its session, its last run, its tasks and its workspace."""
+run slots, the queue, its session, its last run, its tasks, its workspace and its last
+tool calls."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from datetime import datetime, tzinfo
 
 from nanoclaw.broker.protocol import UsageReport
 from nanoclaw.broker.workspace_usage import shown, size
+from nanoclaw.host.audit_table import AuditRow
+from nanoclaw.host.audit_view import status_lines
 from nanoclaw.host.records import GroupRow
 
 
@@ -27,6 +30,7 @@ class GroupStatus:
     # The broker's measure, or why there is none; None where no broker is configured.
     workspace: UsageReport | str | None
     timezone: tzinfo
+    recent_calls: Sequence[AuditRow] = ()  # the audit trail's last rows, oldest first
 
 
 def render_status(status: GroupStatus) -> str:
@@ -62,4 +66,5 @@ def render_status(status: GroupStatus) -> str:
         # No per-group bound: all workspaces share one file system (broker.workspace_usage).
         free = size(status.workspace.free_bytes)
         lines.append(f"- workspace: {held}; {free} free, shared by all groups")
+    lines += status_lines(status.recent_calls, status.timezone)
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """The host's durable state in SQLite: messages, groups, cursors, sessions, the outbox,
-scheduled tasks and their runs, and encrypted events that wait for their keys.
+scheduled tasks and their runs, encrypted events that wait for their keys, and the audit
+trail of tool calls.
 
 Every state change that must survive a crash happens in one transaction with the thing it
 depends on: a sync batch's events with its next_batch token, a reply's outbox row with
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nanoclaw.host.attachment import Attachment
+from nanoclaw.host.audit_table import AuditTable
 from nanoclaw.host.migrations import MIGRATIONS
 from nanoclaw.host.records import (
     GroupRow,
@@ -32,7 +34,7 @@ from nanoclaw.host.waiting_table import MAX_WAITING_PER_ROOM, WaitingTable, hold
 log = logging.getLogger(__name__)
 
 
-class Store(TaskTable, WaitingTable):
+class Store(TaskTable, WaitingTable, AuditTable):
     """A thin, typed layer over one SQLite connection (the host is single-threaded)."""
 
     def __init__(self, path: Path) -> None:

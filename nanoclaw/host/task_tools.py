@@ -10,7 +10,7 @@ from typing import Any
 
 from claude_agent_sdk import SdkMcpTool, tool
 
-from nanoclaw.host.host_tools import tool_result
+from nanoclaw.host.host_tools import refusal_result, tool_result
 from nanoclaw.host.tasks import TaskRefused, TaskService
 
 _SCHEDULE_PROPERTIES = {
@@ -57,7 +57,7 @@ def _answer(call: Callable[[], str]) -> dict[str, Any]:
     try:
         return tool_result(call())
     except TaskRefused as refusal:
-        return tool_result(str(refusal), error=True)
+        return refusal_result(str(refusal))
 
 
 def _text(args: dict[str, Any], name: str) -> str | None:

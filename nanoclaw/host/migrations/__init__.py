@@ -9,6 +9,7 @@ from nanoclaw.host.migrations import (
     v002_tasks,
     v003_undecrypted,
     v004_attachments,
+    v005_audit,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -16,4 +17,5 @@ MIGRATIONS: tuple[str, ...] = (
     v002_tasks.SQL,
     v003_undecrypted.SQL,
     v004_attachments.SQL,
+    v005_audit.SQL,
 )

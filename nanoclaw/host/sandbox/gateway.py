@@ -2,7 +2,8 @@
 
 It keeps the broker's policy summary from its start and acts on it: a group with egress
 domains gets a fresh secret for the egress proxy, granted for the summary's domains and
-revoked as soon as the call returns. Each call names the summary's generation; when the
+revoked as soon as the call returns; the proxy's verdicts under that secret go with the
+unit to the audit trail (nanoclaw.host.audit). Each call names the summary's generation; when the
 policy has changed since (the broker is restarted with a new one), the broker refuses and
 sends the new summary, and the call is made once more on that. So a call is one round
 trip, and a secret is never granted for domains the policy no longer gives. The broker
@@ -16,7 +17,8 @@ import os
 from collections.abc import Sequence
 
 from nanoclaw.broker.protocol import MAIN_AGENT, PolicySummary, RunResult, UsageReport
-from nanoclaw.host.egress_proxy import EgressProxy
+from nanoclaw.host import audit
+from nanoclaw.host.egress_proxy import Decision, EgressProxy
 from nanoclaw.host.sandbox.client import (
     SandboxError,
     describe_policy,
@@ -69,14 +71,16 @@ class SandboxGateway:
         self, group: str, argv: Sequence[str], stdin: bytes = b"", agent: str = MAIN_AGENT
     ) -> RunResult:
         """One tool call of `group`'s agent `agent` (MAIN_AGENT, or a subagent's name)."""
+        decisions: list[Decision] = []
         try:
-            result = await self._run(group, argv, stdin, agent)
+            result = await self._run(group, argv, stdin, agent, decisions)
         except SandboxError as refusal:
             if refusal.summary is None or refusal.summary.generation == self.summary.generation:
                 raise
             log.info("the sandbox policy changed; asking again", extra={"group": group})
             self.summary = refusal.summary
-            result = await self._run(group, argv, stdin, agent)
+            result = await self._run(group, argv, stdin, agent, decisions)
+        audit.unit_ran(result, decisions)
         # The outcome only: argv and output are the model's and the tool's, never logged.
         context = {
             "group": group,
@@ -87,7 +91,9 @@ class SandboxGateway:
         log.info("tool call: %s, exit %s", result.result, result.exit_status, extra=context)
         return result
 
-    async def _run(self, group: str, argv: Sequence[str], stdin: bytes, agent: str) -> RunResult:
+    async def _run(
+        self, group: str, argv: Sequence[str], stdin: bytes, agent: str, decisions: list[Decision]
+    ) -> RunResult:
         summary = self.summary
         grant = summary.groups.get(group)
         domains = grant.domains if grant is not None else ()
@@ -98,7 +104,7 @@ class SandboxGateway:
                 self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
                 policy=summary.generation, agent=agent,
             )  # fmt: skip
-        with self.proxy.grant(group, domains) as token:
+        with self.proxy.grant(group, domains, decisions) as token:
             return await run_in_sandbox(
                 self.socket_path, group, argv, timeout=self.timeout, stdin=stdin,
                 proxy_token=token, policy=summary.generation, agent=agent,

@@ -10,7 +10,7 @@ from claude_agent_sdk import SdkMcpTool, tool
 
 from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.config_subagents import SANDBOX_TOOLS
-from nanoclaw.host.host_tools import tool_result
+from nanoclaw.host.host_tools import refusal_result, tool_result
 from nanoclaw.host.sandbox.client import SandboxError
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.tools import SandboxTools, ToolInputError
@@ -99,7 +99,7 @@ def sandbox_mcp_tools(gateway: SandboxGateway, group: str) -> list[SdkMcpTool[An
         try:
             text, error = await _call(tools, name, args)
         except (ToolInputError, SandboxError, KeyError, ValueError) as exc:
-            text, error = f"{name} refused: {exc}", True
+            return refusal_result(f"{name} refused: {exc}")
         return tool_result(text, error)
 
     made: list[SdkMcpTool[Any]] = []
