@@ -23,7 +23,8 @@ import aiohttp
 from nanoclaw.broker.protocol import PolicySummary
 from nanoclaw.broker.workspace_usage import shown, size
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
-from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint
+from nanoclaw.host.model_credential import model_credential
 from nanoclaw.host.sandbox.client import SandboxError, describe_policy, workspace_usage
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
@@ -198,13 +199,13 @@ def _enforcement(summary: PolicySummary) -> list[Check]:
 
 
 async def _model(config: Config, env: Mapping[str, str]) -> list[Check]:
-    key = model_api_key(config.model, env)
+    credential = model_credential(config.model, env)
     default = config.model.base_url or default_endpoint(env)
     endpoints = {default: config.model.name}
     for group in config.groups:
         if group.base_url:
             endpoints.setdefault(group.base_url, group.model or config.model.name)
-    proxy = CredentialProxy(key, default)
+    proxy = CredentialProxy(credential, default)
     await proxy.start()
     try:
         return [await _probe(proxy, endpoint, model) for endpoint, model in endpoints.items()]

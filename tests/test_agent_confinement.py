@@ -29,6 +29,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 from nanoclaw.broker.agent_runs import find_agent_cli
 from nanoclaw.host.agent import AgentSession, AgentSettings
 from nanoclaw.host.credential_proxy import CredentialProxy
+from nanoclaw.host.model_credential import ModelCredential
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.mcp import sandbox_mcp_tools
 from tests.support.machine import (
@@ -160,7 +161,7 @@ def machine(outside: Outside, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 async def proxy(outside: Outside) -> AsyncIterator[CredentialProxy]:
-    proxy = CredentialProxy(KEY, outside.model.url)
+    proxy = CredentialProxy(ModelCredential(KEY, subscription=False), outside.model.url)
     await proxy.start(str(outside.credentials_dir / "proxy.sock"))
     yield proxy
     await proxy.close()

@@ -17,13 +17,14 @@ from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.host.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
 from nanoclaw.host.config import Config
-from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint
 from nanoclaw.host.file_out import FileSender
 from nanoclaw.host.groups import GroupRegistry
 from nanoclaw.host.host_tools import host_mcp_tools
 from nanoclaw.host.inbox import Inbox
 from nanoclaw.host.matrix_channel import MatrixChannel
 from nanoclaw.host.memory import Memory
+from nanoclaw.host.model_credential import model_credential
 from nanoclaw.host.notify import Notifier
 from nanoclaw.host.router import GroupState, Router
 from nanoclaw.host.sandbox.gateway import SandboxGateway
@@ -63,7 +64,7 @@ class Host:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
-        self._credentials = CredentialProxy(model_api_key(config.model), default_endpoint())
+        self._credentials = CredentialProxy(model_credential(config.model), default_endpoint())
         if config.sandbox_socket is not None:
             socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
             self._sandbox = await SandboxGateway.open(socket, timeout, str(config.egress_socket))
