@@ -1,9 +1,11 @@
 """The credential proxy between the CLI and the model endpoint, with real HTTP both sides.
 
-The key arrives upstream only through the proxy; wrong, revoked and missing placeholders
-and paths outside the Messages API are refused before anything goes upstream; answers
-stream through unbuffered; logs never show the key. The last test runs the real host and
-CLI and searches the CLI process's environment and files for the key.
+The key arrives upstream only through the proxy, and a subscription token as the CLI
+itself sends one; wrong, revoked and missing placeholders and paths outside the Messages
+API are refused before anything goes upstream; answers stream through unbuffered; logs
+never show the key or the token. The last two tests run the real host and CLI: they
+search the CLI process's environment and files for the key, and see an expired token
+reported in the room.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nanoclaw.appliance.homeserver import EmbeddedHomeserver
 from nanoclaw.host.credential_proxy import REDACTED, CredentialProxy
 from nanoclaw.host.model_credential import ModelCredential
 from tests.support.host_process import HostProcess, write_secret
-from tests.support.scripted_model import ScriptedModel
+from tests.support.scripted_model import ModelError, ScriptedModel
 from tests.support.world import API_KEY, World, echo
 
 KEY = "sk-ant-real-key-abcdef0123456789"
@@ -318,11 +320,12 @@ async def test_the_cli_holds_only_a_placeholder(
 
 
 @pytest.mark.integration
-async def test_a_subscription_token_reaches_the_model_and_never_the_cli(
+async def test_a_subscription_token_reaches_the_model_and_its_expiry_the_room(
     homeserver: EmbeddedHomeserver, scripted_model: ScriptedModel, tmp_path: Path
 ) -> None:
     """The real host, SDK and CLI with a token as a systemd credential: the model gets it
-    as the CLI itself would send it, and the CLI never holds it."""
+    as the CLI itself would send it, the CLI never holds it, and once it has expired the
+    room is told what to do, without retries."""
     scripted_model.script = echo
     scripted_model.oauth_token = TOKEN
     world = World(homeserver, scripted_model, tmp_path)
@@ -338,6 +341,26 @@ async def test_a_subscription_token_reaches_the_model_and_never_the_cli(
         assert not any(TOKEN.encode() in v for v in environ.values())
         assert environ[b"ANTHROPIC_API_KEY"].startswith(b"sk-nanoclaw-")
         assert environ[b"CLAUDE_CODE_OAUTH_TOKEN"] == b""
+
+        scripted_model.oauth_token = "sk-ant-oat01-a-renewed-one"  # ours has expired
+        await world.alice.send(world.main_room, "still there?")
+        replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=2)
+        notice = replies[1]["content"]["body"]
+        assert notice.startswith("⚠️ I could not answer: Anthropic refused the subscription"), notice
+        for said in ("OAuth token has expired", "claude setup-token", "systemctl restart"):
+            assert said in notice, notice
+        log = host.log_text()
+        assert "attempt 1 of 3" in log and "attempt 2 of 3" not in log, "not retried"
+        assert TOKEN not in log and TOKEN not in notice
+
+        # Revoked, the API answers 403 and the CLI says so in words of its own.
+        scripted_model.oauth_token = TOKEN
+        scripted_model.script = lambda r: ModelError(403, "OAuth token has been revoked.")
+        await world.alice.send(world.main_room, "and now?")
+        replies = await world.alice.wait_for_replies(world.bot.user_id, world.main_room, count=3)
+        notice = replies[2]["content"]["body"]
+        assert "subscription token (Failed to authenticate: OAuth token revoked" in notice, notice
+        assert "claude setup-token" in notice
 
     finally:
         await world.close()

@@ -113,6 +113,11 @@ class CredentialProxy:
         """Whether a CLI for `endpoint` would reach Anthropic's API without a key to give it."""
         return not self._credential and (endpoint or self._default).rstrip("/") == ANTHROPIC_API
 
+    @property
+    def subscription(self) -> bool:
+        """Whether requests carry a Claude subscription's token rather than an API key."""
+        return self._credential is not None and self._credential.subscription
+
     def issue(self, group: str, endpoint: str | None) -> str:
         """A fresh placeholder for one CLI process of `group`, valid until revoked."""
         placeholder = "sk-nanoclaw-" + secrets.token_urlsafe(32)

@@ -17,6 +17,12 @@ from multidict import CIMultiDict
 from nanoclaw.host.config import ModelConfig
 
 OAUTH_BETA = "oauth-2025-04-20"
+# What to do once Anthropic refuses the token (it expired, or was revoked).
+RENEW_TOKEN = (
+    "run `claude setup-token` on a machine with a browser, put the new token in the file "
+    "or credential that model.oauth_token_file or model.oauth_token_credential names, and "
+    "restart the host (`systemctl restart nanoclaw`)"
+)
 
 
 @dataclass(frozen=True)
