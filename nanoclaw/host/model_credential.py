@@ -17,6 +17,8 @@ from multidict import CIMultiDict
 from nanoclaw.host.config import ModelConfig
 
 OAUTH_BETA = "oauth-2025-04-20"
+# `claude setup-token` prints sk-ant-oat01-...; API keys are sk-ant-api03-...
+TOKEN_PREFIX = "sk-ant-oat"
 # What to do once Anthropic refuses the token (it expired, or was revoked).
 RENEW_TOKEN = (
     "run `claude setup-token` on a machine with a browser, put the new token in the file "
@@ -43,6 +45,14 @@ class ModelCredential:
         ]
         # The CLI's own betas stay (it sends them for a key too), each once.
         headers["anthropic-beta"] = ",".join(dict.fromkeys([*filter(None, sent), OAUTH_BETA]))
+
+    def shape_problem(self) -> str | None:
+        """Why the secret is not what its key says it is, if it looks so."""
+        if self.subscription and not self.secret.startswith(TOKEN_PREFIX):
+            return f"the subscription token does not start with {TOKEN_PREFIX}"
+        if not self.subscription and self.secret.startswith(TOKEN_PREFIX):
+            return "the API key is a subscription token"
+        return None
 
 
 def model_credential(
