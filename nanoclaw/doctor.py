@@ -3,13 +3,15 @@
 It asks each part the host relies on the way the host does: the config and its secrets,
 the homeserver and whoami with the bot's token, the broker's describe request (which
 also carries the broker's start-up checks of IP filtering), the model endpoint through
-the credential proxy exactly as the CLI reaches it, and the data directory's owner and
+the credential proxy exactly as the CLI reaches it (with the API key or the subscription
+token, each of which must look like one), and the data directory's owner and
 mode, and whether encrypted messages have waited too long for their keys. Nothing is
 changed; a failed check says what to change.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -23,7 +25,8 @@ import aiohttp
 from nanoclaw.broker.protocol import PolicySummary
 from nanoclaw.broker.workspace_usage import shown, size
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
-from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint
+from nanoclaw.host.model_credential import RENEW_TOKEN, ModelCredential, model_credential
 from nanoclaw.host.sandbox.client import SandboxError, describe_policy, workspace_usage
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
@@ -198,13 +201,15 @@ def _enforcement(summary: PolicySummary) -> list[Check]:
 
 
 async def _model(config: Config, env: Mapping[str, str]) -> list[Check]:
-    key = model_api_key(config.model, env)
+    credential = model_credential(config.model, env)
+    if credential is not None and (mismatch := _mismatch(credential)) is not None:
+        return [mismatch]  # it would only be refused, or sent the wrong way
     default = config.model.base_url or default_endpoint(env)
     endpoints = {default: config.model.name}
     for group in config.groups:
         if group.base_url:
             endpoints.setdefault(group.base_url, group.model or config.model.name)
-    proxy = CredentialProxy(key, default)
+    proxy = CredentialProxy(credential, default)
     await proxy.start()
     try:
         return [await _probe(proxy, endpoint, model) for endpoint, model in endpoints.items()]
@@ -212,10 +217,28 @@ async def _model(config: Config, env: Mapping[str, str]) -> list[Check]:
         await proxy.close()
 
 
+def _mismatch(credential: ModelCredential) -> Check | None:
+    problem = credential.shape_problem()
+    if problem is None:
+        return None
+    fix = (
+        "put the token `claude setup-token` printed where model.oauth_token_* names (an "
+        "API key belongs in model.api_key_file or model.api_key_credential)"
+        if credential.subscription
+        else "name its file or credential in model.oauth_token_file or "
+        "model.oauth_token_credential instead"
+    )
+    return Check("model", False, problem, fix)
+
+
 async def _probe(proxy: CredentialProxy, endpoint: str, model: str | None) -> Check:
-    """count_tokens through the credential proxy: authenticated, and free of charge."""
+    """count_tokens through the credential proxy: authenticated, and free of charge (the
+    CLI sends count_tokens with a subscription token too)."""
     if proxy.needs_key(endpoint):
-        fix = "set model.api_key_file or model.api_key_credential, or a base_url without keys"
+        fix = (
+            "set model.api_key_file or model.api_key_credential (model.oauth_token_* for a "
+            "Claude subscription), or a base_url without keys"
+        )
         return Check("model", False, f"{endpoint}: no API key is configured", fix)
     placeholder = proxy.issue("doctor", endpoint)
     body = {"model": model or PROBE_MODEL, "messages": [{"role": "user", "content": "ping"}]}
@@ -232,16 +255,28 @@ async def _probe(proxy: CredentialProxy, endpoint: str, model: str | None) -> Ch
         return Check("model", False, f"{endpoint}: {exc or type(exc).__name__}")
     finally:
         proxy.revoke(placeholder)
+    what = "the subscription token" if proxy.subscription else "the key"
     if status == 200:
-        return Check("model", True, f"{endpoint}: the key is accepted")
+        return Check("model", True, f"{endpoint}: {what} is accepted")
     if status in (401, 403):
+        refused = f"{endpoint}: {what} is refused (HTTP {status})"
+        if proxy.subscription:  # expired or revoked: Anthropic's message says which
+            return Check("model", False, f"{refused}: {_api_message(text)}", RENEW_TOKEN)
         fix = "put a valid key in the file or credential that model.api_key_* names"
-        return Check("model", False, f"{endpoint}: the key is refused (HTTP {status})", fix)
+        return Check("model", False, refused, fix)
     if status == 502:
         fix = "check model.base_url (or the group's base_url) and the network"
         return Check("model", False, f"{endpoint}: unreachable", fix)
     fix = "check the endpoint and model name; an endpoint without count_tokens cannot be checked"
     return Check("model", False, f"{endpoint}: HTTP {status}: {text[:200]}", fix)
+
+
+def _api_message(text: str) -> str:
+    """The message of an error in the API's shape, else the start of the body."""
+    try:
+        return str(json.loads(text)["error"]["message"])[:200]
+    except (ValueError, KeyError, TypeError):
+        return text[:200]
 
 
 def _data_dir(path: Path) -> Check:

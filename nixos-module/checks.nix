@@ -200,10 +200,22 @@ concatLists (mapAttrsToList groupChecks cfg.groups)
   (check (secrets == [ ]) ''
     ${option}.settings: ${lib.concatStringsSep ", " secrets} looks like a secret. The settings go
     into the world-readable Nix store: give secrets as files with accessTokenFile and apiKeyFile
-    (delivered with LoadCredential=).'')
-  (check (!(cfg.settings.matrix ? access_token_file) && !(cfg.settings.model ? api_key_file)) ''
-    ${option}.settings: the module hands the host its secrets as credentials: set accessTokenFile
-    and apiKeyFile instead of matrix.access_token_file and model.api_key_file.'')
+    or oauthTokenFile (delivered with LoadCredential=).'')
+  (check
+    (
+      !(cfg.settings.matrix ? access_token_file)
+      && !(cfg.settings.model ? api_key_file)
+      && !(cfg.settings.model ? oauth_token_file)
+    )
+    ''
+      ${option}.settings: the module hands the host its secrets as credentials: set accessTokenFile
+      and apiKeyFile instead of matrix.access_token_file and model.api_key_file (oauthTokenFile
+      instead of model.oauth_token_file).''
+  )
+  # The host puts one credential on every model request.
+  (check (cfg.apiKeyFile == null || cfg.oauthTokenFile == null) ''
+    ${option}.apiKeyFile and ${option}.oauthTokenFile: set at most one: an API key, or a Claude
+    subscription's token.'')
   (check (cfg.settings.matrix.owners != [ ])
     "${option}.settings.matrix.owners: list at least one Matrix user ID: the people the bot serves."
   )

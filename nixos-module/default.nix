@@ -128,7 +128,10 @@ let
         ]
         ++ lib.optional (
           cfg.apiKeyFile != null
-        ) "${cfg.settings.model.api_key_credential}:${cfg.apiKeyFile}";
+        ) "${cfg.settings.model.api_key_credential}:${cfg.apiKeyFile}"
+        ++ lib.optional (
+          cfg.oauthTokenFile != null
+        ) "${cfg.settings.model.oauth_token_credential}:${cfg.oauthTokenFile}";
         StateDirectory = lib.mkIf (cfg.dataDir == "/var/lib/nanoclaw") "nanoclaw";
         StateDirectoryMode = "0750";
         # The sockets of the egress proxy and of the credential proxy: the relays that lead

@@ -328,6 +328,13 @@ let
           defaultText = literalExpression ''if apiKeyFile != null then "anthropic-key" else null'';
           description = "The systemd credential holding `apiKeyFile`, which the module hands to the host.";
         };
+        oauth_token_credential = mkOption {
+          type = types.nullOr types.str;
+          readOnly = true;
+          default = if cfg.oauthTokenFile != null then "claude-oauth-token" else null;
+          defaultText = literalExpression ''if oauthTokenFile != null then "claude-oauth-token" else null'';
+          description = "The systemd credential holding `oauthTokenFile`, which the module hands to the host.";
+        };
       };
       data_dir = mkOption {
         type = types.str;
@@ -426,7 +433,7 @@ in
         The host's configuration file, `/etc/nanoclaw/config.toml` (see
         `units/config.example.toml`): the keys declared here, and any other. The module
         adds `groups.<name>` from `groups` (as defaults a setting here overrides), and the
-        credentials of `accessTokenFile` and `apiKeyFile`. Secrets never go here: the file
+        credentials of `accessTokenFile` and `apiKeyFile` or `oauthTokenFile`. Secrets never go here: the file
         is in the world-readable Nix store, and evaluation stops at a key or value that
         looks like one.
       '';
@@ -445,6 +452,16 @@ in
       default = null;
       example = "/run/keys/anthropic-api-key";
       description = "A file holding the model API key, readable by root only (`LoadCredential=`); `null`: none.";
+    };
+    oauthTokenFile = mkOption {
+      type = types.nullOr types.externalPath;
+      default = null;
+      example = "/run/keys/claude-oauth-token";
+      description = ''
+        Instead of `apiKeyFile`: a file holding a Claude subscription's token, as
+        `claude setup-token` prints it (`sk-ant-oat01-...`), readable by root only
+        (`LoadCredential=`); `null`: none. Only the host's credential proxy reads it.
+      '';
     };
 
     dataDir = mkOption {

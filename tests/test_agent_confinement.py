@@ -31,6 +31,7 @@ from nanoclaw.host.agent import AgentSession, AgentSettings
 from nanoclaw.host.audit import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
+from nanoclaw.host.model_credential import ModelCredential
 from nanoclaw.host.sandbox.gateway import SandboxGateway
 from nanoclaw.host.sandbox.mcp import sandbox_mcp_tools
 from tests.support.machine import (
@@ -175,7 +176,7 @@ def machine(outside: Outside, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 async def proxy(outside: Outside) -> AsyncIterator[CredentialProxy]:
-    proxy = CredentialProxy(KEY, outside.model.url)
+    proxy = CredentialProxy(ModelCredential(KEY, subscription=False), outside.model.url)
     await proxy.start(str(outside.credentials_dir / "proxy.sock"))
     yield proxy
     await proxy.close()

@@ -577,6 +577,24 @@ def test_both_and_neither_api_key_rules() -> None:
     assert parse_config(data).model.api_key is None
 
 
+@pytest.mark.parametrize("token", ["oauth_token_file", "oauth_token_credential"])
+def test_a_subscription_token_instead_of_an_api_key(token: str) -> None:
+    def named(key: str) -> str:
+        return "/run/keys/claude" if key.endswith("_file") else "claude"
+
+    data = valid()
+    data["model"] = {token: named(token)}
+    model = parse_config(data).model
+    assert model.api_key is None
+    assert model.oauth_token is not None and model.oauth_token.key == f"model.{token}"
+    for key in ("api_key_file", "api_key_credential"):
+        data["model"] = {token: named(token), key: named(key)}
+        assert str(refused(data)) == (
+            f"model.{token}: set an API key or a subscription token, not both "
+            f"(model.{key} is set too)"
+        )
+
+
 def test_room_clash_is_reported_before_a_second_main() -> None:
     data = valid()
     data["groups"]["zz"] = {"room_id": "!family:example.org", "main": True}
@@ -788,6 +806,14 @@ def test_check_secrets_reads_every_secret(tmp_path: Path) -> None:
     assert caught.value.key == "model.api_key_file"
 
     write(tmp_path, "anthropic-key", "sk-ant-test")
+    check_secrets(parse_config(data), env)
+
+    del data["model"]["api_key_file"]
+    data["model"]["oauth_token_credential"] = "claude-token"
+    with pytest.raises(ConfigError) as caught:
+        check_secrets(parse_config(data), env)
+    assert caught.value.key == "model.oauth_token_credential"
+    write(tmp_path, "claude-token", "sk-ant-oat01-test")
     check_secrets(parse_config(data), env)
 
     with pytest.raises(ConfigError) as caught:

@@ -162,6 +162,41 @@ async def test_each_failure_is_named_with_what_to_do(
     assert API_KEY not in str(checks) and "syt_not_a_valid_token" not in str(checks)
 
 
+async def test_a_subscription_token_is_checked_and_its_expiry_said(
+    world: World, tmp_path: Path
+) -> None:
+    token = "sk-ant-oat01-doctor-0123456789"
+    secrets = tmp_path / "secrets"
+    world.model.oauth_token = token
+    world.settings["model"].pop("api_key_file")
+    world.settings["model"]["oauth_token_file"] = str(write_secret(secrets, "token", token))
+    status, checks = await doctor(world)
+    assert failed(checks) == set() and status == 0, checks
+    assert "the subscription token is accepted" in checks["model"][0]
+
+    world.model.oauth_token = "sk-ant-oat01-a-renewed-one"  # ours has expired
+    status, checks = await doctor(world)
+    assert status == 1 and failed(checks) == {"model"}, checks
+    shown, fix = checks["model"]
+    assert "the subscription token is refused (HTTP 401): OAuth token has expired" in shown
+    assert "claude setup-token" in fix and "systemctl restart nanoclaw" in fix
+    assert token not in str(checks)
+
+    write_secret(secrets, "token", API_KEY)  # a key where the token belongs
+    status, checks = await doctor(world)
+    assert failed(checks) == {"model"}, checks
+    assert "the subscription token does not start with sk-ant-oat" in checks["model"][0]
+    assert "model.api_key_file" in checks["model"][1]
+
+    write_secret(secrets, "token", token)  # and the token where a key belongs
+    world.settings["model"]["api_key_file"] = world.settings["model"].pop("oauth_token_file")
+    status, checks = await doctor(world)
+    assert failed(checks) == {"model"}, checks
+    assert "the API key is a subscription token" in checks["model"][0]
+    assert "model.oauth_token_file" in checks["model"][1]
+    assert API_KEY not in str(checks) and token not in str(checks)
+
+
 async def test_what_the_machine_cannot_do_is_said_once_and_fails_nothing_unneeded(
     world: World, broker: BrokerFactory
 ) -> None:

@@ -377,6 +377,22 @@ def test_the_host_service_is_hardened_and_gets_its_secrets_as_credentials(
     assert "X-Restart-Triggers=/nix/store/" in unit
 
 
+def test_a_subscription_token_instead_of_the_api_key(nixpkgs_lib: Path) -> None:
+    sample = changed(
+        'apiKeyFile = "/run/keys/anthropic-key";', 'oauthTokenFile = "/run/keys/claude-token";'
+    )
+    evaluated = evaluate(nixpkgs_lib, sample)
+    assert evaluated["failed"] == []
+    assert evaluated["services"]["nanoclaw"]["serviceConfig"]["LoadCredential"] == [
+        "matrix-token:/run/keys/matrix-token",
+        "claude-oauth-token:/run/keys/claude-token",
+    ]
+    model = parse_config(without_nulls(evaluated["settings"])).model
+    assert model.api_key is None
+    assert model.oauth_token is not None
+    assert model.oauth_token.credential == "claude-oauth-token"
+
+
 @pytest.mark.parametrize("name", ["nanoclaw", "nanoclaw-sandboxd"])
 def test_every_setting_of_the_plain_unit_is_set(base: dict[str, Any], name: str) -> None:
     """The module's units are those of units/: no [Service] key of theirs is left out
@@ -715,6 +731,16 @@ def test_the_sandbox_socket_setting_moves_the_socket(nixpkgs_lib: Path) -> None:
             'timezone = "Europe/Berlin";',
             'matrix.access_token_file = "/run/keys/token";',
             "set accessTokenFile and apiKeyFile instead of matrix.access_token_file",
+        ),
+        (
+            'timezone = "Europe/Berlin";',
+            'model.oauth_token_file = "/run/keys/claude-token";',
+            "oauthTokenFile instead of model.oauth_token_file",
+        ),
+        (
+            'apiKeyFile = "/run/keys/anthropic-key";',
+            'apiKeyFile = "/run/keys/anthropic-key"; oauthTokenFile = "/run/keys/claude-token";',
+            "services.nanoclaw.apiKeyFile and services.nanoclaw.oauthTokenFile: set at most one",
         ),
         (
             'timezone = "Europe/Berlin";',

@@ -43,6 +43,7 @@ from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.inbox import Image
+from nanoclaw.host.model_credential import RENEW_TOKEN
 from nanoclaw.host.swarm import Swarm
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ write_memory. The global memory below it is shared by all groups.
 # What the room is told when the host has no key for Anthropic's API.
 NO_MODEL_KEY = (
     "no model API key is configured. Give the host one: model.api_key_file or "
-    "model.api_key_credential in its config (with `scripts/up`: stop it, then start it "
-    "again with ANTHROPIC_API_KEY set or with --api-key-file FILE), or point model.base_url "
-    "at an Anthropic-compatible endpoint that needs none (`scripts/up --base-url URL`)."
+    "model.api_key_credential in its config, or a Claude subscription's token in "
+    "model.oauth_token_file or model.oauth_token_credential (with `scripts/up`: stop it, "
+    "then start it again with ANTHROPIC_API_KEY set or with --api-key-file FILE), or point "
+    "model.base_url at an Anthropic-compatible endpoint that needs none (`scripts/up "
+    "--base-url URL`)."
 )
 
 
@@ -230,7 +233,8 @@ class AgentSession:
         if result.is_error:
             await self.close()
             detail = result.result or "; ".join(result.errors or []) or result.subtype
-            raise _classify_failure(detail, resume, result.api_error_status)
+            subscription = self.settings.credentials.subscription
+            raise _classify_failure(detail, resume, result.api_error_status, subscription)
         return AgentReply(text=(result.result or "").strip(), session_id=result.session_id)
 
     async def _turn(
@@ -279,9 +283,18 @@ async def _with_images(prompt: str, images: Sequence[Image]) -> AsyncIterator[di
     }
 
 
-def _classify_failure(detail: str, resume: str | None, status: int | None = None) -> AgentError:
+def _classify_failure(
+    detail: str, resume: str | None, status: int | None = None, subscription: bool = False
+) -> AgentError:
     if resume and "no conversation found" in detail.lower():
         return UnknownSession(detail)
+    # Anthropic answers an expired token with 401, a revoked one with 401 or 403 (the CLI
+    # then says "OAuth token revoked"); only a new token helps.
+    if subscription and (status == 401 or (status == 403 and "revoked" in detail.lower())):
+        message = (
+            f"Anthropic refused the subscription token ({detail}); to renew it, {RENEW_TOKEN}."
+        )
+        return AgentError(message, retryable=False)
     if status in (401, 403):  # a wrong or expired key: retrying only delays the message
         return AgentError(f"the model endpoint refused the credentials ({status}): {detail}", False)
     return AgentError(detail)

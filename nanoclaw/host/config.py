@@ -87,6 +87,8 @@ _MODEL_KEYS = (
     "base_url",
     "api_key_file",
     "api_key_credential",
+    "oauth_token_file",
+    "oauth_token_credential",
     "max_attempts",
     "retry_base_seconds",
     "run_timeout_seconds",
@@ -131,6 +133,8 @@ class ModelConfig:
     max_attempts: int
     retry_base_seconds: float
     run_timeout_seconds: float  # one agent turn; a CLI that hangs is killed after this
+    # A Claude subscription's OAuth token (`claude setup-token`), instead of an API key.
+    oauth_token: SecretRef | None = None
 
 
 @dataclass(frozen=True)
@@ -299,7 +303,7 @@ def _endpoint(table: Table) -> str | None:
 
 def check_secrets(config: Config, env: Mapping[str, str] = os.environ) -> None:
     """Read every configured secret once, so a missing one stops us before anything starts."""
-    for secret in (config.matrix.access_token, config.model.api_key):
+    for secret in (config.matrix.access_token, config.model.api_key, config.model.oauth_token):
         if secret is not None:
             secret.read(env)
 
@@ -340,13 +344,22 @@ def _matrix(table: Table) -> MatrixConfig:
 
 
 def _model(table: Table) -> ModelConfig:
+    api_key = _secret(table, "api_key", required=False)
+    oauth_token = _secret(table, "oauth_token", required=False)
+    if api_key is not None and oauth_token is not None:
+        # The proxy puts one credential on every request; which would be a guess.
+        raise ConfigError(
+            oauth_token.key,
+            f"set an API key or a subscription token, not both ({api_key.key} is set too)",
+        )
     return ModelConfig(
         name=table.string("name", _MODEL_WHAT, is_model_id),
         base_url=_endpoint(table),
-        api_key=_secret(table, "api_key", required=False),
+        api_key=api_key,
         max_attempts=table.integer("max_attempts", 5, 1, 20),
         retry_base_seconds=table.number("retry_base_seconds", 5.0),
         run_timeout_seconds=table.number("run_timeout_seconds", 900.0),
+        oauth_token=oauth_token,
     )
 
 

@@ -3,10 +3,11 @@
 Each CLI process is started with ANTHROPIC_BASE_URL pointing here (loopback, a free port)
 and a random placeholder as its ANTHROPIC_API_KEY, issued for that process and revoked
 when it ends. A request passes only with a live placeholder and only to the Messages
-API's paths; the proxy swaps the placeholder for the real key, sends the request to the
+API's paths; the proxy swaps the placeholder for the real credential (an API key, or a
+Claude subscription's token: nanoclaw.host.model_credential), sends the request to the
 group's endpoint, and streams the answer back as it arrives (the API answers in SSE).
-The real key never enters the CLI's environment or files, and no log line carries it:
-while the proxy runs, a filter on every log handler blanks the key and the placeholders.
+The real credential never enters the CLI's environment or files, and no log line carries
+it: while the proxy runs, a filter on every log handler blanks it and the placeholders.
 
 Loopback rather than a Unix socket: ANTHROPIC_BASE_URL is the CLI's documented way to an
 endpoint, while its ANTHROPIC_UNIX_SOCKET is undocumented and covers only some requests.
@@ -25,8 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from multidict import CIMultiDict
 
-from nanoclaw.host.config import ModelConfig
+from nanoclaw.host.model_credential import ModelCredential
 from nanoclaw.host.relay_socket import RelaySocket
 
 log = logging.getLogger("nanoclaw.credentials")
@@ -57,11 +59,6 @@ _RESPONSE_DROPPED = frozenset(
     {"content-length", "connection", "keep-alive", "transfer-encoding", "trailer", "upgrade"}
 )
 REDACTED = "[redacted]"
-
-
-def model_api_key(model: ModelConfig, env: Mapping[str, str] = os.environ) -> str | None:
-    """The real key: the configured secret, else the environment's ANTHROPIC_API_KEY."""
-    return model.api_key.read(env) if model.api_key else env.get("ANTHROPIC_API_KEY") or None
 
 
 def default_endpoint(env: Mapping[str, str] = os.environ) -> str:
@@ -100,13 +97,13 @@ class RedactSecrets(logging.Filter):
 
 
 class CredentialProxy:
-    def __init__(self, api_key: str | None, default: str = ANTHROPIC_API) -> None:
-        self._key = api_key  # None: endpoints without keys (a local model server)
+    def __init__(self, credential: ModelCredential | None, default: str = ANTHROPIC_API) -> None:
+        self._credential = credential  # None: endpoints without keys (a local model server)
         self._default = default
         self._grants: dict[str, Grant] = {}
         self._redact = RedactSecrets()
-        if api_key:
-            self._redact.secrets.add(api_key)
+        if credential is not None:
+            self._redact.secrets.add(credential.secret)
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
         self._relay_socket: RelaySocket | None = None
@@ -114,7 +111,12 @@ class CredentialProxy:
 
     def needs_key(self, endpoint: str | None) -> bool:
         """Whether a CLI for `endpoint` would reach Anthropic's API without a key to give it."""
-        return not self._key and (endpoint or self._default).rstrip("/") == ANTHROPIC_API
+        return not self._credential and (endpoint or self._default).rstrip("/") == ANTHROPIC_API
+
+    @property
+    def subscription(self) -> bool:
+        """Whether requests carry a Claude subscription's token rather than an API key."""
+        return self._credential is not None and self._credential.subscription
 
     def issue(self, group: str, endpoint: str | None) -> str:
         """A fresh placeholder for one CLI process of `group`, valid until revoked."""
@@ -175,9 +177,11 @@ class CredentialProxy:
 
     async def _forward(self, request: web.Request, grant: Grant) -> web.StreamResponse:
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROPPED}
-        if self._key:
-            headers["x-api-key"] = self._key
+        headers = CIMultiDict(
+            (k, v) for k, v in request.headers.items() if k.lower() not in _REQUEST_DROPPED
+        )
+        if self._credential is not None:
+            self._credential.put_on(headers)
         query = request.rel_url.raw_query_string
         target = grant.endpoint + request.rel_url.raw_path + (f"?{query}" if query else "")
         started = time.monotonic()

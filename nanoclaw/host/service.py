@@ -19,13 +19,14 @@ from nanoclaw.host.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSetti
 from nanoclaw.host.audit import Audit, AuditScope
 from nanoclaw.host.audit_args import SecretFilter
 from nanoclaw.host.config import Config
-from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint, model_api_key
+from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint
 from nanoclaw.host.file_out import FileSender
 from nanoclaw.host.groups import GroupRegistry
 from nanoclaw.host.host_tools import host_mcp_tools
 from nanoclaw.host.inbox import Inbox
 from nanoclaw.host.matrix_channel import MatrixChannel
 from nanoclaw.host.memory import Memory
+from nanoclaw.host.model_credential import model_credential
 from nanoclaw.host.notify import Notifier
 from nanoclaw.host.router import GroupState, Router
 from nanoclaw.host.sandbox.gateway import SandboxGateway
@@ -66,13 +67,13 @@ class Host:
         config = self.config
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         access_token = config.matrix.access_token.read()
-        api_key = model_api_key(config.model)
-        self._credentials = CredentialProxy(api_key, default_endpoint())
+        credential = model_credential(config.model)
+        self._credentials = CredentialProxy(credential, default_endpoint())
         if config.sandbox_socket is not None:
             socket, timeout = str(config.sandbox_socket), config.tool_timeout_seconds
             self._sandbox = await SandboxGateway.open(socket, timeout, str(config.egress_socket))
         store = Store(config.data_dir / "nanoclaw.db")
-        known = [access_token, api_key] if api_key else [access_token]
+        known = [access_token, credential.secret] if credential else [access_token]
         self._audit = Audit(store, SecretFilter(known), config.audit_retention_days)
         self._audit.prune()
         groups = GroupRegistry(config, store)

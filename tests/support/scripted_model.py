@@ -58,6 +58,10 @@ ERROR_TYPES = {
 }
 
 
+OAUTH_BETA = "oauth-2025-04-20"
+OAUTH_EXPIRED = "OAuth token has expired. Please obtain a new token or refresh your existing token."
+
+
 def _text_of(content: Any) -> list[str]:
     """The text parts of a message's or tool result's content (a string or blocks)."""
     if isinstance(content, str):
@@ -159,6 +163,9 @@ class ScriptedModel:
         self.url = ""
         # When set, requests with another x-api-key are refused as the real API would.
         self.api_key: str | None = None
+        # When set, requests must carry this subscription token as the CLI sends one; any
+        # other is refused as the real API refuses an expired one.
+        self.oauth_token: str | None = None
         self._requests: list[ModelRequest] = []
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
@@ -233,10 +240,11 @@ class ScriptedModel:
         return web.json_response({})
 
     def _refused(self, request: web.Request) -> web.Response | None:
+        if self.oauth_token is not None:
+            return _oauth_refusal(request, self.oauth_token)
         if self.api_key is None or request.headers.get("x-api-key") == self.api_key:
             return None
-        error = {"type": "authentication_error", "message": "invalid x-api-key"}
-        return web.json_response({"type": "error", "error": error}, status=401)
+        return _unauthorized("invalid x-api-key")
 
     async def _count_tokens(self, request: web.Request) -> web.Response:
         return self._refused(request) or web.json_response(
@@ -305,6 +313,24 @@ class ScriptedModel:
             await response.write(event)
         await response.write_eof()
         return response
+
+
+def _unauthorized(message: str) -> web.Response:
+    error = {"type": "authentication_error", "message": message}
+    return web.json_response({"type": "error", "error": error}, status=401)
+
+
+def _oauth_refusal(request: web.Request, token: str) -> web.Response | None:
+    """A refusal, in the real API's words, of a request that does not carry `token` the way
+    the CLI sends a subscription token (the beta is pinned here, not taken from nanoclaw)."""
+    if "x-api-key" in request.headers:
+        return _unauthorized("invalid x-api-key")
+    betas = {b.strip() for v in request.headers.getall("anthropic-beta", []) for b in v.split(",")}
+    if OAUTH_BETA not in betas:
+        return _unauthorized("OAuth authentication is currently not supported.")
+    if request.headers.get("authorization") != f"Bearer {token}":
+        return _unauthorized(OAUTH_EXPIRED)
+    return None
 
 
 def _blocks(reply: str | ToolCall | list[str | ToolCall]) -> list[dict[str, Any]]:
