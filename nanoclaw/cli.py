@@ -318,7 +318,9 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         if name == "up":
             p.add_argument("--port", type=int, default=8008, help="Synapse's port on 127.0.0.1")
-            p.add_argument("--api-key-file", help="a file holding the model API key")
+            p.add_argument(
+                "--api-key-file", help="a file holding the model API key, or a subscription token"
+            )
             p.add_argument("--base-url", help="an Anthropic-compatible model endpoint")
         elif name == "logs":
             p.usage = "nanoclaw logs [--data-dir DATA_DIR] [JOURNALCTL-ARGS...], e.g. -f"

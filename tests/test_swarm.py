@@ -97,22 +97,34 @@ def swarm_script(request: ModelRequest) -> str | list[str | ToolCall] | ToolCall
     ]
 
 
+async def ask_once(
+    scripted_model: ScriptedModel,
+    tmp_path: Path,
+    credentials: CredentialProxy,
+    prompt: str,
+    subagents: Any = SUBAGENTS,
+) -> tuple[str, list[Any]]:
+    """The reply to `prompt` in a fresh session scripted by swarm_script, and the calls made."""
+    scripted_model.script = swarm_script
+    calls: list[Any] = []
+    agent = session(tmp_path, credentials, calls, subagents)
+    try:
+        reply = await agent.ask(prompt, None, 120)
+    finally:
+        await agent.close()
+    return reply.text, calls
+
+
 async def test_two_subagents_run_their_tools_as_themselves_and_answer_in_one_reply(
     scripted_model: ScriptedModel, tmp_path: Path, credentials: CredentialProxy
 ) -> None:
-    scripted_model.script = swarm_script
-    calls: list[Any] = []
-    agent = session(tmp_path, credentials, calls)
-    try:
-        reply = await agent.ask("start both", None, 120)
-    finally:
-        await agent.close()
+    text, calls = await ask_once(scripted_model, tmp_path, credentials, "start both")
     assert sorted(calls) == [
         ("counter", "bash", {"command": "echo COUNTER"}),
         ("speller", "bash", {"command": "echo SPELLER"}),
     ]
-    assert "COUNTER saw: bash ran for counter" in reply.text, reply.text
-    assert "SPELLER saw: bash ran for speller" in reply.text, reply.text
+    assert "COUNTER saw: bash ran for counter" in text, text
+    assert "SPELLER saw: bash ran for speller" in text, text
     first = scripted_model.requests[0]
     assert first.tool_names == ["Agent", BASH, WRITE]  # the only built-in: Agent
     for request in scripted_model.requests[1:]:
@@ -149,40 +161,22 @@ async def test_only_declared_subagents_start_and_only_as_declared(
     prompt: str,
     refusal: str,
 ) -> None:
-    scripted_model.script = swarm_script
-    calls: list[Any] = []
-    agent = session(tmp_path, credentials, calls)
-    try:
-        reply = await agent.ask(prompt, None, 120)
-    finally:
-        await agent.close()
+    text, calls = await ask_once(scripted_model, tmp_path, credentials, prompt)
     assert calls == []
-    assert refusal in reply.text, reply.text
+    assert refusal in text, text
 
 
 async def test_a_group_without_subagents_is_offered_no_built_in_tool(
     scripted_model: ScriptedModel, tmp_path: Path, credentials: CredentialProxy
 ) -> None:
-    scripted_model.script = swarm_script
-    calls: list[Any] = []
-    agent = session(tmp_path, credentials, calls, subagents=())
-    try:
-        reply = await agent.ask("start both", None, 120)
-    finally:
-        await agent.close()
+    text, calls = await ask_once(scripted_model, tmp_path, credentials, "start both", ())
     assert scripted_model.requests[0].tool_names == [BASH, WRITE]
-    assert calls == [] and "all done" in reply.text, reply.text
+    assert calls == [] and "all done" in text, text
 
 
 async def test_a_subagent_asked_into_the_background_still_answers_within_the_turn(
     scripted_model: ScriptedModel, tmp_path: Path, credentials: CredentialProxy
 ) -> None:
-    scripted_model.script = swarm_script
-    calls: list[Any] = []
-    agent = session(tmp_path, credentials, calls)
-    try:
-        reply = await agent.ask("background", None, 120)
-    finally:
-        await agent.close()
+    text, calls = await ask_once(scripted_model, tmp_path, credentials, "background")
     assert calls == [("counter", "bash", {"command": "echo COUNTER"})]
-    assert "COUNTER saw: bash ran for counter" in reply.text, reply.text
+    assert "COUNTER saw: bash ran for counter" in text, text

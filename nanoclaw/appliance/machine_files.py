@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nanoclaw.appliance.machine import ApplianceError, NspawnMachine
 from nanoclaw.appliance.quickstart import QuickstartState, write_private
+from nanoclaw.host.model_credential import TOKEN_PREFIX
 
 SOURCE = "/opt/nanoclaw-src"
 VENV = "/opt/nanoclaw/venv"
@@ -35,8 +36,12 @@ SCRIPTS = {
 
 @dataclass(frozen=True)
 class ModelSettings:
-    api_key: str | None
+    api_key: str | None  # or a Claude subscription's token, told apart as the CLI does
     base_url: str | None
+
+    @property
+    def subscription(self) -> bool:
+        return bool(self.api_key and self.api_key.startswith(TOKEN_PREFIX))
 
 
 # -- the files the machine gets ---------------------------------------------------------
@@ -44,13 +49,16 @@ class ModelSettings:
 
 def render_config(state: QuickstartState, model: ModelSettings) -> str:
     model_lines = []
-    if model.api_key:
+    if model.subscription:  # the credential file holds the token
+        model_lines.append('oauth_token_credential = "anthropic-key"')
+    elif model.api_key:
         model_lines.append('api_key_credential = "anthropic-key"')
     if model.base_url:
         model_lines.append(f"base_url = {json.dumps(model.base_url)}")
     return f"""\
 # Written by `nanoclaw up` at every start (change the model with its options or
-# environment: ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL, --api-key-file, --base-url).
+# environment: ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_BASE_URL,
+# --api-key-file, --base-url).
 data_dir = "/var/lib/nanoclaw"
 assistant_name = "Andy"
 sandbox_socket = "/run/nanoclaw/sandbox.sock"
@@ -125,10 +133,17 @@ systemctl daemon-reload
 
 
 def model_settings(data: Path, api_key_file: Path | None, base_url: str | None) -> ModelSettings:
-    """The key: --api-key-file, else $ANTHROPIC_API_KEY, else the one kept from a run before.
-    The base URL likewise: --base-url, $ANTHROPIC_BASE_URL, the kept one."""
+    """The key: --api-key-file, else $ANTHROPIC_API_KEY, else a subscription token from
+    $CLAUDE_CODE_OAUTH_TOKEN (as `claude setup-token` says to set it), else the one kept
+    from a run before; the file may hold a token too. The base URL likewise: --base-url,
+    $ANTHROPIC_BASE_URL, the kept one."""
     secrets = data / "machine/etc/secrets"
-    key = api_key_file.read_text().strip() if api_key_file else os.environ.get("ANTHROPIC_API_KEY")
+    env = os.environ
+    key = (
+        api_key_file.read_text().strip()
+        if api_key_file
+        else env.get("ANTHROPIC_API_KEY") or env.get("CLAUDE_CODE_OAUTH_TOKEN")
+    )
     if not key and (secrets / "anthropic-key").exists():
         key = (secrets / "anthropic-key").read_text().strip()
     kept = data / "model-base-url"

@@ -155,14 +155,15 @@ class Appliance:
             "awk '{printf \"%-30s %s (%s)\\n\", $1, $3, $4}'"
         )[1]
         owner = state.owner
+        given = "subscription token given" if self.model.subscription else "key given"
         model = (
-            f"key given{', endpoint ' + self.model.base_url if self.model.base_url else ''}"
+            f"{given}{', endpoint ' + self.model.base_url if self.model.base_url else ''}"
             if self.model.api_key
             else f"no key; endpoint {self.model.base_url}"
             if self.model.base_url
             else "NO KEY: the bot answers every message with what to configure. Stop, then "
-            "run `scripts/up` again with ANTHROPIC_API_KEY set (or --api-key-file FILE, or "
-            "--base-url URL for an Anthropic-compatible endpoint)"
+            "run `scripts/up` again with ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN set (or "
+            "--api-key-file FILE, or --base-url URL for an Anthropic-compatible endpoint)"
         )
         me = os.environ.get("NANOCLAW_UP_COMMAND", "nanoclaw")
         data_flag = "" if self.data == DEFAULT_DATA else f" --data-dir {self.data}"
