@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nanoclaw.appliance.machine import ApplianceError
 from nanoclaw.broker.policy import UnknownGroup
-from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET, RunResult
+from nanoclaw.broker.protocol import DEFAULT_EGRESS_SOCKET, MAIN_AGENT, RunResult
 from nanoclaw.broker.tool_request import RequestError
 from nanoclaw.host.audit_view import SINCE_HELP
 from nanoclaw.host.config import Config, ConfigError, check_secrets, load_config
@@ -127,7 +127,7 @@ async def _exec(args: argparse.Namespace, command: list[str]) -> RunResult:
         args.socket, args.timeout, args.egress_socket, proxy_required=False
     )
     try:
-        return await gateway.run(args.group, command)
+        return await gateway.run(args.group, command, agent=args.subagent)
     finally:
         await gateway.close()
 
@@ -275,8 +275,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "exec",
         help="run a command in GROUP's sandbox, as a tool call would",
-        usage="nanoclaw exec [--socket PATH] [--egress-socket PATH] [--timeout SECONDS] GROUP "
-        "-- COMMAND...",
+        usage="nanoclaw exec [--socket PATH] [--egress-socket PATH] [--timeout SECONDS] "
+        "[--subagent NAME] GROUP -- COMMAND...",
     )
     run.add_argument("group")
     run.add_argument("--socket", default=DEFAULT_SOCKET)
@@ -286,6 +286,11 @@ def parser() -> argparse.ArgumentParser:
         help="where to run an egress proxy for the call, unless the host's listens there",
     )
     run.add_argument("--timeout", type=int, default=60)
+    run.add_argument(
+        "--subagent",
+        default=MAIN_AGENT,
+        help="as this subagent's tool call: the group's sandbox narrowed as the policy says",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_exec)
     tasks = sub.add_parser("tasks", help="list, run, pause, resume or cancel scheduled tasks")

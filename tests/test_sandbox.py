@@ -851,7 +851,8 @@ async def test_subagents_run_their_tool_calls_in_units_of_their_own_narrowed_by_
     assert "counter-was-here" in marks and "main-was-here" in marks, marks
     assert "reader-was-here" not in marks, marks
     # The audit trail names the agent of each call, with the unit it ran in.
-    ran = {(row["agent"], row["unit"]) for row in audit_of(world.config_path(), "alpha")}
+    config = world.config_path(sandbox_socket=socket_of(machine), confine_agent=False)
+    ran = {(row["agent"], row["unit"]) for row in audit_of(config, "alpha")}
     assert {agent for agent, _ in ran} == {"counter", "reader", "main"}, ran
     assert {unit for _, unit in ran} == units, ran
 

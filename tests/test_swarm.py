@@ -15,6 +15,7 @@ from nanoclaw.host.agent import MCP_SERVER, AgentSession, AgentSettings
 from nanoclaw.host.audit import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
+from nanoclaw.host.model_credential import ModelCredential
 from nanoclaw.host.swarm import CALLER
 from tests.support.scripted_model import ModelRequest, ScriptedModel, ToolCall
 
@@ -41,7 +42,7 @@ def recording_tools(calls: list[tuple[str, str, dict[str, Any]]]) -> list[SdkMcp
 
 @pytest.fixture
 async def credentials(scripted_model: ScriptedModel) -> AsyncIterator[CredentialProxy]:
-    proxy = CredentialProxy("sk-test", scripted_model.url)
+    proxy = CredentialProxy(ModelCredential("sk-test", subscription=False), scripted_model.url)
     await proxy.start()
     yield proxy
     await proxy.close()

@@ -46,6 +46,7 @@ class Mutation:
 UNIT = "nanoclaw/broker/compiler.py"
 BROKER = "nanoclaw/broker/sandboxd.py"
 AGENT_UNIT = "nanoclaw/broker/agent_unit.py"
+POLICY = "nanoclaw/broker/policy.py"
 
 
 def drop(path: str, line: str) -> Edit:
@@ -348,6 +349,26 @@ MUTATIONS = (
         (drop(AGENT_UNIT, '        ("TasksMax", agent.tasks_max),\n'),),
         "agent",
         "a fork bomb in the agent unit stops at TasksMax",
+    ),
+    Mutation(
+        "subagent-writes",
+        "a read-only subagent's narrowing: its units get the group's writable binds",
+        (
+            Edit(
+                POLICY,
+                "group = dataclasses.replace(group, mounts=mounts, workspace_writable=False)",
+                "pass",
+            ),
+        ),
+        "filesystem",
+        "a read-only subagent writes nowhere its group can",
+    ),
+    Mutation(
+        "subagent-egress",
+        "a subagent's no_egress: its units get the group's domains",
+        (Edit(POLICY, "group = dataclasses.replace(group, egress=Egress((), ()))", "pass"),),
+        "egress",
+        "a subagent without egress reaches no domain of its group",
     ),
 )
 

@@ -76,7 +76,7 @@ let
     if set(ours.groups) != set(debian.groups):
         problems.append(f"groups: {sorted(ours.groups)}, not {sorted(debian.groups)}")
     for name in sorted(set(ours.groups) & set(debian.groups)):
-        for field in ("uid", "main", "mounts", "egress", "limits", "agent"):
+        for field in ("uid", "main", "mounts", "egress", "limits", "agent", "subagents"):
             mine, theirs = getattr(ours.groups[name], field), getattr(debian.groups[name], field)
             if mine != theirs:
                 problems.append(f"groups.{name}.{field}: {mine!r}, not {theirs!r}")
@@ -107,6 +107,12 @@ let
         { host = "/srv/shared"; sandbox = "/workspace/shared"; writable = false; }
         { host = "/srv/scratch"; sandbox = "/workspace/scratch"; writable = true; }
       ];
+      subagents.reader = {
+        description = "Reads.";
+        prompt = "You read.";
+        tools = [ "bash" ];
+        readonly = true;
+      };
       packages = toolPackages;
     };
     beta = {
@@ -129,6 +135,12 @@ let
       uid = 61004;
       agent.uid = 62004;
       egress.domains = [ "allowed.test" ];
+      subagents.offline = {
+        description = "Works offline.";
+        prompt = "You work offline.";
+        tools = [ "bash" ];
+        noEgress = true;
+      };
       packages = toolPackages;
     };
   };

@@ -14,23 +14,24 @@ def ensure_node() -> None:
     machine.wait_for_unit("nanoclaw-sandboxd.socket")
 
 
-def in_tool(group: str, command: str, timeout: int = 20) -> tuple[int, str]:
+def in_tool(group: str, command: str, timeout: int = 20, subagent: str = "main") -> tuple[int, str]:
     """(status, stdout+stderr) of `command` run by /bin/sh in a tool unit of `group`,
-    through the real broker, as the agent's bash tool would run it."""
+    through the real broker, as the agent's (or its subagent's) bash tool would run it."""
     return machine.execute(
-        f"nanoclaw exec --timeout {timeout} {group} -- /bin/sh -c {shlex.quote(command)} 2>&1",
+        f"nanoclaw exec --timeout {timeout} --subagent {subagent} {group} "
+        f"-- /bin/sh -c {shlex.quote(command)} 2>&1",
         timeout=timeout + 30,
     )
 
 
-def tool_succeeds(group: str, command: str, timeout: int = 20) -> str:
-    status, output = in_tool(group, command, timeout)
+def tool_succeeds(group: str, command: str, timeout: int = 20, subagent: str = "main") -> str:
+    status, output = in_tool(group, command, timeout, subagent)
     assert status == 0, f"[{group}] `{command}` should succeed, exit {status}:\n{output}"
     return output
 
 
-def tool_fails(group: str, command: str, timeout: int = 20) -> str:
-    status, output = in_tool(group, command, timeout)
+def tool_fails(group: str, command: str, timeout: int = 20, subagent: str = "main") -> str:
+    status, output = in_tool(group, command, timeout, subagent)
     assert status != 0, f"[{group}] `{command}` should fail:\n{output}"
     return output
 

@@ -60,6 +60,13 @@ with subtest("a listed domain through the proxy, an unlisted one refused"):
     # Only groups with domains get a proxy (and a secret for it).
     assert tool_succeeds("cidr", "env | grep -ci proxy || true").startswith("0\n")
 
+with subtest("a subagent without egress reaches no domain of its group"):
+    assert "egress-ok" in tool_succeeds("web", fetch + "http://allowed.test/")  # control
+    tool_fails("web", fetch + "http://allowed.test/", subagent="offline")
+    assert tool_succeeds("web", "env | grep -ci proxy || true", subagent="offline").startswith(
+        "0\n"
+    )
+
 with subtest("loopback services are out of reach"):
     machine.succeed(
         "systemd-run --unit=stand-in-homeserver -p DynamicUser=yes "

@@ -74,3 +74,16 @@ with subtest("symlinks in a writable mount do not reach out"):
     tool_succeeds("alpha", "ln -sf /var/lib/nanoclaw/groups/beta/secret /workspace/scratch/l")
     tool_fails("alpha", "cat /workspace/scratch/l")
     machine.succeed("cat /srv/scratch/l")  # control: the link itself works for root
+
+with subtest("a read-only subagent writes nowhere its group can"):
+    places = ("/workspace/group", "/workspace/scratch", "/tmp")
+    for place in places:  # control: the group's own agent writes each of them
+        tool_succeeds("alpha", f"touch {place}/by-main")
+    for place in places[:2]:
+        refused = tool_fails("alpha", f"touch {place}/by-reader", subagent="reader")
+        assert "Read-only file system" in refused, refused
+    # It reads what its group reads, and keeps its own scratch space.
+    seen = tool_succeeds("alpha", "cat /workspace/shared/readme && touch /tmp/x", subagent="reader")
+    assert "shared-file" in seen, seen
+    refused = tool_fails("alpha", "true", subagent="stranger")
+    assert "subagent 'stranger' is not declared for group 'alpha'" in refused, refused
