@@ -28,7 +28,7 @@ from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.broker.agent_runs import find_agent_cli
 from nanoclaw.host.agent import AgentSession, AgentSettings
-from nanoclaw.host.audit import AuditScope
+from nanoclaw.host.audit_call import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.model_credential import ModelCredential

@@ -14,9 +14,11 @@ from claude_agent_sdk import tool
 
 from nanoclaw import cli
 from nanoclaw.broker.protocol import RunResult
-from nanoclaw.host import audit
-from nanoclaw.host.audit import DAY_MS, Audit, AuditScope
+from nanoclaw.host import audit_call
+from nanoclaw.host.audit import DAY_MS, Audit
 from nanoclaw.host.audit_args import MAX_ARGUMENT_BYTES, SecretFilter
+from nanoclaw.host.audit_call import AuditScope
+from nanoclaw.host.audit_table import AuditRow
 from nanoclaw.host.audit_view import parse_since
 from nanoclaw.host.egress_proxy import Decision
 from nanoclaw.host.host_tools import refusal_result, tool_result
@@ -59,7 +61,7 @@ async def test_a_call_that_runs_a_unit_is_a_row_with_the_units_outcome(store: St
     ]
 
     async def bash(args: dict[str, Any]) -> dict[str, Any]:
-        audit.unit_ran(result(truncated=True, exit_status=3, result="exit-code"), verdicts)
+        audit_call.unit_ran(result(truncated=True, exit_status=3, result="exit-code"), verdicts)
         return tool_result("out", error=True)
 
     await call(store, "bash", {"command": "make test"}, bash)
@@ -103,7 +105,7 @@ async def test_host_tools_and_refusals_are_rows_without_a_unit(store: Store) -> 
 
 async def test_a_call_refused_after_its_unit_keeps_both(store: Store) -> None:
     async def edit(args: dict[str, Any]) -> dict[str, Any]:
-        audit.unit_ran(result(), [])
+        audit_call.unit_ran(result(), [])
         return refusal_result("edit refused: old_string does not occur in the file")
 
     await call(store, "edit", {"path": "a.md", "old_string": "x", "new_string": "y"}, edit)
@@ -164,7 +166,7 @@ def test_retention_prunes_by_time(store: Store, tmp_path: Path) -> None:
     old, new = now_ms() - 91 * DAY_MS, now_ms() - 89 * DAY_MS
     audit_log = Audit(store, SecretFilter(), 90)
     for ts in (old, new):
-        store.record_audit([audit.AuditRow("c", ts, "family", None, "main", "bash", "{}", "ok", 1)])
+        store.record_audit([AuditRow("c", ts, "family", None, "main", "bash", "{}", "ok", 1)])
     audit_log.prune()
     assert [r.ts for r in store.audit_rows()] == [new]
 
@@ -196,11 +198,11 @@ def test_nanoclaw_audit_reads_beside_the_host_and_filters(
 ) -> None:
     config = write_config(tmp_path)
     rows = [
-        audit.AuditRow("a", now_ms() - 3 * DAY_MS, "family", "s", "main", "bash", "{}",
+        AuditRow("a", now_ms() - 3 * DAY_MS, "family", "s", "main", "bash", "{}",
                        "success", 5, unit=UNIT, exit_status=0, stdout_bytes=3, stderr_bytes=0,
                        truncated=False),
-        audit.AuditRow("b", now_ms() - 1000, "family", "s", "main", "send_message", "{}", "ok", 1),
-        audit.AuditRow("c", now_ms() - 1000, "work", "t", "main", "fetch", "{}", "refused", 1,
+        AuditRow("b", now_ms() - 1000, "family", "s", "main", "send_message", "{}", "ok", 1),
+        AuditRow("c", now_ms() - 1000, "work", "t", "main", "fetch", "{}", "refused", 1,
                        reason="no"),
     ]  # fmt: skip
     store.record_audit(rows)  # the host's connection stays open, as when it runs

@@ -34,8 +34,9 @@ from aiohttp import web
 
 from nanoclaw.broker.compiler import EGRESS
 from nanoclaw.broker.protocol import RunResult
-from nanoclaw.host.audit import Audit, AuditScope
+from nanoclaw.host.audit import Audit
 from nanoclaw.host.audit_args import SecretFilter
+from nanoclaw.host.audit_call import AuditScope
 from nanoclaw.host.egress_proxy import EgressProxy
 from nanoclaw.host.sandbox.client import describe_policy, run_in_sandbox
 from nanoclaw.host.sandbox.gateway import SandboxGateway

@@ -12,7 +12,7 @@ import pytest
 from claude_agent_sdk import SdkMcpTool, create_sdk_mcp_server, tool
 
 from nanoclaw.host.agent import MCP_SERVER, AgentSession, AgentSettings
-from nanoclaw.host.audit import AuditScope
+from nanoclaw.host.audit_call import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.credential_proxy import CredentialProxy
 from nanoclaw.host.model_credential import ModelCredential

@@ -38,7 +38,7 @@ from claude_agent_sdk import (
 )
 from claude_agent_sdk.types import McpSdkServerConfig
 
-from nanoclaw.host.audit import AuditScope
+from nanoclaw.host.audit_call import AuditScope
 from nanoclaw.host.config_subagents import SubagentConfig
 from nanoclaw.host.confined_cli import ConfinedCLI
 from nanoclaw.host.credential_proxy import CredentialProxy

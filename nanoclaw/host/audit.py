@@ -18,8 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -27,6 +26,7 @@ from claude_agent_sdk import SdkMcpTool
 
 from nanoclaw.broker.protocol import RunResult
 from nanoclaw.host.audit_args import SecretFilter
+from nanoclaw.host.audit_call import CURRENT, AuditScope, Call
 from nanoclaw.host.audit_table import AuditRow
 from nanoclaw.host.egress_proxy import Decision
 from nanoclaw.host.records import now_ms
@@ -43,44 +43,6 @@ class AuditSink(Protocol):
     def record_audit(self, rows: Sequence[AuditRow]) -> None: ...
 
     def prune_audit(self, before_ms: int) -> int: ...
-
-
-@dataclass
-class AuditScope:
-    """Whose calls a set of tools makes: the group, and the session, which the CLI names
-    once it starts (nanoclaw.host.agent sets it)."""
-
-    group: str
-    session_id: str | None = None
-
-
-@dataclass
-class _Call:
-    scope: AuditScope
-    agent: str
-    tool: str
-    arguments: str
-    started_ms: int
-    units: list[tuple[int, RunResult, list[Decision]]] = field(default_factory=list)
-    refusal: str | None = None
-
-
-_CURRENT: ContextVar[_Call | None] = ContextVar("nanoclaw_audit_call", default=None)
-
-
-def unit_ran(result: RunResult, decisions: Sequence[Decision]) -> None:
-    """The gateway ran a unit; it belongs to the call in progress, if any (`nanoclaw
-    exec` and attachments put into the inbox are no tool calls)."""
-    call = _CURRENT.get()
-    if call is not None:
-        call.units.append((now_ms() - result.duration_ms, result, list(decisions)))
-
-
-def refused(reason: str) -> None:
-    """The call in progress was refused (by the host's rules or the broker): why."""
-    call = _CURRENT.get()
-    if call is not None:
-        call.refusal = reason
 
 
 class Audit:
@@ -101,9 +63,9 @@ class Audit:
     async def _call(
         self, scope: AuditScope, tool: str, handler: Handler, args: dict[str, Any]
     ) -> dict[str, Any]:
-        call = _Call(scope, CALLER.get(), tool, self._filter.arguments(args), now_ms())
+        call = Call(scope, CALLER.get(), tool, self._filter.arguments(args), now_ms())
         began = time.monotonic()
-        token = _CURRENT.set(call)
+        token = CURRENT.set(call)
         error = None
         try:
             return await handler(args)
@@ -111,10 +73,10 @@ class Audit:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            _CURRENT.reset(token)
+            CURRENT.reset(token)
             self._record(call, int((time.monotonic() - began) * 1000), error)
 
-    def _record(self, call: _Call, duration_ms: int, error: str | None) -> None:
+    def _record(self, call: Call, duration_ms: int, error: str | None) -> None:
         scope = call.scope
         base = AuditRow(
             secrets.token_hex(8), call.started_ms, scope.group, scope.session_id, call.agent,

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from claude_agent_sdk import SdkMcpTool, tool
 
-from nanoclaw.host import audit
+from nanoclaw.host import audit_call
 from nanoclaw.host.config import FOLDER_PATTERN
 
 
@@ -95,7 +95,7 @@ def tool_result(text: str, error: bool = False) -> dict[str, Any]:
 
 def refusal_result(reason: str) -> dict[str, Any]:
     """A refused call's answer to the model; the audit trail records it as refused."""
-    audit.refused(reason)
+    audit_call.refused(reason)
     return tool_result(reason, error=True)
 
 

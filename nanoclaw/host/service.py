@@ -16,8 +16,9 @@ import signal
 from claude_agent_sdk import create_sdk_mcp_server
 
 from nanoclaw.host.agent import MCP_SERVER, SYSTEM_PROMPT, AgentPool, AgentSettings
-from nanoclaw.host.audit import Audit, AuditScope
+from nanoclaw.host.audit import Audit
 from nanoclaw.host.audit_args import SecretFilter
+from nanoclaw.host.audit_call import AuditScope
 from nanoclaw.host.config import Config
 from nanoclaw.host.credential_proxy import CredentialProxy, default_endpoint
 from nanoclaw.host.file_out import FileSender

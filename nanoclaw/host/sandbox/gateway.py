@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 
 from nanoclaw.broker.protocol import MAIN_AGENT, PolicySummary, RunResult, UsageReport
-from nanoclaw.host import audit
+from nanoclaw.host import audit_call
 from nanoclaw.host.egress_proxy import Decision, EgressProxy
 from nanoclaw.host.sandbox.client import (
     SandboxError,
@@ -80,7 +80,7 @@ class SandboxGateway:
             log.info("the sandbox policy changed; asking again", extra={"group": group})
             self.summary = refusal.summary
             result = await self._run(group, argv, stdin, agent, decisions)
-        audit.unit_ran(result, decisions)
+        audit_call.unit_ran(result, decisions)
         # The outcome only: argv and output are the model's and the tool's, never logged.
         context = {
             "group": group,
